@@ -1,0 +1,102 @@
+"""Benchmark a bundle against ONNX Runtime (and PyTorch) in one run, at the same thread count."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgepack.errors import EdgepackError
+from edgepack.package import REFERENCE_MODEL
+from edgepack.runtime import loader
+from edgepack.runtime.loader import peak_rss_kb, timing_summary
+
+ENGINES = ("onnxruntime", "torch")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Warm-up and timed runs per engine, the thread count, and the engines to compare with."""
+
+    warmup: int = 10
+    runs: int = 100
+    threads: int = os.cpu_count() or 1
+    compare: tuple[str, ...] = ()
+    rounds: int = 5  # engines alternate round by round, so drift affects all alike
+
+
+def _onnxruntime_runner(bundle: loader.LoadedBundle, threads: int) -> Callable[[list[np.ndarray]], object]:
+    from edgepack.reference import onnxruntime_session
+
+    path = bundle.path / REFERENCE_MODEL
+    if not path.is_file():
+        raise EdgepackError(f"bundle has no {REFERENCE_MODEL} to compare with", "rebuild without --no-reference")
+    session = onnxruntime_session(path, threads)
+    names = [spec.name for spec in bundle.inputs]
+    return lambda arrays: session.run(None, dict(zip(names, arrays)))
+
+
+def _torch_runner(bundle: loader.LoadedBundle, threads: int) -> Callable[[list[np.ndarray]], object]:
+    import torch
+
+    from edgepack.export import load_torch_model
+    from edgepack.sources import parse_source
+
+    source = bundle.manifest["provenance"]["source"]
+    if source["kind"] == "onnx":
+        raise EdgepackError("this bundle was built from ONNX, so there is no PyTorch model to compare with",
+                            "compare with onnxruntime only")
+    model_arg = f"{source['path']}:{source['factory']}" if "factory" in source else source["path"]
+    model = load_torch_model(parse_source(model_arg), {spec.name: spec for spec in bundle.inputs})
+    torch.set_num_threads(threads)
+
+    def run(arrays):
+        with torch.no_grad():
+            return model.module(*[torch.from_numpy(array) for array in arrays])
+
+    return run
+
+
+def bench_bundle(bundle_dir: Path, config: BenchConfig, arrays: list[np.ndarray] | None = None) -> dict:
+    """Time the bundle and each compared engine on the same inputs; returns one row per engine."""
+    for engine in config.compare:
+        if engine not in ENGINES:
+            raise EdgepackError(f"unknown engine '{engine}' for --compare", f"use one of {', '.join(ENGINES)}")
+    if config.runs < config.rounds or config.warmup < 0:
+        raise EdgepackError(f"--runs must be at least {config.rounds} and --warmup at least 0", "raise --runs")
+    os.environ["TVM_NUM_THREADS"] = str(config.threads)
+    bundle = loader.load(bundle_dir)
+    arrays = [np.asarray(a) for a in arrays] if arrays is not None else bundle.golden_cases()[0][0]
+    loader.check_inputs(bundle.inputs, arrays)
+    device_arrays = bundle.to_device(arrays)
+    engines: dict[str, tuple[Callable, object]] = {"edgepack": (bundle.invoke, device_arrays)}
+    builders = {"onnxruntime": _onnxruntime_runner, "torch": _torch_runner}
+    for engine in config.compare:
+        engines[engine] = (builders[engine](bundle, config.threads), arrays)
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for run, inputs in engines.values():
+        for _ in range(config.warmup):
+            run(inputs)
+    per_round = config.runs // config.rounds
+    for _ in range(config.rounds):
+        for name, (run, inputs) in engines.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                run(inputs)
+                times[name].append((time.perf_counter() - start) * 1000.0)
+    rows = {name: timing_summary(samples) for name, samples in times.items()}
+    baseline = rows.get("onnxruntime", {}).get("median_ms")
+    for row in rows.values():
+        row["vs_onnxruntime"] = row["median_ms"] / baseline if baseline else None
+    return {
+        "bundle": str(bundle_dir),
+        "protocol": {"warmup": config.warmup, "runs": per_round * config.rounds, "rounds": config.rounds,
+                     "threads": config.threads, "tvm_runtime_threads": loader.runtime_threads(),
+                     "timed": "one call of main on inputs already in memory; engines alternate by round"},
+        "engines": rows,
+        "peak_rss_kb": peak_rss_kb(),
+    }

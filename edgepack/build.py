@@ -1,0 +1,128 @@
+"""The build: resolve and check a plan first, then run the stages in order."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgepack.artifacts import Bundle, StageRecord
+from edgepack.compile import CompileConfig, check_toolchain, compile_model
+from edgepack.errors import EdgepackError
+from edgepack.export import ExportConfig, export_to_onnx, load_torch_model
+from edgepack.golden import GoldenConfig, load_input_cases, make_golden
+from edgepack.package import PackageConfig, bundle_path, check_destination, write_bundle
+from edgepack.preflight import load_onnx, preflight
+from edgepack.runtime.loader import TensorSpec
+from edgepack.signature import parse_input_specs
+from edgepack.sources import FactorySource, ModelSource, OnnxSource, describe, import_file, parse_source
+from edgepack.targets import TargetSpec, load_target
+from edgepack.verify import verify_bundle
+
+DEFAULT_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything a build will do, resolved and checked before any work starts."""
+
+    source: ModelSource
+    target: TargetSpec
+    package: PackageConfig
+    input_overrides: dict[str, TensorSpec]
+    export: ExportConfig | None
+    compile: CompileConfig = CompileConfig()
+    golden: GoldenConfig = GoldenConfig()
+    golden_inputs: Path | None = None
+
+    @property
+    def stages(self) -> list[str]:
+        return (["export"] if self.export else []) + ["preflight", "compile", "package", "verify"]
+
+    def describe(self) -> list[str]:
+        """Human-readable lines for `--dry-run`."""
+        lines = [
+            f"model:   {self.source.path} ({describe(self.source)['kind']})",
+            f"target:  {self.target.name} ({self.target.description}); compiler {self.target.toolchain.cxx}",
+            f"bundle:  {bundle_path(self.package, self.target.name)}" + (" (+ .tar.gz)" if self.package.archive else ""),
+            f"stages:  {' → '.join(self.stages)}",
+        ]
+        if self.export:
+            lines.append(f"export:  {self.export}")
+        lines.append(f"compile: {self.compile}")
+        golden_from = self.golden_inputs or f"{self.golden.cases} random case(s)"
+        lines.append(f"golden:  {golden_from}; atol {self.golden.atol}, rtol {self.golden.rtol}")
+        return lines
+
+
+def _declared_version(source: ModelSource) -> str | None:
+    if isinstance(source, OnnxSource):
+        model = load_onnx(source.path)
+        props = {prop.key: prop.value for prop in model.metadata_props}
+        return props.get("version") or (str(model.model_version) if model.model_version > 0 else None)
+    if isinstance(source, FactorySource):
+        return getattr(import_file(source.path), "__version__", None)
+    return None
+
+
+def plan_build(model: str, target: str, out_dir: Path, *, name: str | None = None, version: str | None = None,
+               inputs: list[str] = (), force: bool = False, archive: bool = False, reference: bool = True,
+               golden: GoldenConfig = GoldenConfig(), golden_inputs: Path | None = None,
+               export: ExportConfig = ExportConfig()) -> BuildPlan:
+    """Resolve the model, target, toolchain and destination; refuse anything wrong before work."""
+    source = parse_source(model)
+    spec = load_target(target)
+    check_toolchain(spec)
+    overrides = parse_input_specs(list(inputs))
+    package = PackageConfig(name or source.default_name, version or _declared_version(source) or DEFAULT_VERSION,
+                            Path(out_dir), force, archive, reference)
+    for label, value in (("name", package.name), ("version", package.version)):
+        if not value or "/" in value or value.startswith("."):
+            raise EdgepackError(f"bundle {label} '{value}' cannot be part of a directory name", f"pass --{label} with letters, digits, . - _")
+    check_destination(package, spec.name)
+    if golden_inputs is not None and not Path(golden_inputs).is_file():
+        raise EdgepackError(f"golden inputs file '{golden_inputs}' does not exist", "pass an .npz with one array per input")
+    return BuildPlan(source, spec, package, overrides, None if isinstance(source, OnnxSource) else export,
+                     golden=golden, golden_inputs=golden_inputs)
+
+
+@dataclass
+class BuildResult:
+    """The bundle a build wrote and the records of every stage."""
+
+    bundle: Bundle
+    stages: list[StageRecord] = field(default_factory=list)
+
+
+def run_build(plan: BuildPlan, progress: Callable[[str], None] = lambda stage: None) -> BuildResult:
+    """Run the stages of a checked plan; the bundle appears only when every stage passed."""
+    records: list[StageRecord] = []
+    with tempfile.TemporaryDirectory(prefix="edgepack-build-") as workdir:
+        work = Path(workdir)
+        onnx_path, overrides = plan.source.path, plan.input_overrides
+        if plan.export is not None:
+            progress("export")
+            torch_model = load_torch_model(plan.source, overrides)
+            onnx_path = work / "exported.onnx"
+            records.append(export_to_onnx(torch_model, onnx_path, plan.export))
+            overrides = {spec.name: spec for spec in torch_model.inputs}
+        progress("preflight")
+        model, record = preflight(onnx_path, overrides, work)
+        records.append(record)
+        progress("compile")
+        compiled, record = compile_model(model, plan.target, work, plan.compile)
+        records.append(record)
+        progress("package")
+        cases = load_input_cases(plan.golden_inputs, model) if plan.golden_inputs else None
+        golden = make_golden(model, plan.golden, cases)
+        provenance = {"source": describe(plan.source), "stages": [r.to_json() for r in records]}
+        bundle, record = write_bundle(compiled, golden, plan.package, provenance,
+                                      verify=lambda staging, manifest: verify_bundle(staging, plan.target.arch))
+        records.append(record)
+    return BuildResult(bundle, records)
+
+
+def build(model: str, target: str = "x86_64", out_dir: Path = Path("dist"), **options) -> BuildResult:
+    """Plan and run a build in one call: the Python API behind `edgepack build`."""
+    return run_build(plan_build(model, target, out_dir, **options))

@@ -1,0 +1,48 @@
+"""The `edgepack` command: one typer app, one file per command, errors printed in one place."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from edgepack.cli import bench, build, inspect, run, targets, verify
+from edgepack.errors import EXIT_INTERNAL, BundleError
+
+app = typer.Typer(
+    name="edgepack",
+    help="Compile, package and verify ML models for edge devices with Apache TVM.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")) -> None:
+    _state["debug"] = debug
+
+
+for module in (build, inspect, run, verify, bench, targets):
+    module.register(app)
+
+
+def main() -> None:
+    """Entry point: runs the app and turns every error into one line and an exit code."""
+    try:
+        app(prog_name="edgepack")
+    except BundleError as exc:
+        if _state["debug"]:
+            raise
+        print(f"error: {exc.problem}; {exc.fix}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was left half-written", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # a bug in edgepack: one line unless --debug
+        if _state["debug"]:
+            raise
+        print(f"error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+              "rerun with --debug and report the traceback", file=sys.stderr)
+        sys.exit(EXIT_INTERNAL)

@@ -1,0 +1,67 @@
+"""`edgepack inspect BUNDLE`: manifest, I/O signature, verification and sizes, without loading code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from edgepack.cli.console import out
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def print_summary(path: Path, manifest: dict) -> None:
+    """The human-readable view of a bundle: identity, signature, verification, files."""
+    target = manifest["target"]
+    out.print(f"[bold]{manifest['name']} {manifest['version']}[/] for [bold]{target['name']}[/] ({target['arch']})  {path}")
+    out.print(f"schema {manifest['schema_version']}, created {manifest['created']}, "
+              f"tools: " + ", ".join(f"{k} {v}" for k, v in manifest["tools"].items() if v), highlight=False)
+    signature = Table("", "name", "dtype", "shape", title="I/O signature", title_justify="left")
+    for kind in ("inputs", "outputs"):
+        for spec in manifest[kind]:
+            signature.add_row(kind[:-1], spec["name"], spec["dtype"], "×".join(map(str, spec["shape"])) or "scalar")
+    out.print(signature)
+    verification = manifest.get("verification")
+    if verification:
+        native = verification.get("native", {})
+        native_text = ("native loader " + ("passed" if native.get("passed") else "FAILED")) if native.get("ran") else f"native loader not run ({native.get('reason')})"
+        out.print(f"verification: {'passed' if verification['passed'] else 'FAILED'} on {len(verification['cases'])} golden case(s), "
+                  f"max abs err {verification['max_abs_err']:.3g} (atol {verification['atol']}, rtol {verification['rtol']}); {native_text}",
+                  highlight=False)
+    stages = " → ".join(stage["stage"] for stage in manifest["provenance"]["stages"])
+    out.print(f"source: {manifest['provenance']['source']['kind']} {manifest['provenance']['source']['path']}; stages: {stages}", highlight=False)
+    files = Table("file", "size", "sha256", title="files", title_justify="left")
+    for rel, entry in manifest["files"].items():
+        if not rel.startswith("golden/"):
+            files.add_row(rel, _size(entry["size"]), entry["sha256"][:16])
+    golden = [entry["size"] for rel, entry in manifest["files"].items() if rel.startswith("golden/")]
+    files.add_row(f"golden/ ({len(golden)} files)", _size(sum(golden)), "")
+    files.add_row("[bold]total[/]", _size(sum(e["size"] for e in manifest["files"].values())), "")
+    out.print(files)
+
+
+def inspect_command(
+    bundle: Path = typer.Argument(..., help="bundle directory"),
+    as_json: bool = typer.Option(False, "--json", help="print the raw manifest"),
+) -> None:
+    """Show a bundle's manifest, I/O signature, verification report and file sizes."""
+    from edgepack.runtime.loader import read_manifest
+
+    manifest = read_manifest(bundle)
+    if as_json:
+        print(json.dumps(manifest, indent=2))
+    else:
+        print_summary(bundle, manifest)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect")(inspect_command)

@@ -1,0 +1,89 @@
+"""Stage: compile an ONNX model with TVM Relax for a target, weights kept in a separate file."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edgepack.artifacts import CompiledModule, OnnxModel, StageRecord
+from edgepack.errors import EdgepackError
+from edgepack.targets import TargetSpec
+
+LIBRARY_NAME = "model.so"
+PARAMS_NAME = "params.bin"
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    """How TVM compiles: the Relax pipeline to lower with."""
+
+    pipeline: str = "default"  # relax.get_default_pipeline(target): folds constants and fuses ops
+
+
+def check_toolchain(target: TargetSpec) -> str:
+    """The path of the target's C++ compiler; refuses, with the install command, when absent."""
+    found = shutil.which(target.toolchain.cxx)
+    if found is None:
+        packages = " ".join(target.toolchain.apt_packages) or target.toolchain.cxx
+        raise EdgepackError(f"target '{target.name}' needs the compiler '{target.toolchain.cxx}', which is not installed",
+                            f"install it: apt-get install {packages}")
+    return found
+
+
+def _import_relax(model: OnnxModel):
+    import onnx
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        module = from_onnx(onnx.load(str(model.path)), shape_dict={s.name: list(s.shape) for s in model.inputs},
+                           dtype_dict={s.name: s.dtype for s in model.inputs}, keep_params_in_input=True)
+    except Exception as exc:  # the frontend raises many types for ops it cannot convert
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgepackError(f"TVM cannot import the model: {first}", "simplify or re-export the model") from None
+    return relax.frontend.detach_params(module)
+
+
+def _param_names(function, n_inputs: int) -> tuple[str, ...]:
+    names, seen = [], set()
+    for index, var in enumerate(function.params[n_inputs:]):
+        name = var.name_hint or f"param_{index}"
+        if name in seen:
+            name = f"{name}_{index}"
+        seen.add(name)
+        names.append(name)
+    return tuple(names)
+
+
+def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: CompileConfig = CompileConfig()) -> tuple[CompiledModule, StageRecord]:
+    """Import the ONNX model into Relax, build it for `target`, write library and params into workdir."""
+    import tvm
+    from tvm import relax
+
+    cxx = check_toolchain(target)
+    started = time.perf_counter()
+    module, params = _import_relax(model)
+    function = module["main"]
+    names = _param_names(function, len(model.inputs))
+    tvm_target = target.tvm_target()
+    try:
+        with tvm_target:
+            executable = relax.build(module, target=tvm_target, relax_pipeline=relax.get_default_pipeline(tvm_target))
+    except Exception as exc:  # TVM raises many types while lowering
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgepackError(f"TVM failed to compile the model for '{target.name}': {first}",
+                            "report the model and target; try another target file meanwhile") from None
+    library = Path(workdir) / LIBRARY_NAME
+    executable.export_library(str(library), cc=cxx)
+    param_file = Path(workdir) / PARAMS_NAME
+    param_file.write_bytes(tvm.runtime.save_param_dict(dict(zip(names, params.get("main", [])))))
+    report = {
+        "seconds": round(time.perf_counter() - started, 2),
+        "library_bytes": library.stat().st_size,
+        "params_bytes": param_file.stat().st_size,
+        "n_params": len(names),
+    }
+    compiled = CompiledModule(library, param_file, names, target, model)
+    return compiled, StageRecord("compile", {**asdict(config), "tvm_target": dict(target.tvm)}, report)

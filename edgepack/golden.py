@@ -1,0 +1,79 @@
+"""Golden vectors: inputs and ONNX Runtime's outputs for them, shipped in the bundle with a tolerance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.artifacts import OnnxModel
+from edgepack.errors import EdgepackError
+from edgepack.reference import run_onnxruntime
+from edgepack.runtime.loader import check_inputs
+from edgepack.signature import random_inputs
+
+
+@dataclass(frozen=True)
+class GoldenConfig:
+    """How many random cases to make (when no inputs are given) and the tolerance to hold."""
+
+    cases: int = 3
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GoldenVectors:
+    """Inputs and reference outputs, case by case, with the tolerance they are checked with."""
+
+    inputs: tuple[tuple[np.ndarray, ...], ...]
+    outputs: tuple[tuple[np.ndarray, ...], ...]
+    atol: float
+    rtol: float
+    origin: str
+
+
+def load_input_cases(path: Path, model: OnnxModel) -> list[list[np.ndarray]]:
+    """Cases from an .npz holding one array per input name, stacked along a leading case axis."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise EdgepackError(f"cannot read golden inputs '{path}' ({exc})", "pass an .npz saved with numpy.savez") from None
+    missing = [spec.name for spec in model.inputs if spec.name not in archive.files]
+    if missing:
+        raise EdgepackError(f"'{path}' lacks arrays for input(s) {', '.join(missing)}", "save one array per input name")
+    stacks = [archive[spec.name] for spec in model.inputs]
+    count = min(len(stack) for stack in stacks)
+    cases = [[stack[index] for stack in stacks] for index in range(count)]
+    for case in cases:
+        check_inputs(model.inputs, case)
+    if not cases:
+        raise EdgepackError(f"'{path}' holds no cases", "stack at least one example per input along axis 0")
+    return cases
+
+
+def make_golden(model: OnnxModel, config: GoldenConfig, input_cases: list[list[np.ndarray]] | None = None) -> GoldenVectors:
+    """Run ONNX Runtime on the given cases (or reproducible random ones) to make the references."""
+    origin = "user" if input_cases else "random"
+    if not input_cases:
+        input_cases = [random_inputs(model.inputs, config.seed + index) for index in range(config.cases)]
+    outputs = [tuple(run_onnxruntime(model.path, model.inputs, case)) for case in input_cases]
+    return GoldenVectors(tuple(tuple(case) for case in input_cases), tuple(outputs), config.atol, config.rtol, origin)
+
+
+def write_golden(golden: GoldenVectors, bundle_dir: Path) -> dict:
+    """Save the vectors as golden/<case>/{input,output}_<i>.npy; returns the manifest's `golden` entry."""
+    cases = []
+    for index, (inputs, outputs) in enumerate(zip(golden.inputs, golden.outputs)):
+        case_dir = bundle_dir / "golden" / str(index)
+        case_dir.mkdir(parents=True)
+        entry = {"inputs": [], "outputs": []}
+        for kind, arrays in (("input", inputs), ("output", outputs)):
+            for position, array in enumerate(arrays):
+                rel = f"golden/{index}/{kind}_{position}.npy"
+                np.save(bundle_dir / rel, np.ascontiguousarray(array))
+                entry[f"{kind}s"].append(rel)
+        cases.append(entry)
+    return {"atol": golden.atol, "rtol": golden.rtol, "origin": golden.origin, "cases": cases}

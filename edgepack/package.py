@@ -1,0 +1,130 @@
+"""Stage: assemble a bundle directory in a staging area and move it into place atomically."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgepack.artifacts import Bundle, CompiledModule, StageRecord
+from edgepack.errors import EdgepackError
+from edgepack.golden import GoldenVectors, write_golden
+from edgepack.manifest import file_entries, new_manifest, tool_versions, write_manifest
+from edgepack.runtime_files import NATIVE_LOADER, PYTHON_LOADER, native_loader, python_loader, runtime_libraries
+
+REFERENCE_MODEL = "reference/model.onnx"
+
+
+@dataclass(frozen=True)
+class PackageConfig:
+    """Name and version of the bundle, where it goes, and how to treat an existing one."""
+
+    name: str
+    version: str
+    out_dir: Path
+    force: bool = False
+    archive: bool = False
+    reference: bool = True  # ship the compiled ONNX model as reference/model.onnx (for --compare)
+
+    @property
+    def bundle_name(self) -> str:
+        return f"{self.name}-{self.version}"
+
+
+def bundle_path(config: PackageConfig, target_name: str) -> Path:
+    """Where the bundle directory for this config and target lands."""
+    return config.out_dir / f"{config.bundle_name}-{target_name}"
+
+
+def check_destination(config: PackageConfig, target_name: str) -> None:
+    """Refuse before any work when a bundle (or archive) is already there and --force is not given."""
+    destination = bundle_path(config, target_name)
+    for path in (destination, destination.with_name(destination.name + ".tar.gz")):
+        if path.exists() and not config.force:
+            raise EdgepackError(f"'{path}' already exists", "pass --force to replace it, or choose another -o/--version")
+
+
+def _copy_runtime(compiled: CompiledModule, staging: Path) -> None:
+    runtime_dir = staging / "runtime"
+    runtime_dir.mkdir()
+    for library in runtime_libraries(compiled.target):
+        shutil.copy2(library, runtime_dir / library.name)
+    loader = runtime_dir / NATIVE_LOADER
+    shutil.copy2(native_loader(compiled.target), loader)
+    loader.chmod(loader.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    shutil.copy2(python_loader(), runtime_dir / PYTHON_LOADER)
+
+
+def _replace(staging: Path, destination: Path) -> None:
+    """Swap staging into place; an existing bundle is moved aside first and removed only after."""
+    backup = None
+    if destination.exists():
+        backup = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+        os.replace(destination, backup)
+    try:
+        os.replace(staging, destination)
+    except OSError:
+        if backup is not None:
+            os.replace(backup, destination)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _archive(directory: Path) -> Path:
+    archive = directory.with_name(directory.name + ".tar.gz")
+    handle, temporary = tempfile.mkstemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tar.gz")
+    os.close(handle)
+    with tarfile.open(temporary, "w:gz") as tar:
+        tar.add(directory, arcname=directory.name)
+    os.replace(temporary, archive)
+    return archive
+
+
+def write_bundle(compiled: CompiledModule, golden: GoldenVectors, config: PackageConfig,
+                 provenance: dict, verify) -> tuple[Bundle, StageRecord]:
+    """Write the bundle into a staging directory, `verify(staging, manifest)` it, then move it into place.
+
+    `verify` returns the verification report (or raises); nothing is left behind when anything fails.
+    """
+    destination = bundle_path(config, compiled.target.name)
+    check_destination(config, compiled.target.name)
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=config.out_dir, prefix=f".{destination.name}.staging-"))
+    try:
+        shutil.copy2(compiled.library, staging / compiled.library.name)
+        shutil.copy2(compiled.params, staging / compiled.params.name)
+        golden_entry = write_golden(golden, staging)
+        if config.reference:
+            (staging / "reference").mkdir()
+            shutil.copy2(compiled.source.path, staging / REFERENCE_MODEL)
+        _copy_runtime(compiled, staging)
+        manifest = new_manifest(
+            name=config.name,
+            version=config.version,
+            tools=tool_versions(used_torch=provenance["source"]["kind"] != "onnx"),
+            target=compiled.target.to_json(),
+            inputs=[spec.to_json() for spec in compiled.source.inputs],
+            outputs=[spec.to_json() for spec in compiled.source.outputs],
+            library=compiled.library.name,
+            params={"file": compiled.params.name, "names": list(compiled.param_names)},
+            golden=golden_entry,
+            files=file_entries(staging),
+            provenance=provenance,
+        )
+        write_manifest(staging, manifest)
+        manifest["verification"] = verify(staging, manifest)
+        write_manifest(staging, manifest)
+        _replace(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    archive = _archive(destination) if config.archive else None
+    sizes = {rel: entry["size"] for rel, entry in manifest["files"].items()}
+    report = {"path": str(destination), "archive": str(archive) if archive else None,
+              "total_bytes": sum(sizes.values()), "file_bytes": sizes}
+    return Bundle(destination, manifest), StageRecord("package", {"archive": config.archive}, report)

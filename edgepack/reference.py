@@ -1,0 +1,42 @@
+"""ONNX Runtime as the reference engine and the baseline: one place that creates its sessions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgepack.errors import EdgepackError
+from edgepack.runtime.loader import TensorSpec
+
+
+def onnxruntime_session(path: Path, threads: int | None = None):
+    """A CPU InferenceSession for `path`, with `threads` intra-op threads when given."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        first = str(exc).strip().splitlines()[0]
+        raise EdgepackError(f"ONNX Runtime cannot load '{path}': {first}", "check that the model is valid ONNX") from None
+
+
+def run_onnxruntime(path: Path, inputs: Sequence[TensorSpec], arrays: Sequence[np.ndarray], with_names: bool = False):
+    """Run the model once in ONNX Runtime; returns the outputs (and their names when asked)."""
+    session = onnxruntime_session(path)
+    feed = {spec.name: array for spec, array in zip(inputs, arrays)}
+    try:
+        outputs = session.run(None, feed)
+    except Exception as exc:  # onnxruntime raises its own types
+        first = str(exc).strip().splitlines()[0]
+        raise EdgepackError(f"ONNX Runtime fails to run '{path}': {first}", "check the input shapes and dtypes") from None
+    outputs = [np.asarray(out) for out in outputs]
+    if with_names:
+        return [out.name for out in session.get_outputs()], outputs
+    return outputs

@@ -1,0 +1,64 @@
+"""`--input name:1x3x224x224:float32` specs, and reading a model's I/O signature from ONNX."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgepack.errors import EdgepackError
+from edgepack.runtime.loader import TensorSpec
+
+SUPPORTED_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
+_ONNX_TO_NUMPY = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
+_FIX = "write it as name:1x3x224x224:float32"
+
+
+def parse_input_spec(text: str) -> TensorSpec:
+    """Parse `name:DIMxDIM...[:dtype]` (dtype defaults to float32)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0]:
+        raise EdgepackError(f"cannot read input spec '{text}'", _FIX)
+    name, dims = parts[0], parts[1]
+    dtype = parts[2] if len(parts) == 3 else "float32"
+    if dtype not in SUPPORTED_DTYPES:
+        raise EdgepackError(f"input spec '{text}': unknown dtype '{dtype}'", f"use one of {', '.join(SUPPORTED_DTYPES)}")
+    try:
+        shape = tuple(int(dim) for dim in dims.lower().split("x")) if dims else ()
+    except ValueError:
+        raise EdgepackError(f"input spec '{text}': shape '{dims}' is not dimensions joined by 'x'", _FIX) from None
+    if any(dim < 1 for dim in shape):
+        raise EdgepackError(f"input spec '{text}': every dimension must be at least 1", _FIX)
+    return TensorSpec(name, dtype, shape)
+
+
+def parse_input_specs(texts: list[str]) -> dict[str, TensorSpec]:
+    """Parse several `--input` options into specs keyed by input name."""
+    specs = {}
+    for text in texts:
+        spec = parse_input_spec(text)
+        if spec.name in specs:
+            raise EdgepackError(f"input '{spec.name}' is given twice", "pass one --input per model input")
+        specs[spec.name] = spec
+    return specs
+
+
+def numpy_dtype(onnx_elem_type: int, where: str) -> str:
+    """The numpy dtype name of an ONNX tensor element type."""
+    if onnx_elem_type not in _ONNX_TO_NUMPY:
+        raise EdgepackError(f"{where} has an element type edgepack does not support (ONNX type {onnx_elem_type})",
+                            f"use one of {', '.join(SUPPORTED_DTYPES)}")
+    return _ONNX_TO_NUMPY[onnx_elem_type]
+
+
+def random_inputs(specs: list[TensorSpec] | tuple[TensorSpec, ...], seed: int) -> list[np.ndarray]:
+    """Reproducible random arrays for a signature: normal floats, small non-negative integers."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for spec in specs:
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            arrays.append(rng.standard_normal(spec.shape).astype(dtype))
+        elif dtype.kind == "b":
+            arrays.append(rng.integers(0, 2, spec.shape).astype(bool))
+        else:
+            arrays.append(rng.integers(0, 4, spec.shape).astype(dtype))
+    return arrays
