@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The README's second command (and what CI runs): set up with test extras, then run the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --test
+exec .venv/bin/python -m pytest -q "$@"
