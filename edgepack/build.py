@@ -118,7 +118,7 @@ def run_build(plan: BuildPlan, progress: Callable[[str], None] = lambda stage: N
         golden = make_golden(model, plan.golden, cases)
         provenance = {"source": describe(plan.source), "stages": [r.to_json() for r in records]}
         bundle, record = write_bundle(compiled, golden, plan.package, provenance,
-                                      verify=lambda staging, manifest: verify_bundle(staging, plan.target.arch))
+                                      verify=lambda staging, manifest: verify_bundle(staging))
         records.append(record)
     return BuildResult(bundle, records)
 

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from importlib import metadata
 from pathlib import Path
 
 from edgepack.errors import EdgepackError
@@ -22,15 +28,63 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgepack"
 
 
-def runtime_library_dirs(target: TargetSpec) -> list[Path]:
-    """Directories holding libtvm_runtime.so and libtvm_ffi.so built for the target's architecture."""
-    if target.arch != platform.machine():
-        raise EdgepackError(f"target '{target.name}' is {target.arch}; runtime libraries for it are not available on this "
-                            f"{platform.machine()} machine yet", "build for a target of this machine's architecture")
-    import tvm_ffi
-    import tvm
+_WHEEL_PLATFORMS = {"aarch64": "manylinux_2_28_aarch64", "x86_64": "manylinux_2_28_x86_64"}
+_WHEEL_MEMBERS = {"apache-tvm": "tvm/lib/libtvm_runtime.so", "apache-tvm-ffi": "tvm_ffi/lib/libtvm_ffi.so"}
 
-    return [Path(tvm.__file__).parent / "lib", Path(tvm_ffi.__file__).parent / "lib"]
+
+def _installed_versions() -> dict[str, str]:
+    return {distribution: metadata.version(distribution) for distribution in _WHEEL_MEMBERS}
+
+
+def foreign_runtime_dir(arch: str) -> Path:
+    """Cache folder for another architecture's runtime libraries, keyed by the installed TVM versions."""
+    versions = _installed_versions()
+    return cache_dir() / "runtime" / arch / f"tvm-{versions['apache-tvm']}-ffi-{versions['apache-tvm-ffi']}"
+
+
+def _fetch_foreign_runtime(arch: str, destination: Path) -> None:
+    """pip-download the arch's apache-tvm and apache-tvm-ffi wheels and keep only the two libraries."""
+    versions = _installed_versions()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=destination.parent, prefix=".fetch-") as scratch:
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                   "--platform", _WHEEL_PLATFORMS[arch], "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}",
+                   "--dest", scratch, *(f"{name}=={version}" for name, version in versions.items())]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise EdgepackError(f"cannot download the {arch} TVM runtime wheels ({last})",
+                                f"connect to the package index once, or fill {destination} by hand (see README)")
+        staged = Path(scratch) / "libs"
+        staged.mkdir()
+        for distribution, member in _WHEEL_MEMBERS.items():
+            wheel = next(Path(scratch).glob(f"{distribution.replace('-', '_')}-*.whl"))
+            with zipfile.ZipFile(wheel) as archive, archive.open(member) as source, open(staged / Path(member).name, "wb") as target:
+                shutil.copyfileobj(source, target)
+        try:
+            os.replace(staged, destination)
+        except OSError:
+            if not destination.is_dir():  # another build filled it meanwhile: fine
+                raise
+
+
+def runtime_library_dirs(target: TargetSpec) -> list[Path]:
+    """Directories holding libtvm_runtime.so and libtvm_ffi.so built for the target's architecture.
+
+    This machine's architecture uses the installed wheels; another one's libraries are taken from
+    that architecture's wheels, downloaded once into the cache (offline builds work once it is warm).
+    """
+    if target.arch == platform.machine():
+        import tvm
+        import tvm_ffi
+
+        return [Path(tvm.__file__).parent / "lib", Path(tvm_ffi.__file__).parent / "lib"]
+    if target.arch not in _WHEEL_PLATFORMS:
+        raise EdgepackError(f"no TVM runtime wheels are known for arch '{target.arch}'", f"use one of {', '.join(_WHEEL_PLATFORMS)}")
+    directory = foreign_runtime_dir(target.arch)
+    if not all((directory / name).is_file() for name in RUNTIME_LIBRARIES):
+        _fetch_foreign_runtime(target.arch, directory)
+    return [directory]
 
 
 def runtime_libraries(target: TargetSpec) -> list[Path]:

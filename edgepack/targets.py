@@ -7,6 +7,7 @@ installed wheel find them in the same place.
 from __future__ import annotations
 
 import difflib
+import re
 import platform
 import tomllib
 from dataclasses import dataclass
@@ -22,16 +23,21 @@ DEVICES = ("cpu",)
 
 _TOP_KEYS = {"name", "description", "arch", "device", "tvm", "toolchain", "capabilities"}
 _REQUIRED_KEYS = {"name", "arch", "device", "tvm", "toolchain"}
-_TOOLCHAIN_KEYS = {"cxx", "apt_packages"}
+_TOOLCHAIN_KEYS = {"cxx", "apt_packages", "glibc", "emulator", "sysroot", "emulator_apt_packages"}
 _CAPABILITY_KEYS = {"precisions", "cpu_features"}
 
 
 @dataclass(frozen=True)
 class Toolchain:
-    """The C++ compiler that builds and links code for the target, and where to get it."""
+    """The C++ compiler that builds code for the target, the glibc floor of what it produces,
+    and the user-mode emulator that runs that code here (empty when it runs natively)."""
 
     cxx: str
     apt_packages: tuple[str, ...] = ()
+    glibc: str = "2.34"
+    emulator: str = ""
+    sysroot: str = ""
+    emulator_apt_packages: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,10 @@ class TargetSpec:
             "arch": self.arch,
             "device": self.device,
             "tvm": dict(self.tvm),
-            "toolchain": {"cxx": self.toolchain.cxx, "apt_packages": list(self.toolchain.apt_packages)},
+            "toolchain": {"cxx": self.toolchain.cxx, "apt_packages": list(self.toolchain.apt_packages),
+                          "glibc": self.toolchain.glibc, "emulator": self.toolchain.emulator,
+                          "sysroot": self.toolchain.sysroot,
+                          "emulator_apt_packages": list(self.toolchain.emulator_apt_packages)},
             "capabilities": {"precisions": list(self.precisions), "cpu_features": list(self.cpu_features)},
         }
 
@@ -116,8 +125,11 @@ def parse_target(text: str, source: str) -> TargetSpec:
         raise EdgepackError(f"target file {source}: [tvm] has no 'kind'", "add kind = \"llvm\"")
     toolchain = data["toolchain"]
     _refuse_unknown(set(toolchain), _TOOLCHAIN_KEYS, "[toolchain]", source)
-    if not isinstance(toolchain.get("cxx"), str):
-        raise EdgepackError(f"target file {source}: [toolchain] needs cxx = \"<compiler>\"", "name the C++ compiler, e.g. g++")
+    for key in ("cxx", "glibc", "emulator", "sysroot"):
+        if not isinstance(toolchain.get(key, ""), str) or (key == "cxx" and not toolchain.get(key)):
+            raise EdgepackError(f"target file {source}: [toolchain] {key} must be a string", "e.g. cxx = \"g++\"")
+    if not re.fullmatch(r"\d+\.\d+", toolchain.get("glibc", "2.34")):
+        raise EdgepackError(f"target file {source}: [toolchain] glibc must look like \"2.34\"", "write major.minor")
     capabilities = data.get("capabilities", {})
     _refuse_unknown(set(capabilities), _CAPABILITY_KEYS, "[capabilities]", source)
     return TargetSpec(
@@ -126,7 +138,14 @@ def parse_target(text: str, source: str) -> TargetSpec:
         arch=data["arch"],
         device=data["device"],
         tvm=MappingProxyType(dict(data["tvm"])),
-        toolchain=Toolchain(toolchain["cxx"], _string_list(toolchain.get("apt_packages", []), "apt_packages", source)),
+        toolchain=Toolchain(
+            cxx=toolchain["cxx"],
+            apt_packages=_string_list(toolchain.get("apt_packages", []), "apt_packages", source),
+            glibc=toolchain.get("glibc", "2.34"),
+            emulator=toolchain.get("emulator", ""),
+            sysroot=toolchain.get("sysroot", ""),
+            emulator_apt_packages=_string_list(toolchain.get("emulator_apt_packages", []), "emulator_apt_packages", source),
+        ),
         precisions=_string_list(capabilities.get("precisions", ["float32"]), "precisions", source),
         cpu_features=_string_list(capabilities.get("cpu_features", []), "cpu_features", source),
         source=source,

@@ -1,43 +1,105 @@
-"""Stage: verify a bundle through its own loaders against the golden vectors (ONNX Runtime's outputs)."""
+"""Stage: verify a bundle through its own loaders against the golden vectors (ONNX Runtime's outputs).
+
+On this machine's architecture both loaders run. A bundle for another architecture is checked by
+its own native loader under the target's user-mode emulator (qemu-user) when that is installed.
+"""
 
 from __future__ import annotations
 
 import platform
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
-from edgepack.errors import VerificationError
+from edgepack.errors import EdgepackError, VerificationError
 from edgepack.runtime import loader
 from edgepack.runtime_files import NATIVE_LOADER
 
-NATIVE_TIMEOUT_S = 300
+NATIVE_TIMEOUT_S = 600
+_CASE_ERROR = re.compile(r"max_abs_err (\S+) (PASS|FAIL)")
 
 
-def run_native_loader(bundle_dir: Path, *args: str, timeout: float = NATIVE_TIMEOUT_S) -> subprocess.CompletedProcess:
-    """Run the bundle's own native loader with an empty environment (no Python, no venv)."""
-    command = [str(bundle_dir / "runtime" / NATIVE_LOADER), *args, "--bundle", str(bundle_dir)]
+def emulator_command(target: dict) -> list[str] | None:
+    """The emulator prefix (`qemu-aarch64 -L sysroot`) for a manifest target, or None if not installed."""
+    toolchain = target.get("toolchain", {})
+    found = shutil.which(toolchain.get("emulator") or "")
+    if not found:
+        return None
+    return [found, *(["-L", toolchain["sysroot"]] if toolchain.get("sysroot") else [])]
+
+
+def run_native_loader(bundle_dir: Path, *args: str, prefix: list[str] = (), timeout: float = NATIVE_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Run the bundle's own native loader (under `prefix`, an emulator) with an empty environment."""
+    command = [*prefix, str(bundle_dir / "runtime" / NATIVE_LOADER), *args, "--bundle", str(bundle_dir)]
     return subprocess.run(command, capture_output=True, text=True, env={}, timeout=timeout, check=False)
 
 
-def verify_native(bundle_dir: Path, arch: str) -> dict:
-    """Golden check with the native loader where this machine can execute `arch` code."""
-    if arch != platform.machine():
-        return {"ran": False, "reason": f"{arch} code cannot run on this {platform.machine()} machine"}
-    result = run_native_loader(bundle_dir, "verify")
-    return {"ran": True, "passed": result.returncode == 0, "exit_code": result.returncode,
-            "output": (result.stdout + result.stderr).strip().splitlines()[-5:]}
+def verify_native(bundle_dir: Path, target: dict, emulate: bool) -> dict:
+    """Golden check with the native loader: directly on this arch, under the emulator on another."""
+    prefix: list[str] = []
+    if target["arch"] != platform.machine():
+        if not emulate:
+            return {"ran": False, "reason": f"{target['arch']} code cannot run on this {platform.machine()} machine"}
+        prefix = emulator_command(target)
+        if prefix is None:
+            packages = " ".join(target["toolchain"].get("emulator_apt_packages") or ["qemu-user"])
+            return {"ran": False, "reason": f"emulator '{target['toolchain'].get('emulator')}' is not installed "
+                                            f"(apt-get install {packages})"}
+    result = run_native_loader(bundle_dir, "verify", prefix=prefix)
+    errors = [float(value) for value, _ in _CASE_ERROR.findall(result.stdout)]
+    return {
+        "ran": True,
+        "passed": result.returncode == 0,
+        "exit_code": result.returncode,
+        "emulator": Path(prefix[0]).name if prefix else None,
+        "max_abs_err": max(errors) if errors else None,
+        "output": (result.stdout + result.stderr).strip().splitlines()[-3:],
+    }
 
 
-def verify_bundle(bundle_dir: Path, arch: str) -> dict:
-    """Verify with the Python loader (in-process) and the native loader; raises when either fails."""
-    report = loader.load(bundle_dir).verify()
-    report["native"] = verify_native(bundle_dir, arch)
-    native_failed = report["native"]["ran"] and not report["native"]["passed"]
-    if not report["passed"] or native_failed:
-        which = "native loader" if report["passed"] else "Python loader"
-        detail = "; ".join(report["native"].get("output", [])) if native_failed else f"max abs err {report['max_abs_err']:.3g}"
+def verify_python(bundle_dir: Path, target: dict) -> dict:
+    """Golden check with the Python loader, in this process, where the target's code can run here."""
+    if target["arch"] != platform.machine():
+        return {"ran": False, "reason": f"{target['arch']} libraries cannot be loaded on this {platform.machine()} machine"}
+    return {"ran": True, **loader.load(bundle_dir).verify()}
+
+
+def verify_bundle(bundle_dir: Path, emulate: bool = True) -> dict:
+    """Check digests and golden vectors with every loader that can run here; raises if one fails.
+
+    `passed` is None when no loader could run (a foreign-arch bundle without an emulator).
+    """
+    manifest = loader.read_manifest(bundle_dir)
+    loader.check_files(bundle_dir, manifest)
+    target = manifest["target"]
+    golden = manifest["golden"]
+    python = verify_python(bundle_dir, target)
+    native = verify_native(bundle_dir, target, emulate)
+    ran = [engine for engine in (python, native) if engine["ran"]]
+    errors = [engine["max_abs_err"] for engine in ran if engine.get("max_abs_err") is not None]
+    report = {
+        "passed": all(engine["passed"] for engine in ran) if ran else None,
+        "atol": golden["atol"],
+        "rtol": golden["rtol"],
+        "cases": len(golden["cases"]),
+        "max_abs_err": max(errors) if errors else None,
+        "python_loader": python,
+        "native_loader": native,
+    }
+    failed = [name for name, engine in (("Python loader", python), ("native loader", native)) if engine["ran"] and not engine["passed"]]
+    if failed:
+        detail = "; ".join(native.get("output", [])) if "native loader" in failed else f"max abs err {python['max_abs_err']:.3g}"
         raise VerificationError(
-            f"the compiled bundle does not match ONNX Runtime through the {which} ({detail}; atol {report['atol']}, rtol {report['rtol']})",
-            "nothing was written; loosen --atol/--rtol if the difference is acceptable, or report the model",
+            f"the bundle does not match ONNX Runtime through the {' and '.join(failed)} ({detail}; atol {golden['atol']}, rtol {golden['rtol']})",
+            "loosen --atol/--rtol if the difference is acceptable, or report the model",
         )
     return report
+
+
+def require_verified(report: dict, emulate: bool) -> None:
+    """Refuse a verify request in which no loader could run (the CLI's `verify`)."""
+    if report["passed"] is None:
+        reason = report["native_loader"]["reason"]
+        fix = "install the emulator it names" if emulate else "pass --emulate to run it under qemu-user, or verify on the device"
+        raise EdgepackError(f"nothing could run this bundle here: {reason}", fix)

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from edgepack.cli.console import out
+from edgepack.cli.verify import verification_lines
 
 
 def _size(n: int) -> str:
@@ -30,13 +31,9 @@ def print_summary(path: Path, manifest: dict) -> None:
         for spec in manifest[kind]:
             signature.add_row(kind[:-1], spec["name"], spec["dtype"], "×".join(map(str, spec["shape"])) or "scalar")
     out.print(signature)
-    verification = manifest.get("verification")
-    if verification:
-        native = verification.get("native", {})
-        native_text = ("native loader " + ("passed" if native.get("passed") else "FAILED")) if native.get("ran") else f"native loader not run ({native.get('reason')})"
-        out.print(f"verification: {'passed' if verification['passed'] else 'FAILED'} on {len(verification['cases'])} golden case(s), "
-                  f"max abs err {verification['max_abs_err']:.3g} (atol {verification['atol']}, rtol {verification['rtol']}); {native_text}",
-                  highlight=False)
+    if manifest.get("verification"):
+        for line in verification_lines(manifest["verification"]):
+            out.print(line, highlight=False)
     stages = " → ".join(stage["stage"] for stage in manifest["provenance"]["stages"])
     out.print(f"source: {manifest['provenance']['source']['kind']} {manifest['provenance']['source']['path']}; stages: {stages}", highlight=False)
     files = Table("file", "size", "sha256", title="files", title_justify="left")

@@ -1,4 +1,4 @@
-"""`edgepack verify BUNDLE`: check every file digest, then run the golden vectors."""
+"""`edgepack verify BUNDLE [--emulate]`: check every file digest, then run the golden vectors."""
 
 from __future__ import annotations
 
@@ -9,16 +9,35 @@ import typer
 from edgepack.cli.console import out
 
 
-def verify_command(bundle: Path = typer.Argument(..., help="bundle directory")) -> None:
-    """Check digests and run the golden vectors with the Python and (where it runs here) native loaders."""
-    from edgepack.runtime.loader import read_manifest
-    from edgepack.verify import verify_bundle
+def _engine_line(name: str, engine: dict) -> str:
+    if not engine["ran"]:
+        return f"{name}: not run ({engine['reason']})"
+    where = f" under {engine['emulator']}" if engine.get("emulator") else ""
+    error = f", max abs err {engine['max_abs_err']:.3g}" if engine.get("max_abs_err") is not None else ""
+    return f"{name}{where}: {'passed' if engine['passed'] else 'FAILED'}{error}"
 
-    report = verify_bundle(bundle, read_manifest(bundle)["target"]["arch"])
-    native = report["native"]
-    native_text = "native loader passed" if native["ran"] else f"native loader not run: {native['reason']}"
-    out.print(f"verified: {len(report['cases'])} golden case(s) within atol {report['atol']}, rtol {report['rtol']} "
-              f"(max abs err {report['max_abs_err']:.3g}); files match their digests; {native_text}", highlight=False)
+
+def verification_lines(report: dict) -> list[str]:
+    """One line per loader plus the tolerance, as `verify` and `inspect` print them."""
+    state = {True: "passed", False: "FAILED", None: "not verified on this machine"}[report["passed"]]
+    return [
+        f"verification: {state}; {report['cases']} golden case(s), atol {report['atol']}, rtol {report['rtol']}",
+        "  " + _engine_line("python loader", report["python_loader"]),
+        "  " + _engine_line("native loader", report["native_loader"]),
+    ]
+
+
+def verify_command(
+    bundle: Path = typer.Argument(..., help="bundle directory"),
+    emulate: bool = typer.Option(False, "--emulate", help="run a foreign-arch bundle's native loader under qemu-user"),
+) -> None:
+    """Check digests, then run the golden vectors with every loader that can run here."""
+    from edgepack.verify import require_verified, verify_bundle
+
+    report = verify_bundle(bundle, emulate=emulate)
+    require_verified(report, emulate)
+    for line in verification_lines(report):
+        out.print(line, highlight=False)
 
 
 def register(app: typer.Typer) -> None:
