@@ -14,7 +14,9 @@ from edgepack.artifacts import Bundle, CompiledModule, StageRecord
 from edgepack.errors import EdgepackError
 from edgepack.golden import GoldenVectors, write_golden
 from edgepack.manifest import file_entries, new_manifest, tool_versions, write_manifest
-from edgepack.runtime_files import NATIVE_LOADER, PYTHON_LOADER, native_loader, python_loader, runtime_libraries
+from edgepack.runtime_files import (
+    NATIVE_LOADER, PYTHON_LOADER, RUNTIME_LIBRARIES, device_requirements, native_loader, python_loader, runtime_libraries,
+)
 
 REFERENCE_MODEL = "reference/model.onnx"
 
@@ -108,6 +110,8 @@ def write_bundle(compiled: CompiledModule, golden: GoldenVectors, config: Packag
             version=config.version,
             tools=tool_versions(used_torch=provenance["source"]["kind"] != "onnx"),
             target=compiled.target.to_json(),
+            requires=device_requirements(compiled.target, [staging / compiled.library.name, staging / "runtime" / NATIVE_LOADER,
+                                                           *(staging / "runtime" / name for name in RUNTIME_LIBRARIES)]),
             inputs=[spec.to_json() for spec in compiled.source.inputs],
             outputs=[spec.to_json() for spec in compiled.source.outputs],
             library=compiled.library.name,

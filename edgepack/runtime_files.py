@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -115,3 +116,31 @@ def python_loader() -> Path:
     from edgepack.runtime import loader
 
     return Path(loader.__file__)
+
+
+_GLIBC_VERSION = re.compile(rb"GLIBC_(\d+)\.(\d+)")
+
+
+def glibc_needed(paths: list[Path]) -> str:
+    """The newest GLIBC_x.y symbol version named by these ELF files: the glibc floor they need."""
+    newest = (2, 17)
+    for path in paths:
+        for major, minor in _GLIBC_VERSION.findall(Path(path).read_bytes()):
+            newest = max(newest, (int(major), int(minor)))
+    return f"{newest[0]}.{newest[1]}"
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def device_requirements(target: TargetSpec, elf_files: list[Path]) -> dict:
+    """The manifest's `requires`: arch, CPU features and the measured glibc floor of the shipped code.
+
+    Refuses a build whose code needs a newer glibc than the target file promises.
+    """
+    needed = glibc_needed(elf_files)
+    if _version_tuple(needed) > _version_tuple(target.toolchain.glibc):
+        raise EdgepackError(f"the built code needs glibc {needed}, but target '{target.name}' promises {target.toolchain.glibc}",
+                            "raise [toolchain] glibc in the target file, or use a toolchain for an older glibc")
+    return {"arch": target.arch, "cpu_features": list(target.cpu_features), "glibc": needed}

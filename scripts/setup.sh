@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(g++ python3-venv)
+# g++ builds x86_64 bundles; the aarch64 cross compiler and qemu-user build and verify arm64 ones.
+APT_PACKAGES=(g++ python3-venv g++-aarch64-linux-gnu qemu-user)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -133,6 +133,52 @@ def check_files(bundle: Path, manifest: Mapping) -> None:
             )
 
 
+_ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
+
+
+def elf_arch(path: Path) -> str:
+    """The architecture an ELF file was built for, from its header."""
+    header = Path(path).read_bytes()[:20]
+    if len(header) < 20 or header[:4] != b"\x7fELF":
+        raise IntegrityError(f"'{Path(path).name}' is not an ELF shared library", "rebuild the bundle")
+    machine = int.from_bytes(header[18:20], "little")
+    return _ELF_MACHINES.get(machine, f"ELF machine {machine}")
+
+
+def cpu_features() -> set[str]:
+    """This CPU's features as /proc/cpuinfo names them ("flags" on x86, "Features" on Arm)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    features = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            features.update(value.split())
+    return features
+
+
+def check_compatibility(bundle: Path, manifest: Mapping) -> None:
+    """Refuse, before loading, a library for another architecture or a CPU missing a required feature.
+
+    (The glibc floor in `requires` is the native loader's; this loader uses the device's TVM runtime.)
+    """
+    import platform
+
+    built_for = elf_arch(Path(bundle) / manifest["library"])
+    here = platform.machine()
+    if built_for != here:
+        raise BundleError(f"bundle is built for {built_for}, this machine is {here}",
+                          f"run it on {built_for} hardware (or `edgepack verify --emulate`), or build it for a {here} target")
+    required = manifest.get("requires", {}).get("cpu_features", [])
+    available = cpu_features()
+    missing = [feature for feature in required if available and feature not in available]
+    if missing:
+        raise BundleError(f"this CPU lacks {', '.join(missing)}, which the bundle's target requires",
+                          "build for a target without those features (see `edgepack targets`)")
+
+
 def check_inputs(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray]) -> None:
     """Refuse inputs whose count, dtype or any dimension differs from the signature."""
     if len(arrays) != len(specs):
@@ -311,6 +357,7 @@ def load(bundle: Path | str) -> LoadedBundle:
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     check_files(bundle, manifest)
+    check_compatibility(bundle, manifest)
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
