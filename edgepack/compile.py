@@ -49,7 +49,7 @@ def _import_relax(model: OnnxModel):
 def _param_names(function, n_inputs: int) -> tuple[str, ...]:
     names, seen = [], set()
     for index, var in enumerate(function.params[n_inputs:]):
-        name = var.name_hint or f"param_{index}"
+        name = var.name or f"param_{index}"
         if name in seen:
             name = f"{name}_{index}"
         seen.add(name)

@@ -38,6 +38,10 @@ def load_onnx(path: Path):
         raise EdgepackError(f"model file '{path}' does not exist", "check the path")
     try:
         model = onnx.load(str(path))
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise EdgepackError(f"cannot read '{path}': {first}",
+                            "keep the model's external data file next to it, or save the model as one file") from None
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
         raise EdgepackError(f"'{path}' is not a readable ONNX model ({type(exc).__name__})",
                             "export the model to ONNX again; the file may be truncated or of another format") from None
