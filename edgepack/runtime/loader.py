@@ -202,14 +202,17 @@ def compare(got: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> dict:
     if got.shape != ref.shape:
         return {"passed": False, "max_abs_err": float("inf"), "max_rel_err": float("inf"), "reason": f"shape {list(got.shape)} != {list(ref.shape)}"}
     got64, ref64 = got.astype(np.float64), ref.astype(np.float64)
-    err = np.abs(got64 - ref64)
-    nan_mismatch = bool(np.any(np.isnan(got64) != np.isnan(ref64)))
-    err = np.where(np.isnan(got64) & np.isnan(ref64), 0.0, err)
-    bound = atol + rtol * np.abs(ref64)
-    max_abs = float(np.nanmax(err)) if err.size else 0.0
-    rel = err / np.maximum(np.abs(ref64), 1e-12)
-    max_rel = float(np.nanmax(rel)) if rel.size else 0.0
-    passed = not nan_mismatch and bool(np.all(err <= bound))
+    # NaN and ±inf match only themselves (as in the native loader); finite values use the bound.
+    special = ~np.isfinite(got64) | ~np.isfinite(ref64)
+    same_special = (got64 == ref64) | (np.isnan(got64) & np.isnan(ref64))
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(got64 - ref64)
+        bound = atol + rtol * np.abs(ref64)
+    err = np.where(same_special, 0.0, np.where(special, np.inf, err))
+    max_abs = float(np.max(err)) if err.size else 0.0
+    rel = err / np.maximum(np.abs(np.where(special, 1.0, ref64)), 1e-12)
+    max_rel = float(np.max(rel)) if rel.size else 0.0
+    passed = bool(np.all(np.where(special, same_special, err <= bound)))
     return {"passed": passed, "max_abs_err": max_abs, "max_rel_err": max_rel}
 
 

@@ -1,0 +1,134 @@
+"""Tiny models built in code, and helpers that turn them into ONNX files or factory files.
+
+Each nn.Module sets `example_inputs`, so `edgepack build file.py:factory` needs no `--input`.
+Weights (and BatchNorm statistics) come from fixed seeds: two calls of a factory give the same model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+class MLP(nn.Module):
+    """x[1,4] -> Linear(4,8) -> ReLU -> Linear(8,3)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        self.example_inputs = (torch.zeros(1, 4),)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """image[1,3,8,8] -> Conv-BN-ReLU -> residual Conv-BN add -> ReLU -> avg pool -> Linear(8,5)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.head = nn.Linear(8, 5)
+        for bn in (self.stem[1], self.block[1]):  # non-trivial statistics, or BN folds to identity
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.2, 0.2)
+        self.example_inputs = (torch.zeros(1, 3, 8, 8),)
+        self.eval()
+
+    def forward(self, image):
+        features = self.stem(image)
+        features = torch.relu(features + self.block(features))
+        return self.head(features.mean(dim=(2, 3)))
+
+
+class TwoInTwoOut(nn.Module):
+    """(a[1,4], b[1,6]) -> (Linear(a) + Linear(b) as [1,3], 2*tanh(b) as [1,6])."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.fa = nn.Linear(4, 3)
+        self.fb = nn.Linear(6, 3)
+        self.example_inputs = (torch.zeros(1, 4), torch.zeros(1, 6))
+
+    def forward(self, a, b):
+        return self.fa(a) + self.fb(b), 2 * torch.tanh(b)
+
+
+def mlp() -> nn.Module:
+    return MLP().eval()
+
+
+def small_cnn() -> nn.Module:
+    return SmallCNN().eval()
+
+
+def two_in_two_out() -> nn.Module:
+    return TwoInTwoOut().eval()
+
+
+FACTORIES = {"mlp": mlp, "small_cnn": small_cnn, "two_in_two_out": two_in_two_out}
+
+
+def input_names(module: nn.Module) -> list[str]:
+    """forward()'s parameter names: the ONNX input names edgepack uses for a factory."""
+    import inspect
+
+    return [name for name in inspect.signature(module.forward).parameters]
+
+
+def export_onnx(module: nn.Module, path: Path) -> Path:
+    """Write `module` to `path` with torch.onnx.export(dynamo=True), inputs named after forward()."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(module.eval(), module.example_inputs, str(path), dynamo=True,
+                          input_names=input_names(module), external_data=False)
+    return Path(path)
+
+
+def write_factory_file(path: Path, factory: str) -> Path:
+    """A stand-alone `file.py` whose function `factory` returns the tests' model of that name."""
+    assert factory in FACTORIES, factory
+    Path(path).write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(TESTS_DIR)!r})\n"
+        f"from models import {factory}\n"
+        "__version__ = '2.3.4'\n",
+        encoding="utf-8",
+    )
+    return Path(path)
+
+
+def unsupported_op_onnx(path: Path) -> Path:
+    """y = Celu(x): valid ONNX that ONNX Runtime runs and TVM's ONNX frontend cannot import."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Celu", ["x"], ["y"], alpha=1.0)], "celu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)
+
+
+def torch_outputs(module: nn.Module, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """The module's outputs on numpy inputs, as a list of numpy arrays."""
+    with torch.no_grad():
+        result = module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+    return [t.numpy() for t in (result if isinstance(result, tuple) else (result,))]
