@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +18,7 @@ from edgepack.runtime.loader import TensorSpec
 from edgepack.signature import parse_input_specs
 from edgepack.sources import FactorySource, ModelSource, OnnxSource, describe, import_file, parse_source
 from edgepack.targets import TargetSpec, load_target
+from edgepack.tune import TuneConfig, tune_model, tuning_dir
 from edgepack.verify import verify_bundle
 
 DEFAULT_VERSION = "0.1.0"
@@ -35,10 +36,11 @@ class BuildPlan:
     compile: CompileConfig = CompileConfig()
     golden: GoldenConfig = GoldenConfig()
     golden_inputs: Path | None = None
+    tune: TuneConfig | None = None  # `--tune N`: tune before compiling, into compile.tuning_database
 
     @property
     def stages(self) -> list[str]:
-        return (["export"] if self.export else []) + ["preflight", "compile", "package", "verify"]
+        return (["export"] if self.export else []) + ["preflight"] + (["tune"] if self.tune else []) + ["compile", "package", "verify"]
 
     def describe(self) -> list[str]:
         """Human-readable lines for `--dry-run`."""
@@ -50,6 +52,8 @@ class BuildPlan:
         ]
         if self.export:
             lines.append(f"export:  {self.export}")
+        if self.tune:
+            lines.append(f"tune:    {self.tune.trials} trials into {self.compile.tuning_database}")
         lines.append(f"compile: {self.compile}")
         golden_from = self.golden_inputs or f"{self.golden.cases} random case(s)"
         lines.append(f"golden:  {golden_from}; atol {self.golden.atol}, rtol {self.golden.rtol}")
@@ -69,7 +73,8 @@ def _declared_version(source: ModelSource) -> str | None:
 def plan_build(model: str, target: str, out_dir: Path, *, name: str | None = None, version: str | None = None,
                inputs: list[str] = (), force: bool = False, archive: bool = False, reference: bool = True,
                golden: GoldenConfig = GoldenConfig(), golden_inputs: Path | None = None,
-               export: ExportConfig = ExportConfig()) -> BuildPlan:
+               export: ExportConfig = ExportConfig(), tune: TuneConfig | None = None,
+               compile: CompileConfig = CompileConfig()) -> BuildPlan:
     """Resolve the model, target, toolchain and destination; refuse anything wrong before work."""
     source = parse_source(model)
     spec = load_target(target)
@@ -83,8 +88,16 @@ def plan_build(model: str, target: str, out_dir: Path, *, name: str | None = Non
     check_destination(package, spec.name)
     if golden_inputs is not None and not Path(golden_inputs).is_file():
         raise EdgepackError(f"golden inputs file '{golden_inputs}' does not exist", "pass an .npz with one array per input")
+    if compile.tuning_database is None:  # the target's tuning database, applied whenever it holds records
+        database = tune.database if tune is not None and tune.database else tuning_dir(spec)
+        compile = replace(compile, tuning_database=str(database))
+    if tune is not None:
+        tune = replace(tune, database=Path(compile.tuning_database))
+        if not spec.runs_on_this_machine():
+            raise EdgepackError(f"--tune measures on this machine, which cannot run target '{spec.name}' ({spec.arch})",
+                                "tune on the device, or build without --tune (records already tuned are applied)")
     return BuildPlan(source, spec, package, overrides, None if isinstance(source, OnnxSource) else export,
-                     golden=golden, golden_inputs=golden_inputs)
+                     compile=compile, golden=golden, golden_inputs=golden_inputs, tune=tune)
 
 
 @dataclass
@@ -110,6 +123,9 @@ def run_build(plan: BuildPlan, progress: Callable[[str], None] = lambda stage: N
         progress("preflight")
         model, record = preflight(onnx_path, overrides, work)
         records.append(record)
+        if plan.tune is not None:
+            progress("tune")
+            records.append(tune_model(model, plan.target, plan.tune, progress=lambda state: progress(f"tune: {state.line()}")))
         progress("compile")
         compiled, record = compile_model(model, plan.target, work, plan.compile)
         records.append(record)

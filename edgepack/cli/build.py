@@ -28,17 +28,23 @@ def build_command(
     reference: bool = typer.Option(True, "--reference/--no-reference", help="ship the ONNX model for --compare"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved plan and stop"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON when done"),
+    tune: int = typer.Option(0, "--tune", min=0, help="tune N MetaSchedule trials first (records kept for later builds)"),
+    database: Optional[Path] = typer.Option(None, "--database", help="tuning database directory (default: see `edgepack tune`)"),
+    schedule: bool = typer.Option(True, "--schedule/--no-schedule", help="heuristic CPU schedules for untuned kernels"),
 ) -> None:
     """Compile MODEL for a target and write a self-contained, verified bundle."""
     from edgepack.build import plan_build, run_build
+    from edgepack.compile import CompileConfig
     from edgepack.golden import GoldenConfig
+    from edgepack.tune import TuneConfig
 
     plan = plan_build(model, target, out_dir, name=name, version=version, inputs=inputs, force=force, archive=archive,
                       reference=reference, golden=GoldenConfig(cases=cases, atol=atol, rtol=rtol),
-                      golden_inputs=golden_inputs)
+                      golden_inputs=golden_inputs, tune=TuneConfig(trials=tune, database=database) if tune else None,
+                      compile=CompileConfig(cpu_schedule=schedule, tuning_database=str(database) if database else None))
     if dry_run:
         for line in plan.describe():
-            out.print(line, highlight=False)
+            out.print(line, highlight=False, soft_wrap=True)  # one line each, however long, for scripts
         return
     with err.status("building") as status:
         result = run_build(plan, progress=lambda stage: status.update(f"{stage}…"))

@@ -1,0 +1,47 @@
+"""`edgepack tune MODEL --target T --trials N`: tune the model's kernels into the target's tuning database."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from edgepack.cli.console import err, out
+
+
+def tune_command(
+    model: str = typer.Argument(..., help="model.onnx, program.pt2, or path/to/file.py:factory"),
+    target: str = typer.Option("x86_64", "--target", "-t", help="target name (see `edgepack targets`) or a .toml path"),
+    trials: int = typer.Option(64, "--trials", "-n", min=1, help="measured candidates over all kernels"),
+    database: Optional[Path] = typer.Option(None, "--database", help="database directory "
+                                            "(default: $EDGEPACK_TUNING_DIR/<target>, else <cache>/tuning/<target>)"),
+    inputs: List[str] = typer.Option([], "--input", "-i", help="name:1x3x224x224:float32, for dynamic or torch inputs"),
+    as_json: bool = typer.Option(False, "--json", help="print the tuning report as JSON"),
+) -> None:
+    """Tune MODEL's kernels with MetaSchedule; later builds of any model with the same kernels use the records.
+
+    Ctrl-C stops tuning and keeps every record measured so far."""
+    from edgepack.targets import load_target
+    from edgepack.tune import TuneConfig, tune, tuning_dir
+
+    directory = database or tuning_dir(load_target(target))
+    try:
+        with err.status("tuning") as status:
+            record = tune(model, target, TuneConfig(trials=trials, database=directory), inputs,
+                          progress=lambda state: status.update(f"tuning: {state.line()}"))
+    except KeyboardInterrupt:
+        err.print(f"interrupted: the records measured so far are kept in {directory}", highlight=False)
+        raise typer.Exit(130) from None
+    if as_json:
+        print(json.dumps({"config": record.config, "report": record.report}, indent=2))
+        return
+    report = record.report
+    out.print(f"tuned {report.get('kernels', 0)} kernel(s) with {report.get('trials', 0)} trials "
+              f"({report.get('failed_trials', 0)} failed) in {report.get('seconds', 0)} s; "
+              f"{report.get('new_records', 0)} new records in {directory}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tune")(tune_command)

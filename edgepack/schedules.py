@@ -1,0 +1,256 @@
+"""Untuned CPU schedules: a deterministic heuristic that every TIR function gets unless tuned.
+
+TVM's default CPU pipeline lowers every operator to naive, single-threaded loops (ResNet-18 ~70x slower
+than ONNX Runtime here), and `dlight.cpu` has no rule for convolutions. This pass gives each function
+the shape of a hand-written CPU kernel without any search:
+
+- injective producers are inlined into their (non-reduction) consumers;
+- every reduction block (conv2d, matmul, pooling) is register-tiled: the innermost output axis split
+  into one or two SIMD vectors, a second output axis into a few rows, accumulators held in a small
+  local buffer, the fused epilogue (bias, residual add, ReLU) applied when the tile is written back,
+  and the outer tiles spread over the thread pool;
+- the remaining element-wise loops are fused, parallelised and vectorised.
+
+A function it cannot schedule is left as it was and named in the report; it still runs, slowly.
+Functions that carry tuning records (`tirx.is_scheduled`) are not touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: below this many scalar operations a loop nest stays single-threaded: waking the pool costs more
+PARALLEL_MIN_WORK = 1 << 15
+#: accumulator tile (vector lanes x rows) a reduction keeps in registers; 16 ymm registers on AVX2
+TILE_ELEMENTS = 64
+
+
+@dataclass
+class ScheduleReport:
+    """Which functions the heuristic scheduled, which it skipped (already tuned) and why some failed."""
+
+    scheduled: list[str] = field(default_factory=list)
+    tuned: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"heuristic": len(self.scheduled), "tuned": len(self.tuned), "unscheduled": dict(self.failed)}
+
+
+def _extent(sch, loop) -> int:
+    value = sch.get(loop).extent
+    return int(value) if hasattr(value, "value") or isinstance(value, int) else -1
+
+
+def _divisor_at_most(extent: int, limit: int) -> int:
+    for factor in range(min(extent, limit), 0, -1):
+        if extent % factor == 0:
+            return factor
+    return 1
+
+
+def _vector_factor(extent: int, lanes: int) -> int:
+    """Lanes of the innermost output tile: two vectors, one vector, else the largest divisor up to two vectors."""
+    for factor in (2 * lanes, lanes):
+        if extent % factor == 0:
+            return factor
+    return _divisor_at_most(extent, 2 * lanes)
+
+
+def _is_reduction(sch, block) -> bool:
+    return any(int(iv.iter_type) == 2 for iv in sch.get(block).iter_vars)
+
+
+def _is_spatial(sch, block) -> bool:
+    return all(int(iv.iter_type) == 0 for iv in sch.get(block).iter_vars)
+
+
+def _work(sch, loops) -> int:
+    total = 1
+    for loop in loops:
+        total *= max(_extent(sch, loop), 1)
+    return total
+
+
+def _inline_injective(sch) -> None:
+    """Inline spatial producers into their consumers, except into reductions (pads stay materialised)."""
+    changed = True
+    while changed:
+        changed = False
+        root = sch.get_sblock("root") if _has_root(sch) else None
+        blocks = sch.get_child_blocks(root) if root is not None else []
+        outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)} if root is not None else set()
+        for block in blocks:
+            if sch.get(block).name_hint in outputs or not _is_spatial(sch, block):
+                continue
+            consumers = sch.get_consumers(block)
+            if not consumers or any(_is_reduction(sch, c) for c in consumers):
+                continue
+            try:
+                sch.compute_inline(block)
+            except Exception:  # noqa: BLE001 - not inlinable (e.g. multiple writes): keep it
+                continue
+            changed = True
+            break
+
+
+def _has_root(sch) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _tile_reduction(sch, block, lanes: int) -> None:
+    """Register-tile one reduction block and write its epilogue back tile by tile."""
+    loops = sch.get_loops(block)
+    iter_vars = sch.get(block).iter_vars
+    if len(loops) != len(iter_vars):
+        raise ValueError("loops do not map one to one onto block iterators")
+    spatial = [loop for loop, iv in zip(loops, iter_vars) if int(iv.iter_type) == 0]
+    reduce = [loop for loop, iv in zip(loops, iter_vars) if int(iv.iter_type) == 2]
+    if not spatial or len(spatial) + len(reduce) != len(loops):
+        raise ValueError("unsupported iterator kinds")
+    extents = [_extent(sch, loop) for loop in spatial]
+    if min(extents) < 1:
+        raise ValueError("dynamic shape")
+    # epilogue (bias, residual, activation) follows the accumulator tile, not the whole tensor
+    write_back = sch.cache_write(block, 0, "local")
+    accumulate, write_back = block, write_back
+    # after cache_write the compute block writes local memory; the copy block writes the old buffer
+    for consumer in sch.get_consumers(write_back):
+        if _is_spatial(sch, consumer):
+            try:
+                sch.reverse_compute_inline(consumer)
+            except Exception:  # noqa: BLE001 - keep the epilogue as its own loop nest
+                pass
+    vec_index = max((i for i, e in enumerate(extents) if e > 1), default=len(extents) - 1)
+    vec_factor = _vector_factor(extents[vec_index], lanes)
+    others = [i for i, e in enumerate(extents) if i != vec_index and e > 1]
+    row_index = max(others, key=lambda i: extents[i]) if others else None
+    row_factor = _divisor_at_most(extents[row_index], max(TILE_ELEMENTS // vec_factor, 1)) if row_index is not None else 1
+    outer, inner = [], []
+    for index, loop in enumerate(spatial):
+        if index == vec_index and vec_factor > 1:
+            o, i = sch.split(loop, [None, vec_factor])
+            outer.append(o)
+            inner.append(i)
+        elif index == row_index and row_factor > 1:
+            o, i = sch.split(loop, [None, row_factor])
+            outer.append(o)
+            inner.insert(0, i)
+        else:
+            outer.append(loop)
+    sch.reorder(*outer, *reduce, *inner)
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    work = _work(sch, [fused, *reduce, *inner])
+    sch.reverse_compute_at(write_back, fused)
+    if work >= PARALLEL_MIN_WORK and _extent(sch, fused) > 1:
+        sch.parallel(fused)
+    if vec_factor > 1:
+        sch.vectorize(inner[-1])
+    if len(inner) > 1:
+        sch.unroll(inner[0])
+    _vectorize_innermost(sch, write_back)
+    if reduce:  # after the annotations: the update block alone is no longer a reduction block
+        init = sch.decompose_reduction(accumulate, reduce[0])
+        if int(sch.get(sch.get_loops(init)[-1]).kind) == 0:
+            _vectorize_innermost(sch, init)
+
+
+def _vectorize_innermost(sch, block) -> None:
+    loops = sch.get_loops(block)
+    if loops and 1 < _extent(sch, loops[-1]) <= 64:
+        sch.vectorize(loops[-1])
+
+
+def _schedule_spatial(sch, block, lanes: int) -> None:
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    work = _work(sch, loops)
+    last = loops[-1]
+    extent = _extent(sch, last)
+    if extent < 1:
+        raise ValueError("dynamic shape")
+    vector = None
+    if extent > 1:
+        factor = extent if extent <= 4 * lanes else _divisor_at_most(extent, 4 * lanes)
+        if factor > 1:
+            if factor < extent:
+                last, vector = sch.split(last, [None, factor])
+                loops = [*loops[:-1], last]
+            else:
+                vector, loops = last, loops[:-1]
+    if loops:
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        if work >= PARALLEL_MIN_WORK and _extent(sch, fused) > 1:
+            sch.parallel(fused)
+    if vector is not None:
+        sch.vectorize(vector)
+
+
+def schedule_function(func, lanes: int = 8):
+    """The scheduled version of one PrimFunc (raises when the heuristic does not apply)."""
+    return heuristic_schedule(func, lanes).mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def heuristic_schedule(func, lanes: int = 8):
+    """The traced `s_tir.Schedule` of the heuristic for one PrimFunc (or an IRModule holding `main`);
+    its trace replays like a tuning record (edgepack.tune seeds the database with it)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    _inline_injective(sch)
+    root = sch.get_sblock("root")
+    reductions = [sch.get(b).name_hint for b in sch.get_child_blocks(root) if _is_reduction(sch, b)]
+    for name in reductions:  # by name: tiling one block inlines others' epilogues
+        _tile_reduction(sch, sch.get_sblock(name), lanes)
+    for block in sch.get_child_blocks(root):
+        if _is_spatial(sch, block) and len(sch.get_loops(block)) and not _is_annotated(sch, block):
+            _schedule_spatial(sch, block, lanes)
+    return sch
+
+
+def _is_annotated(sch, block) -> bool:
+    from tvm import tirx
+
+    return any(int(sch.get(loop).kind) != int(tirx.ForKind.SERIAL) for loop in sch.get_loops(block))
+
+
+def vector_lanes(target) -> int:
+    """fp32 lanes of the target's widest SIMD registers (8 for AVX2, 16 for AVX-512, 4 for NEON/SSE)."""
+    mcpu = str(target.attrs.get("mcpu", "")) if "mcpu" in target.attrs else ""
+    mattr = [str(item) for item in target.attrs.get("mattr", [])] if "mattr" in target.attrs else []
+    if "+avx512f" in mattr or mcpu in ("x86-64-v4", "skylake-avx512", "cascadelake", "icelake-server", "sapphirerapids", "znver4"):
+        return 16
+    if str(target.attrs.get("mtriple", "")).startswith("x86_64") and (mcpu in ("x86-64-v3", "haswell", "znver2", "znver3", "skylake") or "+avx2" in mattr):
+        return 8
+    return 4
+
+
+def cpu_schedule_pass(report: ScheduleReport, lanes: int):
+    """A module pass scheduling every unscheduled PrimFunc with the heuristic; fills `report`."""
+    import tvm
+    from tvm import tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgepackCpuSchedule")
+    def _pass(mod, _ctx):
+        updates = {}
+        for gvar, func in mod.functions.items():
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            if func.attrs is not None and "tirx.is_scheduled" in func.attrs and bool(func.attrs["tirx.is_scheduled"]):
+                report.tuned.append(gvar.name_hint)
+                continue
+            try:
+                updates[gvar] = schedule_function(func, lanes)
+                report.scheduled.append(gvar.name_hint)
+            except Exception as exc:  # noqa: BLE001 - the naive loops still compute the right thing
+                report.failed[gvar.name_hint] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:200]
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        return mod
+
+    return _pass

@@ -1,0 +1,337 @@
+"""Stage: tune a model's kernels with MetaSchedule into a tuning database that later builds apply.
+
+The database is two JSON-lines files (MetaSchedule's `JSONDatabase`) in one directory per target:
+`<cache>/tuning/<target-name>/` where `<cache>` is `edgepack.runtime_files.cache_dir()`
+(`$EDGEPACK_CACHE`, else `~/.cache/edgepack`). `$EDGEPACK_TUNING_DIR` moves the root (the target name is
+still appended); `--database DIR` names one directory exactly. Records are keyed by the kernel's
+structure (shapes included), so a build of *any* model with the same workloads reuses them. Every
+measured candidate is appended to the files as it is measured: an interrupted run keeps what it
+finished; copy the directory to share it.
+
+What was broken or slow with TVM 0.27's defaults here, and what this module does instead:
+- MetaSchedule's default builder imports `tvm.s_tir.tensor_intrin` in every worker (80-95 s on this
+  2-core machine) against a 30 s timeout, so every candidate failed with only "Build errors: N".
+  `_build_kernel` compiles without that import (CPU schedules need no tensor intrinsics).
+- measurement ran with the TVM pool's default (half the hardware threads); the runner gets the
+  target's core count, the same as the bundle gets at run time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgepack.artifacts import OnnxModel, StageRecord
+from edgepack.errors import EdgepackError
+from edgepack.targets import TargetSpec
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How much to tune and where the records go."""
+
+    trials: int = 64  # measured candidates over all kernels (MetaSchedule's max_trials_global)
+    database: Path | None = None  # None: tuning_dir(target)
+    trials_per_iteration: int = 16  # candidates built and measured per round
+    run_timeout_s: float = 60.0
+    seed: int | None = 0
+
+
+@dataclass
+class TuneProgress:
+    """What a progress callback sees after each measured batch."""
+
+    trials_done: int
+    trials_total: int
+    tasks_done: int
+    tasks_total: int
+    best_ms: dict[str, float] = field(default_factory=dict)  # per kernel
+    errors: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        if not self.trials_done:
+            return None
+        return self.elapsed_s / self.trials_done * max(self.trials_total - self.trials_done, 0)
+
+    def line(self) -> str:
+        eta = f", ~{self.eta_s:.0f} s left" if self.eta_s is not None else ""
+        best = sum(self.best_ms.values())
+        return (f"{self.trials_done}/{self.trials_total} trials, {self.tasks_done}/{self.tasks_total} kernels measured, "
+                f"sum of best kernel times {best:.3f} ms, {self.errors} failed{eta}")
+
+
+def tuning_dir(target: TargetSpec) -> Path:
+    """The tuning database of a target: $EDGEPACK_TUNING_DIR/<name>, else <cache>/tuning/<name>."""
+    from edgepack.runtime_files import cache_dir
+
+    root = os.environ.get("EDGEPACK_TUNING_DIR")
+    return (Path(root) if root else cache_dir() / "tuning") / target.name
+
+
+def open_database(path: Path):
+    """The MetaSchedule JSON database in `path` (created empty when missing); usable as a context."""
+    from tvm.s_tir import meta_schedule as ms
+
+    path.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(path_workload=str(path / WORKLOAD_FILE), path_tuning_record=str(path / RECORD_FILE),
+                                    allow_missing=True, module_equality="structural")
+
+
+def tuning_target(target: TargetSpec):
+    """The target MetaSchedule tunes for: the [tvm] table plus the core count it requires."""
+    import tvm
+
+    table = dict(target.tvm)
+    table.setdefault("num-cores", physical_cores())
+    return tvm.target.Target(table)
+
+
+def physical_cores() -> int:
+    """Physical cores of this machine (psutil), else logical CPUs."""
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+def _skip_tensor_intrinsics() -> None:
+    """Make `import tvm.s_tir.tensor_intrin` (done by every TuneContext) instant in this process.
+
+    The real import parses the TVMScript of every CUDA/ROCm/Hexagon/ARM/x86 intrinsic: ~90 s here.
+    CPU schedule rules for targets without VNNI/dotprod/SME use none of them. The placeholder keeps the
+    package path, so `tvm.s_tir.tensor_intrin.x86` and friends still import on demand."""
+    import sys
+    import types
+
+    import tvm.s_tir
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        return
+    placeholder = types.ModuleType(name)
+    placeholder.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
+    sys.modules[name] = placeholder
+    tvm.s_tir.tensor_intrin = placeholder
+
+
+def _build_kernel(mod, target, _params):
+    """MetaSchedule's default build minus its `import tvm.s_tir.tensor_intrin` (80-95 s per worker here)."""
+    from tvm.driver import build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return build(mod, target=target)
+
+
+def _in_process_builder():
+    """Builds candidates in this process: MetaSchedule's LocalBuilder restarts a worker pool for every
+    batch, and each worker's `import tvm` costs ~5 s here, more than compiling a small kernel."""
+    import tempfile
+
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.support.tar import tar
+
+    @derived_object
+    class _InProcessBuilder(ms.builder.PyBuilder):
+        def build(self, build_inputs):
+            results = []
+            for build_input in build_inputs:
+                try:
+                    module = _build_kernel(build_input.mod, build_input.target, None)
+                    path = str(Path(tempfile.mkdtemp(prefix="edgepack-tune-")) / f"kernel.{tar.output_format}")
+                    module.export_library(path, fcompile=tar)
+                    results.append(ms.builder.BuilderResult(path, None))
+                except Exception as exc:  # noqa: BLE001 - a failed candidate is a result, not an error
+                    results.append(ms.builder.BuilderResult(None, f"{type(exc).__name__}: {exc}"))
+            return results
+
+    return _InProcessBuilder()
+
+
+def _seed_with_heuristic(contexts, database, runner, target) -> int:
+    """Measure edgepack's heuristic schedule of every kernel and commit it as a record: the database's
+    best is then never worse than an untuned build, and the search starts from it. Returns records added."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgepack.schedules import heuristic_schedule, vector_lanes
+
+    builder, added = _in_process_builder(), 0
+    for context in contexts:
+        try:
+            schedule = heuristic_schedule(context.mod, vector_lanes(target))
+        except Exception:  # noqa: BLE001 - the heuristic does not apply: the search starts from scratch
+            continue
+        built = builder.build([ms.builder.BuilderInput(schedule.mod, target)])[0]
+        if built.error_msg:
+            continue
+        args_info = ms.arg_info.ArgInfo.from_prim_func(context.mod["main"])
+        (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args_info)])
+        result = future.result()
+        if result.error_msg or not result.run_secs:
+            continue
+        workload = database.commit_workload(context.mod)
+        database.commit_tuning_record(ms.database.TuningRecord(schedule.trace, workload, result.run_secs, target, args_info))
+        added += 1
+    return added
+
+
+def _progress_callback(report: Callable[[TuneProgress], None], total: int, task_names: list[str]):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    started = time.perf_counter()
+
+    @derived_object
+    class _Progress(ms.measure_callback.PyMeasureCallback):
+        def __init__(self):
+            self.state = TuneProgress(0, total, 0, len(task_names))
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            state = self.state
+            state.trials_done += len(measure_candidates)
+            name = task_names[task_id]
+            for built, ran in zip(builder_results, runner_results):
+                if built.error_msg or ran.error_msg or not ran.run_secs:
+                    state.errors += 1
+                    continue
+                ms_value = 1000.0 * sum(float(s) for s in ran.run_secs) / len(ran.run_secs)
+                state.best_ms[name] = min(state.best_ms.get(name, math.inf), ms_value)
+            state.tasks_done = len(state.best_ms)
+            state.elapsed_s = time.perf_counter() - started
+            report(state)
+
+    return _Progress()
+
+
+def extract_kernels(model: OnnxModel, target: TargetSpec):
+    """The kernels a build of `model` for `target` compiles, as MetaSchedule tasks (deduplicated)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgepack.compile import _import_relax, lower_to_tir
+
+    tvm_target = tuning_target(target)
+    module, _ = _import_relax(model)
+    module = lower_to_tir(module, tvm_target)
+    return tvm_target, ms.relax_integration.extract_tasks(module, tvm_target)
+
+
+def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneConfig(),
+               progress: Callable[[TuneProgress], None] = lambda state: None) -> StageRecord:
+    """Tune every kernel of `model` for `target`, appending the records to the tuning database.
+
+    Ctrl-C stops it; records measured so far stay in the database and the interrupt propagates."""
+    if not target.runs_on_this_machine():
+        raise EdgepackError(f"target '{target.name}' ({target.arch}) cannot be measured on this machine",
+                            "tune on the device itself, or tune a target of this machine's architecture")
+    if config.trials < 1:
+        raise EdgepackError("--trials must be at least 1", "pass e.g. --trials 64")
+    import tvm  # noqa: F401 - before the workers fork
+    from tvm.s_tir import meta_schedule as ms
+
+    _skip_tensor_intrinsics()
+
+    database_dir = Path(config.database) if config.database else tuning_dir(target)
+    started = time.perf_counter()
+    tvm_target, tasks = extract_kernels(model, target)
+    tasks = [task for task in tasks if not task.mod.attrs or not task.mod.attrs.get("tirx.is_scheduled", False)]
+    if not tasks:
+        return StageRecord("tune", _config_json(config, database_dir), {"kernels": 0, "trials": 0})
+    threads = int(tvm_target.attrs["num-cores"])
+    os.environ["TVM_NUM_THREADS"] = str(threads)  # the runner's workers inherit it
+    database = open_database(database_dir)
+    before = len(database)
+    with _scratch_dir(database_dir) as work_dir:
+        # a smaller population keeps the search between rounds short on small budgets
+        population = 512 if config.trials >= 512 else 128
+        strategy = ms.search_strategy.EvolutionarySearch(population_size=population,
+                                                         init_min_unmeasured=min(50, population // 2))
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks, work_dir, strategy=strategy, num_threads=threads, seed=config.seed)
+        runner = ms.runner.LocalRunner(timeout_sec=config.run_timeout_s,
+                                       evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50))
+        seeded = _seed_with_heuristic(contexts, database, runner, tvm_target)
+        names = [context.task_name for context in contexts]
+        callback = _progress_callback(progress, config.trials, names)
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=work_dir,
+            max_trials_global=config.trials,
+            # every kernel gets at least one round before the budget runs out
+            num_trials_per_iter=max(1, min(config.trials_per_iteration, config.trials // len(contexts))),
+            builder=_in_process_builder(),
+            runner=runner,
+            database=database,
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback],
+        )
+    state = callback.state
+    report = {
+        "kernels": len(contexts),
+        "trials": state.trials_done,
+        "failed_trials": state.errors,
+        "new_records": len(database) - before,
+        "heuristic_records": seeded,
+        "best_ms_sum": round(sum(state.best_ms.values()), 4),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if state.trials_done and state.errors == state.trials_done:
+        raise EdgepackError(f"all {state.errors} tuning candidates failed to build or run",
+                            f"rerun with --debug; MetaSchedule's logs are under {database_dir}/logs")
+    return StageRecord("tune", _config_json(config, database_dir), report)
+
+
+def _config_json(config: TuneConfig, database_dir: Path) -> dict:
+    return {"trials": config.trials, "trials_per_iteration": config.trials_per_iteration,
+            "database": str(database_dir), "seed": config.seed}
+
+
+class _scratch_dir:
+    """MetaSchedule's log directory beside the database (kept: it explains failed candidates)."""
+
+    def __init__(self, database_dir: Path):
+        self.path = database_dir / "logs"
+
+    def __enter__(self) -> str:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return str(self.path)
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def tune(model: str, target: str, config: TuneConfig = TuneConfig(), inputs: list[str] = (),
+         progress: Callable[[TuneProgress], None] = lambda state: None) -> StageRecord:
+    """Tune a model given as for `edgepack build` (ONNX file, .pt2, or file.py:factory): the Python API
+    behind `edgepack tune`. Records go to `config.database`, else to the target's tuning directory."""
+    import tempfile
+
+    from edgepack.export import ExportConfig, export_to_onnx, load_torch_model
+    from edgepack.preflight import preflight
+    from edgepack.signature import parse_input_specs
+    from edgepack.sources import OnnxSource, parse_source
+    from edgepack.targets import load_target
+
+    source = parse_source(model)
+    spec = load_target(target)
+    overrides = parse_input_specs(list(inputs))
+    with tempfile.TemporaryDirectory(prefix="edgepack-tune-") as workdir:
+        onnx_path = source.path
+        if not isinstance(source, OnnxSource):
+            torch_model = load_torch_model(source, overrides)
+            onnx_path = Path(workdir) / "exported.onnx"
+            export_to_onnx(torch_model, onnx_path, ExportConfig())
+            overrides = {s.name: s for s in torch_model.inputs}
+        onnx_model, _ = preflight(onnx_path, overrides, Path(workdir))
+        return tune_model(onnx_model, spec, config, progress)

@@ -1,0 +1,78 @@
+"""Tuning: a tiny model tuned with a handful of trials; a later build in a fresh process applies the records."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.tvm
+
+EDGEPACK = Path(sys.executable).parent / "edgepack"
+
+
+def _tiny_onnx(path: Path) -> Path:
+    """x(1x32) @ W(32x16) + b, ReLU: one kernel to tune, written with onnx.helper (no export needed)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "weight")
+    bias = numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "bias")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "weight"], ["h"]), helper.make_node("Add", ["h", "bias"], ["a"]),
+         helper.make_node("Relu", ["a"], ["y"])],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], [weight, bias])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _kernels(manifest: dict) -> dict:
+    compile_stage = next(s for s in manifest["provenance"]["stages"] if s["stage"] == "compile")
+    return compile_stage["report"]["kernels"]
+
+
+def test_tuning_directory_follows_environment(tmp_path, monkeypatch):
+    from edgepack.targets import load_target
+    from edgepack.tune import tuning_dir
+
+    monkeypatch.setenv("EDGEPACK_TUNING_DIR", str(tmp_path / "shared"))
+    assert tuning_dir(load_target("x86_64")) == tmp_path / "shared" / "x86_64"
+    monkeypatch.delenv("EDGEPACK_TUNING_DIR")
+    monkeypatch.setenv("EDGEPACK_CACHE", str(tmp_path / "cache"))
+    assert tuning_dir(load_target("x86_64")) == tmp_path / "cache" / "tuning" / "x86_64"
+
+
+def test_tune_then_fresh_build_applies_records(tmp_path):
+    model = _tiny_onnx(tmp_path / "tiny.onnx")
+    env = {**os.environ, "EDGEPACK_TUNING_DIR": str(tmp_path / "tuning")}
+    tuned = subprocess.run([str(EDGEPACK), "tune", str(model), "--trials", "2", "--json"], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    report = json.loads(tuned.stdout[tuned.stdout.index("{"):])["report"]
+    assert report["kernels"] >= 1 and report["trials"] >= 1 and report["failed_trials"] == 0
+    assert report["heuristic_records"] >= 1  # the untuned schedule is a record: tuning never makes it worse
+    database = tmp_path / "tuning" / "x86_64"
+    assert (database / "database_tuning_record.json").stat().st_size > 0
+
+    built = subprocess.run([str(EDGEPACK), "build", str(model), "-o", str(tmp_path / "dist"), "--json"], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    kernels = _kernels(json.loads(built.stdout[built.stdout.index("{"):]))
+    assert kernels["tuned"] >= 1 and kernels["heuristic"] == 0 and not kernels["unscheduled"]
+
+
+def test_untuned_build_uses_heuristic_schedules(tmp_path):
+    model = _tiny_onnx(tmp_path / "tiny.onnx")
+    env = {**os.environ, "EDGEPACK_TUNING_DIR": str(tmp_path / "empty")}
+    built = subprocess.run([str(EDGEPACK), "build", str(model), "-o", str(tmp_path / "dist"), "--json"], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    kernels = _kernels(json.loads(built.stdout[built.stdout.index("{"):]))
+    assert kernels["heuristic"] >= 1 and kernels["tuned"] == 0 and not kernels["unscheduled"]
