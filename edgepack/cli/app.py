@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from edgepack.cli import bench, build, doctor, inspect, run, targets, verify
+from edgepack.cli import bench, build, deploy, doctor, inspect, run, targets, tune, verify
 from edgepack.errors import EXIT_INTERNAL, BundleError
 
 app = typer.Typer(
@@ -24,7 +24,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
     _state["debug"] = debug
 
 
-for module in (build, inspect, run, verify, bench, targets, doctor):
+for module in (build, tune, inspect, run, verify, bench, targets, doctor, deploy):
     module.register(app)
 
 

@@ -1,0 +1,88 @@
+"""`edgepack deploy|status|versions|rollback|remove`: manage bundles on a device store (docs/deployment.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgepack.cli.console import out
+
+_MODEL = typer.Option(None, "--model", help="model name; needed when the device holds several models")
+_TIMEOUT = typer.Option(120.0, "--health-timeout", help="seconds the health check's loader may run")
+
+
+def _print(line: str) -> None:
+    out.print(line, highlight=False, markup=False)
+
+
+def deploy_command(
+    bundle: Path = typer.Argument(..., help="bundle directory"),
+    device: str = typer.Argument(..., help="device store: a directory, file:///path or ssh://[user@]host[:port]/path"),
+    latency_budget_ms: Optional[float] = typer.Option(None, "--latency-budget-ms", help="fail the health check above this median latency"),
+    force: bool = typer.Option(False, "--force", help="replace an installed (inactive) version of the same number"),
+    timeout: float = _TIMEOUT,
+) -> None:
+    """Install a bundle on the device and activate it if its health check passes (exit 5: rolled back)."""
+    from edgepack.deploy import HealthConfig, deploy
+
+    result = deploy(bundle, device, force=force, health=HealthConfig(timeout, latency_budget_ms))
+    _print(f"{result.model} {result.version} is active (health check passed: {result.health.detail}); "
+           f"previous: {result.previous or 'none'}")
+
+
+def status_command(device: str = typer.Argument(..., help="device store"), model: Optional[str] = _MODEL) -> None:
+    """Active and previous version, the active one's health and last check."""
+    from edgepack.deploy import status
+
+    info = status(device, model)
+    _print(f"model:      {info['model']} on {info['device']}")
+    _print(f"active:     {info['active'] or 'none'}")
+    _print(f"previous:   {info['previous'] or 'none'}")
+    _print(f"health:     {info['health'] or '-'} ({info['detail'] or 'no check'})")
+    _print(f"last check: {info['last_check'] or '-'}")
+
+
+def versions_command(device: str = typer.Argument(..., help="device store"), model: Optional[str] = _MODEL) -> None:
+    """Every installed version with its health and times."""
+    from edgepack.deploy import versions
+
+    for row in versions(device, model):
+        mark = "*" if row["active"] else ("<" if row["previous"] else " ")
+        _print(f"{mark} {row['version']:<12} {row['target']:<14} {row['health']:<9} installed {row['installed']}  "
+               f"checked {row['last_check'] or '-'}")
+
+
+def rollback_command(
+    device: str = typer.Argument(..., help="device store"),
+    to: Optional[str] = typer.Option(None, "--to", help="version to activate (default: the previous one)"),
+    model: Optional[str] = _MODEL,
+    timeout: float = _TIMEOUT,
+) -> None:
+    """Activate the previous version (or --to VERSION), gated by its health check."""
+    from edgepack.deploy import HealthConfig, rollback
+
+    result = rollback(device, to, model, HealthConfig(timeout))
+    _print(f"{result.model} {result.version} is active (rolled back from {result.previous or 'none'}; "
+           f"health check passed: {result.health.detail})")
+
+
+def remove_command(
+    device: str = typer.Argument(..., help="device store"),
+    version: str = typer.Argument(..., help="version to delete (never the active one)"),
+    model: Optional[str] = _MODEL,
+) -> None:
+    """Delete an installed version that is not active."""
+    from edgepack.deploy import remove
+
+    remove(device, version, model)
+    _print(f"removed {version}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("deploy")(deploy_command)
+    app.command("status")(status_command)
+    app.command("versions")(versions_command)
+    app.command("rollback")(rollback_command)
+    app.command("remove")(remove_command)

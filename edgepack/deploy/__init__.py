@@ -1,0 +1,13 @@
+"""Deploy bundles to a device store: install, health-gated activation, rollback, removal.
+
+The store layout and its guarantees are documented in docs/deployment.md. Every function here is
+the Python API behind one `edgepack` command (`deploy`, `status`, `versions`, `rollback`, `remove`).
+"""
+
+from edgepack.deploy.health import EXIT_ROLLED_BACK, HealthCheckFailed, HealthConfig, HealthResult
+from edgepack.deploy.operations import ActivationResult, deploy, remove, rollback, status, versions
+
+__all__ = [
+    "EXIT_ROLLED_BACK", "ActivationResult", "HealthCheckFailed", "HealthConfig", "HealthResult",
+    "deploy", "remove", "rollback", "status", "versions",
+]

@@ -1,0 +1,157 @@
+"""The file-system operations a device store needs, on this machine (LocalFS).
+
+Paths are PurePosixPath so that the same store code drives a remote device (ssh.SshFS). Every
+operation that changes the store is durable when it returns (fsync of files and directories).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Protocol
+
+from edgepack.deploy.faults import fault_point
+from edgepack.errors import EdgepackError
+from edgepack.runtime.loader import MANIFEST, IntegrityError, check_files, read_manifest
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_file(source: Path, destination: Path) -> None:
+    if not source.is_file():
+        raise IntegrityError(f"bundle file '{source}' is missing", "rebuild the bundle or copy it again")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source, destination)
+    with open(destination, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+class DeviceFS(Protocol):
+    """What the store code asks of a device's file system (LocalFS here, ssh.SshFS over SSH)."""
+
+    def describe(self, path: PurePosixPath) -> str: ...
+    def machine(self) -> str: ...
+    def is_dir(self, path: PurePosixPath) -> bool: ...
+    def listdir(self, path: PurePosixPath) -> list[str]: ...
+    def mkdirs(self, path: PurePosixPath) -> None: ...
+    def read_text(self, path: PurePosixPath) -> str | None: ...
+    def write_atomic(self, path: PurePosixPath, text: str, temp: PurePosixPath) -> None: ...
+    def append_line(self, path: PurePosixPath, line: str) -> None: ...
+    def readlink(self, path: PurePosixPath) -> str | None: ...
+    def symlink(self, target: str, path: PurePosixPath) -> None: ...
+    def replace(self, source: PurePosixPath, destination: PurePosixPath) -> None: ...
+    def unlink(self, path: PurePosixPath) -> None: ...
+    def rmtree(self, path: PurePosixPath) -> None: ...
+    def upload(self, bundle: Path, files: list[str], staging: PurePosixPath) -> None: ...
+    def check_bundle(self, path: PurePosixPath) -> dict: ...
+    def run_loader(self, bundle: PurePosixPath, args: list[str], timeout: float) -> subprocess.CompletedProcess: ...
+    def lock(self, path: PurePosixPath, what: str) -> contextlib.AbstractContextManager[None]: ...
+
+
+class LocalFS:
+    """A device store on a local (or mounted) file system; the device is this machine."""
+
+    def describe(self, path: PurePosixPath) -> str:
+        return str(path)
+
+    def machine(self) -> str:
+        return platform.machine()
+
+    def is_dir(self, path: PurePosixPath) -> bool:
+        return Path(path).is_dir()
+
+    def listdir(self, path: PurePosixPath) -> list[str]:
+        return sorted(os.listdir(path)) if Path(path).is_dir() else []
+
+    def mkdirs(self, path: PurePosixPath) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+
+    def read_text(self, path: PurePosixPath) -> str | None:
+        return Path(path).read_text(encoding="utf-8") if Path(path).is_file() else None
+
+    def write_atomic(self, path: PurePosixPath, text: str, temp: PurePosixPath) -> None:
+        """Write to `temp`, fsync, rename over `path`, fsync the directory."""
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        _sync_dir(Path(path).parent)
+
+    def append_line(self, path: PurePosixPath, line: str) -> None:
+        """Append one line and fsync; a previous line cut short by a crash is ended first."""
+        target = Path(path)
+        if target.is_file() and target.stat().st_size:
+            with open(target, "rb") as handle:
+                handle.seek(-1, os.SEEK_END)
+                line = ("" if handle.read(1) == b"\n" else "\n") + line
+        with open(target, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def readlink(self, path: PurePosixPath) -> str | None:
+        return os.readlink(path) if Path(path).is_symlink() else None
+
+    def symlink(self, target: str, path: PurePosixPath) -> None:
+        os.symlink(target, path)
+
+    def replace(self, source: PurePosixPath, destination: PurePosixPath) -> None:
+        """Rename atomically (a directory, or a link over a link) and fsync the destination's directory."""
+        os.replace(source, destination)
+        _sync_dir(Path(destination).parent)
+
+    def unlink(self, path: PurePosixPath) -> None:
+        Path(path).unlink(missing_ok=True)
+        _sync_dir(Path(path).parent)
+
+    def rmtree(self, path: PurePosixPath) -> None:
+        target = Path(path)
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+
+    def upload(self, bundle: Path, files: list[str], staging: PurePosixPath) -> None:
+        """Copy the listed files, then the manifest, into `staging` (created here), each fsynced."""
+        Path(staging).mkdir()
+        for number, rel in enumerate(files):
+            _copy_file(bundle / rel, Path(staging) / rel)
+            if number == 0:
+                fault_point("copy")
+        _copy_file(bundle / MANIFEST, Path(staging) / MANIFEST)
+        _sync_dir(Path(staging))
+
+    def check_bundle(self, path: PurePosixPath) -> dict:
+        """Read the manifest on the device and check every file's size and SHA-256 there."""
+        manifest = read_manifest(Path(path))
+        check_files(Path(path), manifest)
+        return manifest
+
+    def run_loader(self, bundle: PurePosixPath, args: list[str], timeout: float) -> subprocess.CompletedProcess:
+        """The bundle's native loader, empty environment; raises subprocess.TimeoutExpired past `timeout`."""
+        from edgepack.verify import run_native_loader
+
+        return run_native_loader(Path(bundle), *args, timeout=timeout)
+
+    @contextlib.contextmanager
+    def lock(self, path: PurePosixPath, what: str) -> Iterator[None]:
+        """Hold an exclusive flock on `path`; refuse at once when another command holds it."""
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise EdgepackError(f"another edgepack command is working on {what}", "wait for it to finish, then run this again") from None
+            yield
+

@@ -1,0 +1,188 @@
+"""SshFS: the store operations of fs.LocalFS, run on a device over the system's OpenSSH client.
+
+The device needs a POSIX shell, GNU coreutils (`mv -T`, `sha256sum`, `timeout`, `sync`), `tar` and
+util-linux `flock`; not Python and not edgepack. Keys and options come from the user's ssh agent and
+config; `EDGEPACK_SSH` replaces the client command (e.g. `ssh -F ./ssh_config`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import subprocess
+import tarfile
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+from edgepack.deploy.faults import fault_point
+from edgepack.errors import EdgepackError
+from edgepack.runtime.loader import MANIFEST, SCHEMA_VERSION, IntegrityError
+from edgepack.runtime_files import NATIVE_LOADER
+
+_MISSING = 10  # exit status our remote scripts use for "no such file"
+_SSH_FAILED = 255
+_q = shlex.quote
+
+
+def _last_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else "no output"
+
+
+class SshFS:
+    """A device store reached as `ssh://[user@]host[:port]/root`."""
+
+    def __init__(self, host: str, user: str | None = None, port: int | None = None):
+        self.host, self.user, self.port = host, user, port
+
+    def describe(self, path: PurePosixPath) -> str:
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"ssh://{user}{self.host}{port}{path}"
+
+    def _command(self, script: str) -> list[str]:
+        client = shlex.split(os.environ.get("EDGEPACK_SSH", "ssh"))
+        options = ["-o", "BatchMode=yes", *(["-p", str(self.port)] if self.port else []), *(["-l", self.user] if self.user else [])]
+        return [*client, *options, self.host, "--", script]
+
+    def _unreachable(self, stderr: str) -> EdgepackError:
+        return EdgepackError(f"cannot reach {self.describe(PurePosixPath('/'))} ({_last_line(stderr)})",
+                             "check the host and port, and that `ssh` to it works without a password (agent or ~/.ssh/config)")
+
+    def _run(self, script: str, data: str | None = None, ok: tuple[int, ...] = (0,), timeout: float | None = 300) -> subprocess.CompletedProcess:
+        """Run a shell script on the device; raise on an ssh failure or an exit status not in `ok`."""
+        result = subprocess.run(self._command(script), input=data, capture_output=True, text=True, timeout=timeout, check=False)
+        if result.returncode == _SSH_FAILED:
+            raise self._unreachable(result.stderr)
+        if result.returncode not in ok:
+            raise EdgepackError(f"a command on {self.describe(PurePosixPath('/'))} failed (exit {result.returncode}: "
+                                f"{_last_line(result.stderr)})", "check the device's disk space and permissions on the store")
+        return result
+
+    def machine(self) -> str:
+        return self._run("uname -m").stdout.strip()
+
+    def is_dir(self, path: PurePosixPath) -> bool:
+        return self._run(f"test -d {_q(str(path))}", ok=(0, 1)).returncode == 0
+
+    def listdir(self, path: PurePosixPath) -> list[str]:
+        out = self._run(f"if [ -d {_q(str(path))} ]; then ls -A {_q(str(path))}; fi").stdout
+        return sorted(line for line in out.splitlines() if line)
+
+    def mkdirs(self, path: PurePosixPath) -> None:
+        self._run(f"mkdir -p {_q(str(path))}")
+
+    def read_text(self, path: PurePosixPath) -> str | None:
+        result = self._run(f"if [ -f {_q(str(path))} ]; then cat {_q(str(path))}; else exit {_MISSING}; fi", ok=(0, _MISSING))
+        return None if result.returncode == _MISSING else result.stdout
+
+    def write_atomic(self, path: PurePosixPath, text: str, temp: PurePosixPath) -> None:
+        """Write to `temp`, sync, rename over `path` (rename(2)), sync."""
+        self._run(f"cat > {_q(str(temp))} && sync && mv -fT {_q(str(temp))} {_q(str(path))} && sync", data=text)
+
+    def append_line(self, path: PurePosixPath, line: str) -> None:
+        """Append one line and sync; a previous line cut short by a crash is ended first."""
+        p = _q(str(path))
+        self._run(f"if [ -s {p} ] && [ -n \"$(tail -c 1 {p})\" ]; then printf '\\n' >> {p}; fi; cat >> {p} && sync", data=line)
+
+    def readlink(self, path: PurePosixPath) -> str | None:
+        result = self._run(f"if [ -L {_q(str(path))} ]; then readlink {_q(str(path))}; else exit {_MISSING}; fi", ok=(0, _MISSING))
+        return None if result.returncode == _MISSING else result.stdout.strip()
+
+    def symlink(self, target: str, path: PurePosixPath) -> None:
+        self._run(f"ln -s {_q(target)} {_q(str(path))}")
+
+    def replace(self, source: PurePosixPath, destination: PurePosixPath) -> None:
+        """rename(2) `source` over `destination` (`mv -T`), then sync."""
+        self._run(f"mv -fT {_q(str(source))} {_q(str(destination))} && sync")
+
+    def unlink(self, path: PurePosixPath) -> None:
+        self._run(f"rm -f {_q(str(path))} && sync")
+
+    def rmtree(self, path: PurePosixPath) -> None:
+        self._run(f"rm -rf {_q(str(path))}")
+
+    def _send(self, bundle: Path, names: list[str], staging: PurePosixPath) -> None:
+        """Stream files as a tar into `staging` on the device, then sync."""
+        process = subprocess.Popen(self._command(f"tar -xof - -C {_q(str(staging))} && sync"), stdin=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            with tarfile.open(fileobj=process.stdin, mode="w|") as archive:
+                for name in names:
+                    if not (bundle / name).is_file():
+                        raise IntegrityError(f"bundle file '{bundle / name}' is missing", "rebuild the bundle or copy it again")
+                    archive.add(bundle / name, arcname=name, recursive=False)
+        finally:
+            process.stdin.close()
+            stderr = process.stderr.read().decode(errors="replace")
+            process.wait()
+        if process.returncode == _SSH_FAILED:
+            raise self._unreachable(stderr)
+        if process.returncode != 0:
+            raise EdgepackError(f"copying to the device failed ({_last_line(stderr)})", "check the device's disk space")
+
+    def upload(self, bundle: Path, files: list[str], staging: PurePosixPath) -> None:
+        """Copy the listed files, then the manifest, into `staging` (created here)."""
+        self._run(f"mkdir {_q(str(staging))}")
+        self._send(bundle, files[:1], staging)
+        fault_point("copy")
+        self._send(bundle, files[1:] + [MANIFEST], staging)
+
+    def check_bundle(self, path: PurePosixPath) -> dict:
+        """Read the manifest on the device and check every file's size and SHA-256 there (sha256sum)."""
+        text = self.read_text(path / MANIFEST)
+        try:
+            manifest = json.loads(text) if text is not None else None
+        except json.JSONDecodeError:
+            manifest = None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or not manifest["files"]:
+            raise IntegrityError("the manifest copied to the device is missing or unreadable", "deploy again")
+        if manifest.get("schema_version", 0) > SCHEMA_VERSION:
+            raise IntegrityError(f"bundle schema_version {manifest['schema_version']} is newer than this edgepack's {SCHEMA_VERSION}", "update edgepack")
+        names = sorted(manifest["files"])
+        if any(name.startswith("/") or ".." in PurePosixPath(name).parts for name in names):
+            raise IntegrityError("manifest names a file outside the bundle", "rebuild the bundle")
+        script = f"cd {_q(str(path))} && for f in " + " ".join(_q(n) for n in names) + \
+            "; do if [ -f \"$f\" ]; then echo \"$(wc -c < \"$f\") $(sha256sum < \"$f\" | cut -d' ' -f1)\"; else echo missing; fi; done"
+        lines = self._run(script).stdout.splitlines()
+        for name, line in zip(names, lines):
+            entry = manifest["files"][name]
+            if line == "missing":
+                raise IntegrityError(f"bundle file '{name}' is missing on the device", "deploy again")
+            size, digest = line.split()
+            if int(size) != entry.get("size") or digest != entry.get("sha256"):
+                raise IntegrityError(f"bundle file '{name}' does not match its SHA-256 (or size) in the manifest on the device",
+                                     "the bundle or the transfer was corrupted; rebuild the bundle or deploy again")
+        return manifest
+
+    def run_loader(self, bundle: PurePosixPath, args: list[str], timeout: float) -> subprocess.CompletedProcess:
+        """The bundle's native loader on the device, empty environment, under `timeout` there."""
+        loader = _q(str(bundle / "runtime" / NATIVE_LOADER))
+        script = f"exec env -i timeout {timeout:g} {loader} {' '.join(_q(a) for a in args)} --bundle {_q(str(bundle))}"
+        result = subprocess.run(self._command(script), capture_output=True, text=True, timeout=timeout + 60, check=False)
+        if result.returncode == _SSH_FAILED:
+            raise self._unreachable(result.stderr)
+        if result.returncode == 124:
+            raise subprocess.TimeoutExpired(script, timeout)
+        if 128 < result.returncode < 160:  # killed by a signal on the device
+            result.returncode = 128 - result.returncode
+        return result
+
+    @contextlib.contextmanager
+    def lock(self, path: PurePosixPath, what: str) -> Iterator[None]:
+        """Hold `flock` on the device for as long as an ssh session lives; a dead client releases it."""
+        script = f"exec flock -n {_q(str(path))} sh -c 'echo locked; exec cat'"
+        process = subprocess.Popen(self._command(script), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            if process.stdout.readline().strip() != "locked":
+                process.wait()
+                if process.returncode == _SSH_FAILED:
+                    raise self._unreachable(process.stderr.read())
+                raise EdgepackError(f"another edgepack command is working on {what}", "wait for it to finish, then run this again")
+            yield
+        finally:
+            if process.stdin and not process.stdin.closed:
+                process.stdin.close()
+            process.wait()

@@ -1,0 +1,23 @@
+"""Copy a bundle into a staging directory on the device and check it there, digest by digest."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+from edgepack.deploy.layout import ModelStore, unique
+
+
+def stage_bundle(bundle: Path, manifest: dict, store: ModelStore) -> tuple[PurePosixPath, dict]:
+    """Copy the manifest and every file it lists into `<model>/.staging-<random>/`, then check it there.
+
+    Returns the staging directory and the manifest as read on the device. On an error the staging
+    directory is removed and the error raised; an interrupted copy is cleaned at the next start.
+    """
+    staging = unique(store.dir, ".staging-")
+    try:
+        store.fs.upload(Path(bundle), sorted(manifest.get("files") or {}), staging)
+        staged = store.fs.check_bundle(staging)
+    except BaseException:
+        store.fs.rmtree(staging)
+        raise
+    return staging, staged

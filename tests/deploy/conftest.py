@@ -1,0 +1,100 @@
+"""Bundles for the deploy tests: one real x86_64 build of a tiny MatMul+Add ONNX model per session,
+and variants of it made by editing copies (new version numbers, a failing golden file, a flipped byte).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.tvm
+
+
+def _tiny_onnx(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [weight, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _manifest(bundle: Path) -> dict:
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+def _write_manifest(bundle: Path, manifest: dict) -> None:
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _variant(base: Path, out: Path, version: str) -> Path:
+    """A copy of the bundle carrying another version number (the manifest is not digested)."""
+    bundle = out / f"tiny-{version}-x86_64"
+    shutil.copytree(base, bundle)
+    manifest = _manifest(bundle)
+    manifest["version"] = version
+    _write_manifest(bundle, manifest)
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory) -> dict[str, Path]:
+    """good1/good2/good3: healthy versions 1.0.0, 2.0.0, 3.0.0; bad: 9.0.0 whose golden output was
+    changed with its digest updated (only verify fails); corrupt: 8.0.0 with a byte of params.bin flipped."""
+    from edgepack.build import build
+
+    work = tmp_path_factory.mktemp("deploy-bundles")
+    base = build(str(_tiny_onnx(work / "tiny.onnx")), "x86_64", work / "dist", name="tiny", version="1.0.0").bundle.path
+    out = work / "variants"
+    out.mkdir()
+    found = {"good1": base, "good2": _variant(base, out, "2.0.0"), "good3": _variant(base, out, "3.0.0")}
+
+    bad = _variant(base, out, "9.0.0")
+    manifest = _manifest(bad)
+    rel = manifest["golden"]["cases"][0]["outputs"][0]
+    golden = np.load(bad / rel)
+    np.save(bad / rel, golden + 1.0)
+    manifest["files"][rel] = {"sha256": hashlib.sha256((bad / rel).read_bytes()).hexdigest(), "size": (bad / rel).stat().st_size}
+    _write_manifest(bad, manifest)
+    found["bad"] = bad
+
+    corrupt = _variant(base, out, "8.0.0")
+    data = bytearray((corrupt / "params.bin").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (corrupt / "params.bin").write_bytes(bytes(data))
+    found["corrupt"] = corrupt
+    return found
+
+
+@pytest.fixture()
+def device(tmp_path) -> Path:
+    return tmp_path / "device"
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """`cli(*args, fault=None)`: run `python -m edgepack.cli` in a subprocess, optionally with a fault step."""
+    def run(*args, fault: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        env = dict(os.environ)
+        env.pop("EDGEPACK_DEPLOY_FAULT", None)
+        if fault:
+            env["EDGEPACK_DEPLOY_FAULT"] = fault
+        return subprocess.run([sys.executable, "-m", "edgepack.cli", *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=timeout, check=False)
+    return run
