@@ -782,10 +782,13 @@ int Verify(const std::string& bundle, const Manifest& m) {
   return 0;
 }
 
+// Set by main() when it chose the thread count because TVM_NUM_THREADS was unset.
+bool g_threads_defaulted = false;
+
 // Threads the TVM runtime uses, and where that number came from.
 std::pair<long, std::string> Threads() {
   if (const char* env = std::getenv("TVM_NUM_THREADS"); env && std::atol(env) > 0) {
-    return {std::atol(env), "TVM_NUM_THREADS"};
+    return {std::atol(env), g_threads_defaulted ? "all cores (TVM_NUM_THREADS unset)" : "TVM_NUM_THREADS"};
   }
   if (auto num_threads = ffi::Function::GetGlobal("runtime.NumThreads")) {
     return {(*num_threads)().cast<int>(), "runtime.NumThreads"};
@@ -854,6 +857,11 @@ void PrintError(const std::string& problem, const std::string& fix) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // TVM's runtime pool otherwise uses half the hardware threads on x86 (it assumes SMT pairs).
+  if (std::getenv("TVM_NUM_THREADS") == nullptr && std::thread::hardware_concurrency() > 0) {
+    setenv("TVM_NUM_THREADS", std::to_string(std::thread::hardware_concurrency()).c_str(), 0);
+    g_threads_defaulted = true;
+  }
   const std::string report = "this is a bug; please report it with the bundle's manifest.json";
   try {
     return Main(argc, argv);
