@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgepack.artifacts import CompiledModule, OnnxModel, StageRecord
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, first_line
 from edgepack.targets import TargetSpec
 
 LIBRARY_NAME = "model.so"
@@ -38,7 +38,7 @@ def check_toolchain(target: TargetSpec) -> str:
     return found
 
 
-def _import_relax(model: OnnxModel):
+def import_relax(model: OnnxModel):
     import onnx
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -47,8 +47,7 @@ def _import_relax(model: OnnxModel):
         module = from_onnx(onnx.load(str(model.path)), shape_dict={s.name: list(s.shape) for s in model.inputs},
                            dtype_dict={s.name: s.dtype for s in model.inputs}, keep_params_in_input=True)
     except Exception as exc:  # the frontend raises many types for ops it cannot convert
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgepackError(f"TVM cannot import the model: {first}", "simplify or re-export the model") from None
+        raise EdgepackError(f"TVM cannot import the model: {first_line(exc)}", "simplify or re-export the model") from None
     return relax.frontend.detach_params(module)
 
 
@@ -112,7 +111,7 @@ def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: C
 
     cxx = check_toolchain(target)
     started = time.perf_counter()
-    module, params = _import_relax(model)
+    module, params = import_relax(model)
     function = module["main"]
     names = _param_names(function, len(model.inputs))
     tvm_target = target.tvm_target()
@@ -123,8 +122,7 @@ def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: C
             module, schedule_report = schedule_kernels(module, tvm_target, config)
             executable = relax.build(module, target=tvm_target, relax_pipeline=_finish_pipeline(tvm_target))
     except Exception as exc:  # TVM raises many types while lowering
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgepackError(f"TVM failed to compile the model for '{target.name}': {first}",
+        raise EdgepackError(f"TVM failed to compile the model for '{target.name}': {first_line(exc)}",
                             "report the model and target; try another target file meanwhile") from None
     library = Path(workdir) / LIBRARY_NAME
     executable.export_library(str(library), cc=cxx)

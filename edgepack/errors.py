@@ -15,11 +15,12 @@ from edgepack.runtime.loader import (
     BundleError,
     IntegrityError,
     VerificationError,
+    first_line,
 )
 
 __all__ = [
     "EXIT_INTEGRITY", "EXIT_INTERNAL", "EXIT_USAGE", "EXIT_USER", "EXIT_VERIFY",
-    "BundleError", "EdgepackError", "IntegrityError", "VerificationError", "InternalError",
+    "BundleError", "EdgepackError", "first_line", "IntegrityError", "VerificationError", "InternalError",
 ]
 
 

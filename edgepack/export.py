@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.artifacts import StageRecord
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, first_line
 from edgepack.reference import run_onnxruntime
 from edgepack.runtime.loader import TensorSpec, compare
 from edgepack.signature import random_inputs
@@ -116,8 +116,7 @@ def export_to_onnx(model: TorchModel, out_path: Path, config: ExportConfig) -> S
                 input_names=[spec.name for spec in model.inputs], external_data=False,
             )
     except Exception as exc:  # torch.onnx raises many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgepackError(f"torch.onnx.export failed: {first}", "make the model exportable with torch.export (see its error)") from None
+        raise EdgepackError(f"torch.onnx.export failed: {first_line(exc)}", "make the model exportable with torch.export (see its error)") from None
     report = check_export(model, out_path, config)
     return StageRecord("export", asdict(config), report)
 

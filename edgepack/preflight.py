@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.artifacts import OnnxModel, StageRecord
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, first_line
 from edgepack.runtime.loader import TensorSpec
 from edgepack.signature import numpy_dtype
 
@@ -39,8 +39,7 @@ def load_onnx(path: Path):
     try:
         model = onnx.load(str(path))
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise EdgepackError(f"cannot read '{path}': {first}",
+        raise EdgepackError(f"cannot read '{path}': {first_line(exc)}",
                             "keep the model's external data file next to it, or save the model as one file") from None
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
         raise EdgepackError(f"'{path}' is not a readable ONNX model ({type(exc).__name__})",
@@ -130,14 +129,12 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path) -> tu
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise EdgepackError(f"'{path}' fails the ONNX checker: {first}", "re-export the model with a current exporter") from None
+        raise EdgepackError(f"'{path}' fails the ONNX checker: {first_line(exc)}", "re-export the model with a current exporter") from None
     inputs = fix_input_shapes(model, overrides)
     try:
         model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as exc:  # onnx raises InferenceError and others; all mean an inconsistent graph
-        first = str(exc).strip().splitlines()[0]
-        raise EdgepackError(f"shape inference fails on '{path}': {first}", "check the --input shapes against the model") from None
+        raise EdgepackError(f"shape inference fails on '{path}': {first_line(exc)}", "check the --input shapes against the model") from None
     report = op_report(model)
     if report.unsupported:
         raise EdgepackError(f"TVM's ONNX frontend does not support these ops: {', '.join(report.unsupported)}",

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, first_line
 from edgepack.runtime.loader import TensorSpec
 
 
@@ -23,8 +23,7 @@ def onnxruntime_session(path: Path, threads: int | None = None):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        first = str(exc).strip().splitlines()[0]
-        raise EdgepackError(f"ONNX Runtime cannot load '{path}': {first}", "check that the model is valid ONNX") from None
+        raise EdgepackError(f"ONNX Runtime cannot load '{path}': {first_line(exc)}", "check that the model is valid ONNX") from None
 
 
 def run_onnxruntime(path: Path, inputs: Sequence[TensorSpec], arrays: Sequence[np.ndarray], with_names: bool = False):
@@ -34,8 +33,7 @@ def run_onnxruntime(path: Path, inputs: Sequence[TensorSpec], arrays: Sequence[n
     try:
         outputs = session.run(None, feed)
     except Exception as exc:  # onnxruntime raises its own types
-        first = str(exc).strip().splitlines()[0]
-        raise EdgepackError(f"ONNX Runtime fails to run '{path}': {first}", "check the input shapes and dtypes") from None
+        raise EdgepackError(f"ONNX Runtime fails to run '{path}': {first_line(exc)}", "check the input shapes and dtypes") from None
     outputs = [np.asarray(out) for out in outputs]
     if with_names:
         return [out.name for out in session.get_outputs()], outputs

@@ -17,6 +17,8 @@ Functions that carry tuning records (`tirx.is_scheduled`) are not touched.
 
 from __future__ import annotations
 
+from edgepack.errors import first_line
+
 from dataclasses import dataclass, field
 
 #: below this many scalar operations a loop nest stays single-threaded: waking the pool costs more
@@ -248,7 +250,7 @@ def cpu_schedule_pass(report: ScheduleReport, lanes: int):
                 updates[gvar] = schedule_function(func, lanes)
                 report.scheduled.append(gvar.name_hint)
             except Exception as exc:  # noqa: BLE001 - the naive loops still compute the right thing
-                report.failed[gvar.name_hint] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:200]
+                report.failed[gvar.name_hint] = f"{type(exc).__name__}: {first_line(exc)}"[:200]
         for gvar, func in updates.items():
             mod[gvar] = func
         return mod

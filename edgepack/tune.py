@@ -219,10 +219,10 @@ def extract_kernels(model: OnnxModel, target: TargetSpec):
     """The kernels a build of `model` for `target` compiles, as MetaSchedule tasks (deduplicated)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from edgepack.compile import _import_relax, lower_to_tir
+    from edgepack.compile import import_relax, lower_to_tir
 
     tvm_target = tuning_target(target)
-    module, _ = _import_relax(model)
+    module, _ = import_relax(model)
     module = lower_to_tir(module, tvm_target)
     return tvm_target, ms.relax_integration.extract_tasks(module, tvm_target)
 

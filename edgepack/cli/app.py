@@ -7,7 +7,7 @@ import sys
 import typer
 
 from edgepack.cli import bench, build, deploy, doctor, inspect, run, targets, tune, verify
-from edgepack.errors import EXIT_INTERNAL, BundleError
+from edgepack.errors import EXIT_INTERNAL, BundleError, first_line
 
 app = typer.Typer(
     name="edgepack",
@@ -43,6 +43,6 @@ def main() -> None:
     except Exception as exc:  # a bug in edgepack: one line unless --debug
         if _state["debug"]:
             raise
-        print(f"error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+        print(f"error: internal error ({type(exc).__name__}: {first_line(exc)}); "
               "rerun with --debug and report the traceback", file=sys.stderr)
         sys.exit(EXIT_INTERNAL)

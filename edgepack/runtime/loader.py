@@ -60,6 +60,12 @@ class VerificationError(BundleError):
     exit_code = EXIT_VERIFY
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """Name, numpy dtype name and static shape of one model input or output."""
@@ -370,8 +376,7 @@ def load(bundle: Path | str) -> LoadedBundle:
         param_dict = tvm.runtime.load_param_dict((bundle / manifest["params"]["file"]).read_bytes())
         params = [param_dict[name] for name in manifest["params"]["names"]]
     except Exception as exc:  # the TVM runtime raises several types; all mean the same to the user
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BundleError(f"cannot load bundle '{bundle}': {first_line}", "rebuild it for this machine's target") from None
+        raise BundleError(f"cannot load bundle '{bundle}': {first_line(exc)}", "rebuild it for this machine's target") from None
     return LoadedBundle(bundle, manifest, vm, params)
 
 
