@@ -88,10 +88,11 @@ def _archive(directory: Path) -> Path:
 
 
 def write_bundle(compiled: CompiledModule, golden: GoldenVectors, config: PackageConfig,
-                 provenance: dict, verify) -> tuple[Bundle, StageRecord]:
+                 provenance: dict, verify, assess=None) -> tuple[Bundle, StageRecord]:
     """Write the bundle into a staging directory, `verify(staging, manifest)` it, then move it into place.
 
-    `verify` returns the verification report (or raises); nothing is left behind when anything fails.
+    `verify` returns the verification report (or raises); `assess(staging)`, when given, returns the
+    quality report stored as the manifest's `quality` (or raises). Nothing is left behind when anything fails.
     """
     destination = bundle_path(config, compiled.target.name)
     check_destination(config, compiled.target.name)
@@ -122,6 +123,8 @@ def write_bundle(compiled: CompiledModule, golden: GoldenVectors, config: Packag
         )
         write_manifest(staging, manifest)
         manifest["verification"] = verify(staging, manifest)
+        if assess is not None:
+            manifest["quality"] = assess(staging)
         write_manifest(staging, manifest)
         _replace(staging, destination)
     except BaseException:

@@ -31,17 +31,26 @@ def build_command(
     tune: int = typer.Option(0, "--tune", min=0, help="tune N MetaSchedule trials first (records kept for later builds)"),
     database: Optional[Path] = typer.Option(None, "--database", help="tuning database directory (default: see `edgepack tune`)"),
     schedule: bool = typer.Option(True, "--schedule/--no-schedule", help="heuristic CPU schedules for untuned kernels"),
+    eval_data: Optional[Path] = typer.Option(None, "--eval", help=".npz of samples per input (+ 'labels'): measure the bundle against the original model"),
+    max_drop: Optional[str] = typer.Option(None, "--max-drop", help="with --eval: fail when accuracy (or top-1 agreement) drops more, e.g. 1%"),
 ) -> None:
     """Compile MODEL for a target and write a self-contained, verified bundle."""
-    from edgepack.build import plan_build, run_build
+    from edgepack.build import EvaluationConfig, plan_build, run_build
     from edgepack.compile import CompileConfig
     from edgepack.golden import GoldenConfig
+    from edgepack.errors import EdgepackError
+    from edgepack.evaluation import parse_max_drop
     from edgepack.tune import TuneConfig
+
+    if max_drop is not None and eval_data is None:
+        raise EdgepackError("--max-drop needs --eval data to measure the drop on", "add --eval data.npz")
+    evaluation = EvaluationConfig(eval_data, parse_max_drop(max_drop) if max_drop else None) if eval_data else None
 
     plan = plan_build(model, target, out_dir, name=name, version=version, inputs=inputs, force=force, archive=archive,
                       reference=reference, golden=GoldenConfig(cases=cases, atol=atol, rtol=rtol),
                       golden_inputs=golden_inputs, tune=TuneConfig(trials=tune, database=database) if tune else None,
-                      compile=CompileConfig(cpu_schedule=schedule, tuning_database=str(database) if database else None))
+                      compile=CompileConfig(cpu_schedule=schedule, tuning_database=str(database) if database else None),
+                      evaluation=evaluation)
     if dry_run:
         for line in plan.describe():
             out.print(line, highlight=False, soft_wrap=True)  # one line each, however long, for scripts

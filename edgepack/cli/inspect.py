@@ -34,6 +34,11 @@ def print_summary(path: Path, manifest: dict) -> None:
     if manifest.get("verification"):
         for line in verification_lines(manifest["verification"]):
             out.print(line, highlight=False)
+    if manifest.get("quality"):
+        quality = manifest["quality"]
+        before = quality["before"].get(quality["metric"], 1.0)
+        out.print(f"quality on {quality['after']['samples']} samples: {quality['metric']} {before:.4f} → "
+                  f"{quality['after'][quality['metric']]:.4f} (drop {quality['drop'] * 100:.2f} points)", highlight=False)
     stages = " → ".join(stage["stage"] for stage in manifest["provenance"]["stages"])
     out.print(f"source: {manifest['provenance']['source']['kind']} {manifest['provenance']['source']['path']}; stages: {stages}", highlight=False)
     files = Table("file", "size", "sha256", title="files", title_justify="left")

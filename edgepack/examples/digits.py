@@ -78,3 +78,10 @@ def write_test_inputs(path: Path, count: int = 8) -> Path:
     _, test_x, _, _ = digits_split()
     np.savez(path, image=test_x[:count, None])
     return Path(path)
+
+
+def write_eval_data(path: Path) -> Path:
+    """Save the whole test split as an .npz (`image`: N×1×8×8, `labels`: N) for `--eval`."""
+    _, test_x, _, test_y = digits_split()
+    np.savez(path, image=test_x, labels=test_y)
+    return Path(path)
