@@ -34,6 +34,29 @@ RECORD_FILE = "database_tuning_record.json"
 
 
 @dataclass(frozen=True)
+class RpcTracker:
+    """A TVM RPC tracker and the key of the devices to measure on (`--rpc-tracker host:port --rpc-key KEY`)."""
+
+    host: str
+    port: int
+    key: str
+    session_timeout_s: int = 60
+
+    @classmethod
+    def parse(cls, address: str, key: str | None) -> "RpcTracker":
+        """`host:port` and a key → RpcTracker; one-line errors for anything else."""
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise EdgepackError(f"--rpc-tracker '{address}' is not host:port", "pass e.g. --rpc-tracker 127.0.0.1:9190")
+        if not key:
+            raise EdgepackError("--rpc-tracker needs --rpc-key", "pass the key the device's rpc_server registered with")
+        return cls(host, int(port), key)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port} key {self.key}"
+
+
+@dataclass(frozen=True)
 class TuneConfig:
     """How much to tune and where the records go."""
 
@@ -42,6 +65,7 @@ class TuneConfig:
     trials_per_iteration: int = 16  # candidates built and measured per round
     run_timeout_s: float = 60.0
     seed: int | None = 0
+    rpc: RpcTracker | None = None  # measure on devices behind a TVM RPC tracker instead of this machine
 
 
 @dataclass
@@ -86,13 +110,51 @@ def open_database(path: Path):
                                     allow_missing=True, module_equality="structural")
 
 
-def tuning_target(target: TargetSpec):
-    """The target MetaSchedule tunes for: the [tvm] table plus the core count it requires."""
+def tuning_target(target: TargetSpec, cores: int | None = None):
+    """The target MetaSchedule tunes for: the [tvm] table plus the core count it requires
+    (`cores`, else this machine's physical cores)."""
     import tvm
 
     table = dict(target.tvm)
-    table.setdefault("num-cores", physical_cores())
+    table.setdefault("num-cores", cores or physical_cores())
     return tvm.target.Target(table)
+
+
+def _rpc_session(tracker: RpcTracker):
+    """A session on a device behind the tracker; one-line errors when the tracker or key does not answer."""
+    import socket
+
+    from tvm import rpc
+
+    try:
+        socket.create_connection((tracker.host, tracker.port), timeout=10).close()  # TVM itself retries for 60 s
+        client = rpc.connect_tracker(tracker.host, tracker.port)
+    except Exception as exc:  # noqa: BLE001 - socket and TVM errors alike mean "not reachable"
+        raise EdgepackError(f"cannot reach the RPC tracker at {tracker.host}:{tracker.port} ({type(exc).__name__})",
+                            "start it with `python -m tvm.exec.rpc_tracker` or check --rpc-tracker") from None
+    try:
+        return client.request(tracker.key, priority=1, session_timeout=tracker.session_timeout_s, max_retry=2)
+    except Exception:  # noqa: BLE001
+        raise EdgepackError(f"no device with key '{tracker.key}' is free at the RPC tracker {tracker.host}:{tracker.port}",
+                            "start `python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY` on the device") from None
+
+
+def remote_threads(tracker: RpcTracker) -> int:
+    """The thread count of the device's TVM runtime (what its measurements use)."""
+    session = _rpc_session(tracker)
+    return int(session.get_function("runtime.NumThreads")())
+
+
+def _runner(config: TuneConfig):
+    """Where candidates are measured: this machine, or the devices behind the RPC tracker."""
+    from tvm.s_tir import meta_schedule as ms
+
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50)
+    if config.rpc is None:
+        return ms.runner.LocalRunner(timeout_sec=config.run_timeout_s, evaluator_config=evaluator)
+    rpc = ms.runner.RPCConfig(tracker_host=config.rpc.host, tracker_port=config.rpc.port, tracker_key=config.rpc.key,
+                              session_timeout_sec=int(config.run_timeout_s))
+    return ms.runner.RPCRunner(rpc_config=rpc, evaluator_config=evaluator, max_workers=1)
 
 
 def physical_cores() -> int:
@@ -134,13 +196,17 @@ def _build_kernel(mod, target, _params):
     return build(mod, target=target)
 
 
-def _in_process_builder():
+def _in_process_builder(cxx: str | None = None):
     """Builds candidates in this process: MetaSchedule's LocalBuilder restarts a worker pool for every
-    batch, and each worker's `import tvm` costs ~5 s here, more than compiling a small kernel."""
+    batch, and each worker's `import tvm` costs ~5 s here, more than compiling a small kernel.
+
+    Without `cxx` a candidate is a tar of objects (linked by the local runner); with it, a shared
+    library linked here by the target's compiler, which a runtime-only RPC server can load."""
     import tempfile
 
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
+    from tvm.support import cc
     from tvm.support.tar import tar
 
     @derived_object
@@ -150,8 +216,9 @@ def _in_process_builder():
             for build_input in build_inputs:
                 try:
                     module = _build_kernel(build_input.mod, build_input.target, None)
-                    path = str(Path(tempfile.mkdtemp(prefix="edgepack-tune-")) / f"kernel.{tar.output_format}")
-                    module.export_library(path, fcompile=tar)
+                    suffix = "so" if cxx else tar.output_format
+                    path = str(Path(tempfile.mkdtemp(prefix="edgepack-tune-")) / f"kernel.{suffix}")
+                    module.export_library(path, fcompile=cc.cross_compiler(cxx) if cxx else tar)
                     results.append(ms.builder.BuilderResult(path, None))
                 except Exception as exc:  # noqa: BLE001 - a failed candidate is a result, not an error
                     results.append(ms.builder.BuilderResult(None, f"{type(exc).__name__}: {exc}"))
@@ -160,14 +227,14 @@ def _in_process_builder():
     return _InProcessBuilder()
 
 
-def _seed_with_heuristic(contexts, database, runner, target) -> int:
+def _seed_with_heuristic(contexts, database, runner, target, builder) -> int:
     """Measure edgepack's heuristic schedule of every kernel and commit it as a record: the database's
     best is then never worse than an untuned build, and the search starts from it. Returns records added."""
     from tvm.s_tir import meta_schedule as ms
 
     from edgepack.schedules import heuristic_schedule, vector_lanes
 
-    builder, added = _in_process_builder(), 0
+    added = 0
     for context in contexts:
         try:
             schedule = heuristic_schedule(context.mod, vector_lanes(target))
@@ -215,13 +282,13 @@ def _progress_callback(report: Callable[[TuneProgress], None], total: int, task_
     return _Progress()
 
 
-def extract_kernels(model: OnnxModel, target: TargetSpec):
+def extract_kernels(model: OnnxModel, target: TargetSpec, cores: int | None = None):
     """The kernels a build of `model` for `target` compiles, as MetaSchedule tasks (deduplicated)."""
     from tvm.s_tir import meta_schedule as ms
 
     from edgepack.compile import import_relax, lower_to_tir
 
-    tvm_target = tuning_target(target)
+    tvm_target = tuning_target(target, cores)
     module, _ = import_relax(model)
     module = lower_to_tir(module, tvm_target)
     return tvm_target, ms.relax_integration.extract_tasks(module, tvm_target)
@@ -232,9 +299,9 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
     """Tune every kernel of `model` for `target`, appending the records to the tuning database.
 
     Ctrl-C stops it; records measured so far stay in the database and the interrupt propagates."""
-    if not target.runs_on_this_machine():
+    if config.rpc is None and not target.runs_on_this_machine():
         raise EdgepackError(f"target '{target.name}' ({target.arch}) cannot be measured on this machine",
-                            "tune on the device itself, or tune a target of this machine's architecture")
+                            "tune through the device's RPC server (--rpc-tracker, --rpc-key) or on the device itself")
     if config.trials < 1:
         raise EdgepackError("--trials must be at least 1", "pass e.g. --trials 64")
     import tvm  # noqa: F401 - before the workers fork
@@ -244,7 +311,8 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
 
     database_dir = Path(config.database) if config.database else tuning_dir(target)
     started = time.perf_counter()
-    tvm_target, tasks = extract_kernels(model, target)
+    cores = remote_threads(config.rpc) if config.rpc else None
+    tvm_target, tasks = extract_kernels(model, target, cores)
     tasks = [task for task in tasks if not task.mod.attrs or not task.mod.attrs.get("tirx.is_scheduled", False)]
     if not tasks:
         return StageRecord("tune", _config_json(config, database_dir), {"kernels": 0, "trials": 0})
@@ -259,9 +327,9 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
                                                          init_min_unmeasured=min(50, population // 2))
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir, strategy=strategy, num_threads=threads, seed=config.seed)
-        runner = ms.runner.LocalRunner(timeout_sec=config.run_timeout_s,
-                                       evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50))
-        seeded = _seed_with_heuristic(contexts, database, runner, tvm_target)
+        runner = _runner(config)
+        builder = _in_process_builder(target.toolchain.cxx if config.rpc else None)
+        seeded = _seed_with_heuristic(contexts, database, runner, tvm_target, builder)
         names = [context.task_name for context in contexts]
         callback = _progress_callback(progress, config.trials, names)
         ms.tune.tune_tasks(
@@ -271,7 +339,7 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
             max_trials_global=config.trials,
             # every kernel gets at least one round before the budget runs out
             num_trials_per_iter=max(1, min(config.trials_per_iteration, config.trials // len(contexts))),
-            builder=_in_process_builder(),
+            builder=builder,
             runner=runner,
             database=database,
             measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback],
@@ -294,7 +362,8 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
 
 def _config_json(config: TuneConfig, database_dir: Path) -> dict:
     return {"trials": config.trials, "trials_per_iteration": config.trials_per_iteration,
-            "database": str(database_dir), "seed": config.seed}
+            "database": str(database_dir), "seed": config.seed,
+            "measured_on": f"rpc {config.rpc}" if config.rpc else "this machine"}
 
 
 class _scratch_dir:

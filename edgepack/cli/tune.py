@@ -19,17 +19,20 @@ def tune_command(
                                             "(default: $EDGEPACK_TUNING_DIR/<target>, else <cache>/tuning/<target>)"),
     inputs: List[str] = typer.Option([], "--input", "-i", help="name:1x3x224x224:float32, for dynamic or torch inputs"),
     as_json: bool = typer.Option(False, "--json", help="print the tuning report as JSON"),
+    rpc_tracker: Optional[str] = typer.Option(None, "--rpc-tracker", help="host:port of a TVM RPC tracker: measure on its devices"),
+    rpc_key: Optional[str] = typer.Option(None, "--rpc-key", help="device key registered at the tracker"),
 ) -> None:
     """Tune MODEL's kernels with MetaSchedule; later builds of any model with the same kernels use the records.
 
     Ctrl-C stops tuning and keeps every record measured so far."""
     from edgepack.targets import load_target
-    from edgepack.tune import TuneConfig, tune, tuning_dir
+    from edgepack.tune import RpcTracker, TuneConfig, tune, tuning_dir
 
+    rpc = RpcTracker.parse(rpc_tracker, rpc_key) if rpc_tracker else None
     directory = database or tuning_dir(load_target(target))
     try:
         with err.status("tuning") as status:
-            record = tune(model, target, TuneConfig(trials=trials, database=directory), inputs,
+            record = tune(model, target, TuneConfig(trials=trials, database=directory, rpc=rpc), inputs,
                           progress=lambda state: status.update(f"tuning: {state.line()}"))
     except KeyboardInterrupt:
         err.print(f"interrupted: the records measured so far are kept in {directory}", highlight=False)
