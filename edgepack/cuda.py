@@ -44,7 +44,7 @@ STUB_SOURCE = Path(__file__).parent / "native" / "cuda_stub.c"
 EM_CUDA = 190  # ELF e_machine of a cubin
 # the pip packages a CUDA build needs (pinned in pyproject.toml)
 PIP_PACKAGES = ("cuda-bindings", "nvidia-cuda-nvrtc", "nvidia-cuda-runtime", "nvidia-cuda-cccl")
-_PIP_FIX = "install them: pip install " + " ".join(PIP_PACKAGES) + " (versions pinned in edgepack's pyproject.toml)"
+_PIP_FIX = "install them: pip install 'edgepack[cuda]' (" + ", ".join(PIP_PACKAGES) + ", pinned in pyproject.toml)"
 _WHEEL_PLATFORMS = {"aarch64": ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")}
 
 

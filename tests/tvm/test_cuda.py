@@ -115,3 +115,7 @@ def test_jetson_orin_bundle_is_aarch64_with_sm87_cubins(digits_onnx, tmp_path):
     assert bundle.manifest["requires"]["cuda"]["gpu_arch"] == "sm_87"
     native = bundle.manifest["verification"]["native_loader"]
     assert native["ran"] is False and "no emulator runs CUDA" in native["reason"]
+    if shutil.which("qemu-aarch64"):  # its aarch64 loader runs the device checks under qemu: no driver there
+        result = subprocess.run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(bundle.path / "runtime" / "edgepack-run"), "verify"],
+                                capture_output=True, text=True, env={}, check=False)
+        assert result.returncode == 1 and result.stderr.startswith("error: no CUDA driver"), result.stderr
