@@ -1,0 +1,117 @@
+"""`edgepack distill TEACHER --data train.npz (--student file.py:factory | --tree)`: a smaller model, then its bundles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from edgepack.cli.console import err, out
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "—"
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024 or unit == "MiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _fraction(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.2f}%"
+
+
+def comparison_table(rows: list[dict]) -> Table:
+    """Teacher vs student: accuracy, fidelity, parameters, sizes, latency."""
+    table = Table("model", "runs on", "accuracy", "fidelity", "params", "model size", "bundle size", "latency", "verified",
+                  title="teacher vs student", title_justify="left")
+    for row in rows:
+        verified = {True: "yes", False: "NO", None: "—"}[row.get("verified")]
+        table.add_row(row["model"], row["target"], _fraction(row["accuracy"]), _fraction(row["fidelity"]),
+                      "—" if row["params"] is None else f"{row['params']:,}", _size(row["model_bytes"]),
+                      _size(row["bundle_bytes"]), "—" if row["latency_ms"] is None else f"{row['latency_ms']:.3f} ms", verified)
+    return table
+
+
+def distill_command(
+    teacher: str = typer.Argument(..., help="teacher: model.onnx, program.pt2, or path/to/file.py:factory"),
+    data: Path = typer.Option(..., "--data", help="training .npz: one array per input (or 'x'), samples on axis 0, optional 'labels'"),
+    student: Optional[str] = typer.Option(None, "--student", help="network student: path/to/file.py:factory (untrained nn.Module)"),
+    tree: bool = typer.Option(False, "--tree", help="rule student: a decision tree fitted to the teacher's predictions"),
+    eval_data: Optional[Path] = typer.Option(None, "--eval", help=".npz to evaluate on each epoch and to measure the bundles"),
+    temperature: float = typer.Option(4.0, "--temperature", "-T", help="network: softening temperature T"),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="network: weight of the distillation term (default 0.5; 1 without labels)"),
+    epochs: int = typer.Option(30, "--epochs", help="network: training epochs"),
+    lr: float = typer.Option(1e-2, "--lr", help="network: Adam learning rate (cosine schedule)"),
+    batch_size: int = typer.Option(64, "--batch-size", help="network: samples per step"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+    max_depth: Optional[int] = typer.Option(8, "--max-depth", help="tree: depth limit"),
+    max_leaf_nodes: Optional[int] = typer.Option(None, "--max-leaf-nodes", help="tree: leaf (rule) limit"),
+    min_samples_leaf: int = typer.Option(1, "--min-samples-leaf", help="tree: training samples per leaf at least"),
+    targets: List[str] = typer.Option([], "--target", "-t", help="build the student's bundle for this target (repeatable)"),
+    out_dir: Path = typer.Option(Path("dist"), "--out", "-o", help="directory for the student files and bundles"),
+    name: Optional[str] = typer.Option(None, help="student name (default: <teacher>_student or <teacher>_tree)"),
+    version: Optional[str] = typer.Option(None, help="student bundle version (default 0.1.0)"),
+    inputs: List[str] = typer.Option([], "--input", "-i", help="teacher input name:1x3x224x224:float32, for dynamic or torch inputs"),
+    max_drop: Optional[str] = typer.Option(None, "--max-drop", help="with --eval: fail when a bundle's accuracy is more below the teacher's, e.g. 2%"),
+    teacher_bundle: Optional[Path] = typer.Option(None, "--teacher-bundle", help="the teacher's bundle, for its size and latency in the table"),
+    latency_runs: int = typer.Option(50, "--latency-runs", help="timed runs per bundle built for this machine (0: none)"),
+    force: bool = typer.Option(False, "--force", help="replace student files and bundles already there"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved plan and stop"),
+    as_json: bool = typer.Option(False, "--json", help="print the distill record and the table as JSON"),
+) -> None:
+    """Distill TEACHER into a smaller network or a decision tree, and build the student's bundles."""
+    from edgepack.distill import NetworkStudentConfig, TreeStudentConfig, plan_distill, run_distill
+    from edgepack.errors import EdgepackError
+    from edgepack.evaluation import parse_max_drop
+
+    if (student is None) == (not tree):
+        raise EdgepackError("say which student to distill into", "pass either --student file.py:factory or --tree")
+    config = (NetworkStudentConfig(student, temperature, alpha, epochs, lr, batch_size, seed=seed) if student
+              else TreeStudentConfig(max_depth, max_leaf_nodes, min_samples_leaf, seed=seed))
+    plan = plan_distill(teacher, config, data, out_dir, eval_data=eval_data, inputs=tuple(inputs), name=name, version=version,
+                        targets=tuple(targets), force=force, max_drop=parse_max_drop(max_drop) if max_drop else None,
+                        latency_runs=latency_runs, teacher_bundle=teacher_bundle)
+    if dry_run:
+        for line in plan.describe():
+            out.print(line, highlight=False, soft_wrap=True)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("teacher", total=None)
+
+        def on_training(state) -> None:
+            last = state.last
+            scores = "" if last is None else "".join(
+                f", {label} {value * 100:.1f}%" for label, value in (("acc", last.accuracy), ("fid", last.fidelity)) if value is not None)
+            bar.update(task, total=state.steps, completed=state.step,
+                       description=f"epoch {state.epoch}/{state.epochs} loss {state.loss:.3f}{scores}")
+
+        result = run_distill(plan, progress=lambda line: bar.update(task, description=line, total=None), training=on_training)
+    if as_json:
+        print(json.dumps({"record": result.record.to_json(), "rows": result.rows, "files": [str(p) for p in result.files]}, indent=2))
+        return
+    report = result.record.report["student"]
+    if "best_epoch" in report:
+        out.print(f"kept epoch {report['best_epoch']} of {report['epochs_run']} (best {report['selected_by']}); α {report['alpha']}",
+                  highlight=False)
+    else:
+        out.print(f"tree: depth {report['depth']}, {report['leaves']} rules; its ONNX program predicts exactly as the tree "
+                  f"on {sum(v['samples'] for v in report['onnx_equals_tree'].values())} samples", highlight=False)
+    out.print(comparison_table(result.rows))
+    out.print("wrote " + ", ".join(str(p) for p in result.files), highlight=False, soft_wrap=True)
+    for bundle in result.bundles:
+        out.print(f"bundle {bundle.path}", highlight=False, soft_wrap=True)
+    if not plan.targets:
+        out.print(f"build it with: edgepack build {plan.model_path} --target x86_64 -o {plan.out_dir}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("distill")(distill_command)
