@@ -127,3 +127,26 @@ def test_loader_says_there_is_no_gpu_here():
         pytest.skip("this machine has an NVIDIA driver")
     problem = loader.cuda_problem({"gpu_arch": "sm_80", "driver": "13.0"})
     assert problem is not None and problem.startswith("no GPU: no CUDA driver")
+
+
+def test_nvrtc_environment_is_set_for_the_build_only(monkeypatch):
+    from edgepack.cuda import find_toolkit, nvrtc_environment
+
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("TVM_CUDA_NVRTC_EXTRA_OPTS", "--ftz=false")
+    toolkit = find_toolkit()
+    assert (toolkit.home / "include" / "cuda_runtime.h").is_file() and toolkit.cudart.name == "libcudart.so.13"
+    with nvrtc_environment(toolkit):
+        import os
+
+        assert os.environ["CUDA_PATH"] == str(toolkit.home) and os.environ["TVM_CUDA_COMPILE_MODE"] == "nvrtc"
+        assert os.environ["TVM_CUDA_NVRTC_EXTRA_OPTS"].startswith("--ftz=false -I")
+    assert "CUDA_PATH" not in os.environ and os.environ["TVM_CUDA_NVRTC_EXTRA_OPTS"] == "--ftz=false"
+
+
+def test_dry_run_of_a_cuda_build_checks_the_tools(tmp_path):
+    from edgepack.build import plan_build
+
+    (tmp_path / "m.onnx").write_bytes(b"not read by the plan")
+    plan = plan_build(str(tmp_path / "m.onnx"), "jetson-orin", tmp_path / "dist", version="1.0")
+    assert plan.target.gpu_arch == "sm_87" and plan.describe()[1].startswith("target:  jetson-orin")
