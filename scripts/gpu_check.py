@@ -159,6 +159,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where bundles go (default: a temporary directory)")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
+    from edgepack.errors import BundleError
     capability = gpu_capability()
     if capability is None:
         print("error: no usable NVIDIA GPU (libcuda.so.1 missing or cuInit fails); run this on a machine with a GPU and a CUDA 13 driver",
@@ -169,7 +170,11 @@ def main(argv=None) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         target = args.target or target_for(capability, Path(scratch))
         print(f"GPU 0: compute capability {capability[0]}.{capability[1]}; target {target}", flush=True)
-        rows = [check_model(name, MODELS[name], target, out_dir, args.runs) for name in args.models]
+        try:  # the build verifies the golden vectors on the GPU through both loaders
+            rows = [check_model(name, MODELS[name], target, out_dir, args.runs) for name in args.models]
+        except BundleError as exc:
+            print(f"error: {exc.problem}; {exc.fix}", file=sys.stderr)
+            return exc.exit_code
     columns = ["model", "max_abs_err_vs_onnxruntime_cpu", "edgepack_gpu_ms", "edgepack_gpu_with_transfers_ms",
                "onnxruntime_cuda_ms", "torch_gpu_ms", "onnxruntime_cpu_ms", "build_s"]
     print(" | ".join(columns))
