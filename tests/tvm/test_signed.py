@@ -188,3 +188,22 @@ def test_build_with_sign_writes_a_verifying_envelope(onnx_models, keys, tmp_path
     missing = edgepack_cli("build", onnx_models["mlp"], "--sign", tmp_path / "none.key", "-o", tmp_path / "dist2")
     assert "signing key" in one_error_line(missing, 1)
     assert not (tmp_path / "dist2").exists()
+
+
+def test_deploy_with_a_device_keyring(mlp_bundle, copy_bundle, keys, tmp_path):
+    from edgepack.deploy import HealthConfig, deploy
+    from edgepack.deploy.health import HealthCheckFailed
+
+    store, ring = tmp_path / "store", str(keys["trusted"].public)
+    signed = copy_bundle(mlp_bundle, tmp_path / "signed")
+    sign_bundle(signed, keys["trusted"].private)
+    result = deploy(signed, str(store), health=HealthConfig(keyring=ring))
+    assert result.health.passed
+    assert (store / "mlp" / "current" / SIGNATURE).is_file()  # the envelope travelled with the bundle
+    unsigned = copy_bundle(mlp_bundle, tmp_path / "unsigned")
+    manifest = json.loads((unsigned / MANIFEST).read_text())
+    manifest["version"] = "9.0.0"
+    (unsigned / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    with pytest.raises(HealthCheckFailed, match="is not signed") as info:
+        deploy(unsigned, str(store), health=HealthConfig(keyring=ring))
+    assert info.value.exit_code == 5 and f"{result.version} is active" in info.value.problem
