@@ -41,15 +41,20 @@ class IntegerReport:
     integer: list[str] = field(default_factory=list)
     float: dict[str, str] = field(default_factory=dict)
     bound_params: int = 0
+    quantized: bool = False  # the model has QuantizeLinear/DequantizeLinear
+    note: str = ""  # why the pass did not run, when it did not
 
     def merge(self, other: "IntegerReport") -> None:
         self.integer += other.integer
         self.float.update(other.float)
         self.bound_params += other.bound_params
+        self.quantized = self.quantized or other.quantized
+        self.note = self.note or other.note
 
     def to_json(self) -> dict:
-        return {"integer": len(self.integer), "float": len(self.float), "integer_ops": list(self.integer),
-                "float_ops": dict(self.float), "bound_quantization_params": self.bound_params}
+        return {"quantized": self.quantized, "integer": len(self.integer), "float": len(self.float),
+                "integer_ops": list(self.integer), "float_ops": dict(self.float),
+                "bound_quantization_params": self.bound_params, **({"note": self.note} if self.note else {})}
 
 
 class _NoMatch(Exception):
@@ -313,12 +318,11 @@ def integerize(module, params: dict | None = None):
     unchanged."""
     from tvm import relax
 
-    report = IntegerReport()
-    func = module["main"]
-    if not any(_op_name(call) == "relax.quantize" for call in _all_calls(func)):
-        for _, name in _core_ops(func):
-            report.float[name] = "the model is not quantized"
+    report = survey(module)
+    if not report.quantized:
         return module, params, report
+    report.float.clear()
+    func = module["main"]
     if params is not None:
         module, params, report.bound_params = bind_quantization_params(module, params)
         func = module["main"]
@@ -372,6 +376,17 @@ def integerize(module, params: dict | None = None):
     return module, params, report
 
 
+def survey(module, reason: str | None = None) -> IntegerReport:
+    """The report of a module the pass does not rewrite: is it quantized, and its conv2d/matmul ops, all float."""
+    func = module["main"]
+    report = IntegerReport(quantized=any(_op_name(c) in ("relax.quantize", "relax.dequantize") for c in _all_calls(func)))
+    matcher = _Matcher(func)
+    for call, var_name in _core_ops(func):
+        report.float[_layer_name(matcher, call, var_name)] = reason or (
+            "integer execution is off" if report.quantized else "the model is not quantized")
+    return report
+
+
 def plans_kind(call) -> str:
     return "conv2d" if _op_name(call) == "relax.nn.conv2d" else "matmul"
 
@@ -413,6 +428,28 @@ def _layer_name(matcher: _Matcher, call, var_name: str) -> str:
     return var_name
 
 
+#: cpu_features (targets/*.toml, kernel hwcap names) of int8 dot-product instructions TVM has tensor intrinsics for
+DOT_PRODUCT_FEATURES = {"avx512_vnni": "AVX512-VNNI", "asimddp": "Armv8.2 dotprod"}
+
+
 def speed_warnings(report: IntegerReport, target) -> list[str]:
-    """Placeholder until measured; filled below."""
-    return []
+    """Build-output warnings when the quantized model will run slower than the fp32 one on `target`.
+
+    Measured on x86-64 AVX2 (docs/integer-execution.md): integer kernels without dot-product instructions are
+    widened 32-bit multiply-adds, slower than fp32 FMA; dequantize-then-float adds Q/DQ work to the fp32 work."""
+    if not report.quantized:
+        return []
+    warnings = []
+    total = len(report.integer) + len(report.float)
+    if report.float:
+        first = next(iter(report.float.items()))
+        warnings.append(f"{len(report.float)} of {total} conv/matmul ops of the quantized model run dequantize-then-float "
+                        f"(e.g. {first[0]}: {first[1]}), slower than the same ops in an fp32 build")
+    if report.integer:
+        present = [name for feature, name in DOT_PRODUCT_FEATURES.items() if target.supports(feature)]
+        why = (f"the target's {', '.join(present)} is not used by these kernels yet" if present
+               else "the target has no int8 dot-product instructions")
+        warnings.append(f"int8 is likely slower than fp32 on '{target.name}': its {len(report.integer)} integer conv/matmul "
+                        f"kernels are widened 32-bit multiply-adds ({why}; measured 1.2-5x slower than fp32 on x86-64 "
+                        "AVX2, see docs/integer-execution.md); build the fp32 model where speed matters more than size")
+    return warnings

@@ -114,7 +114,12 @@ def compiled_outputs(path: Path, workdir: Path, inputs: list[np.ndarray], intege
     model, _ = preflight(path, {}, workdir)
     compiled, record = compile_model(model, load_target("x86_64"), workdir, CompileConfig(integer_ops=integer_ops))
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(compiled.library)), tvm.cpu())
-    params = tvm.runtime.load_param_dict(compiled.params.read_bytes())
+    data = compiled.params.read_bytes()
+    if compiled.params.suffix == ".sparse":  # written by edgepack.prune.sparse_params when zeros make it smaller
+        from edgepack.prune.sparse_params import decode
+
+        data = decode(data)
+    params = tvm.runtime.load_param_dict(data)
     weights = [params[name] for name in compiled.param_names]
     return [vm["main"](tvm.runtime.tensor(x), *weights).numpy() for x in inputs], record.report
 
@@ -148,6 +153,7 @@ def test_integer_build_matches_onnxruntime_within_one_step(models, tmp_path, nam
     ours, report = compiled_outputs(path, tmp_path, inputs)
     assert report["integer_ops"]["integer"] == integer, report["integer_ops"]
     assert report["integer_ops"]["float"] == 0, report["integer_ops"]
+    assert any("int8 is likely slower than fp32" in line for line in report["warnings"]), report["warnings"]
     step = output_step(path)
     # the QDQ semantics (ONNX Runtime with its graph rewrites off: dequantize, float op, quantize)
     assert_within_steps(ours, ort_outputs(path, inputs, optimized=False), step)
@@ -189,6 +195,8 @@ def test_unquantized_convs_stay_float_and_are_reported(models, tmp_path):
     assert integer["integer_ops"] == ["matmul wf_quantized"], integer
     assert set(integer["float_ops"]) == {"w1", "w2", "w3"}, integer
     assert all("not quantized" in why for why in integer["float_ops"].values()), integer
+    assert any("3 of 4 conv/matmul ops of the quantized model run dequantize-then-float" in line
+               for line in report["warnings"]), report["warnings"]
     assert_within_steps(ours, ort_outputs(path, inputs, optimized=False), output_step(path))
 
 
@@ -196,5 +204,17 @@ def test_integer_ops_off_keeps_dequantize_then_float(models, tmp_path):
     path = models["mm_u8"]
     inputs = random_inputs(path)
     ours, report = compiled_outputs(path, tmp_path, inputs, integer_ops=False)
-    assert report["integer_ops"]["integer"] == 0
+    assert report["integer_ops"]["integer"] == 0 and report["integer_ops"]["quantized"]
+    assert set(report["integer_ops"]["float_ops"].values()) == {"integer execution is off"}
     assert_within_steps(ours, ort_outputs(path, inputs, optimized=False), output_step(path))
+
+
+def test_fp32_model_is_untouched_and_not_warned(tmp_path):
+    from edgepack.integer_ops import speed_warnings
+
+    report = IntegerReport()
+    model = _model(conv_model(tmp_path / "fp32.onnx"), tmp_path)
+    import_relax(model, integer_ops=True, report=report)
+    assert not report.quantized and report.integer == [] and len(report.float) == 4
+    assert set(report.float.values()) == {"the model is not quantized"}
+    assert speed_warnings(report, load_target("x86_64")) == []
