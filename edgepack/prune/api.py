@@ -1,0 +1,90 @@
+"""`edgepack prune MODEL`: prune a model and write the result (ONNX, or a .pt2 program for PyTorch models)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from edgepack.artifacts import StageRecord
+from edgepack.errors import EdgepackError, first_line
+
+OUTPUT_SUFFIXES = (".onnx", ".pt2")
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """Where the pruned model was written and what the pass measured."""
+
+    path: Path | None
+    record: StageRecord
+
+
+def check_output(out: Path | None, force: bool) -> None:
+    """Refuse an output with an unknown suffix or one that exists (without --force) before any work."""
+    if out is None:
+        return
+    if Path(out).suffix not in OUTPUT_SUFFIXES:
+        raise EdgepackError(f"output '{out}' must end in {' or '.join(OUTPUT_SUFFIXES)}", "pass -o pruned.onnx or -o pruned.pt2")
+    if Path(out).exists() and not force:
+        raise EdgepackError(f"'{out}' already exists", "pass --force to replace it")
+
+
+def prune(model: str, config, target: str = "x86_64", out: Path | None = None, inputs: list[str] = (),
+          force: bool = False, progress: Callable[[str], None] = lambda line: None) -> PruneResult:
+    """Prune MODEL with `config` (ChannelPrune, WeightPrune or OnnxWeightPrune) and write it to `out`."""
+    from edgepack.export import ExportConfig, export_to_onnx, load_torch_model
+    from edgepack.passes import PassContext
+    from edgepack.preflight import preflight
+    from edgepack.prune.config import OnnxWeightPrune
+    from edgepack.signature import parse_input_specs
+    from edgepack.sources import OnnxSource, parse_source
+    from edgepack.targets import load_target
+
+    source = parse_source(model)
+    spec = load_target(target)
+    overrides = parse_input_specs(list(inputs))
+    check_output(out, force)
+    is_onnx = isinstance(source, OnnxSource)
+    if is_onnx != isinstance(config, OnnxWeightPrune):
+        raise EdgepackError("channel and taylor pruning need a PyTorch model (file.py:factory)" if is_onnx
+                            else "ONNX-only pruning was asked for a PyTorch model",
+                            "prune ONNX files with --granularity weights --criterion magnitude" if is_onnx else "use ChannelPrune or WeightPrune")
+    if is_onnx and out is not None and Path(out).suffix != ".onnx":
+        raise EdgepackError("an ONNX model is written back as ONNX", "pass -o pruned.onnx")
+    with tempfile.TemporaryDirectory(prefix="edgepack-prune-") as workdir:
+        work = Path(workdir)
+        (work / "pass").mkdir()
+        context = PassContext(work / "pass", spec, progress)
+        if is_onnx:
+            onnx_model, _ = preflight(source.path, overrides, work)
+            pruned, record = config.run(onnx_model, context)
+            written = work / "pruned.onnx"
+            shutil.copyfile(pruned.path, written)
+        else:
+            torch_model = load_torch_model(source, overrides)
+            pruned, record = config.run(torch_model, context)
+            written = work / ("pruned" + (Path(out).suffix if out else ".onnx"))
+            if written.suffix == ".pt2":
+                _save_program(pruned, written)
+            else:
+                progress("export")
+                export_to_onnx(pruned, written, ExportConfig())
+        if out is not None:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(written), str(out))
+    return PruneResult(Path(out) if out else None, record)
+
+
+def _save_program(model, path: Path) -> None:
+    import torch
+
+    from edgepack.signature import random_inputs
+
+    examples = tuple(torch.from_numpy(array) for array in random_inputs(model.inputs, 0))
+    try:
+        torch.export.save(torch.export.export(model.module, examples), str(path))
+    except Exception as exc:  # torch.export raises many types
+        raise EdgepackError(f"torch.export failed on the pruned model: {first_line(exc)}", "write ONNX instead: -o pruned.onnx") from None
