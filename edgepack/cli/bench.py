@@ -6,7 +6,7 @@ import json
 import os
 from enum import Enum
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -24,14 +24,25 @@ def bench_command(
     compare: List[Engine] = typer.Option([], "--compare", "-c", help="also time this engine (repeatable)"),
     runs: int = typer.Option(100, help="timed runs per engine"),
     warmup: int = typer.Option(10, help="untimed runs per engine first"),
-    threads: int = typer.Option(os.cpu_count() or 1, help="threads for every engine"),
+    threads: Optional[int] = typer.Option(None, help="threads for every engine (default: every core of the machine that runs it)"),
     inputs: List[Path] = typer.Option([], "--input", "-i", help=".npy per input (default: golden case 0)"),
+    device: Optional[str] = typer.Option(None, "--device", help="benchmark on this device with its native loader: "
+                                         "a store directory or ssh://[user@]host[:port]/path"),
+    rpc_tracker: Optional[str] = typer.Option(None, "--rpc-tracker", help="benchmark through TVM RPC: the tracker's HOST:PORT"),
+    rpc_key: Optional[str] = typer.Option(None, "--rpc-key", help="the device key the RPC server registered under"),
+    repeat: int = typer.Option(10, "--repeat", help="RPC: timings of runs/repeat calls each (time_evaluator's repeat)"),
+    timeout: float = typer.Option(600.0, "--timeout", help="--device: seconds the device's loader may run"),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ) -> None:
-    """Time the bundle (warm-up, then N runs) and compare with ONNX Runtime / PyTorch in the same run."""
-    from edgepack.bench import BenchConfig, bench_bundle
+    """Time the bundle (warm-up, then N runs) here beside ONNX Runtime / PyTorch, or on a device (--device, --rpc-tracker)."""
     from edgepack.runtime.loader import load_npy
 
+    if device is not None or rpc_tracker is not None or rpc_key is not None:
+        _bench_remote(bundle, device, rpc_tracker, rpc_key, compare, runs, warmup, threads, repeat, timeout, inputs, as_json)
+        return
+    from edgepack.bench import BenchConfig, bench_bundle
+
+    threads = threads or os.cpu_count() or 1
     arrays = [load_npy(path) for path in inputs] or None
     config = BenchConfig(warmup=warmup, runs=runs, threads=threads, compare=tuple(e.value for e in compare))
     report = bench_bundle(bundle, config, arrays)
@@ -46,6 +57,54 @@ def bench_command(
                       f"{row['throughput_per_s']:.0f}", ratio)
     out.print(table)
     out.print(f"peak RSS {report['peak_rss_kb'] / 1024:.0f} MiB; {report['protocol']['timed']}", highlight=False)
+
+
+def _bench_remote(bundle: Path, device: Optional[str], rpc_tracker: Optional[str], rpc_key: Optional[str], compare: list,
+                  runs: int, warmup: int, threads: Optional[int], repeat: int, timeout: float, inputs: List[Path], as_json: bool) -> None:
+    """`--device` (the native loader's bench on the device) or `--rpc-tracker/--rpc-key` (TVM RPC)."""
+    from edgepack.errors import EdgepackError, VerificationError
+    from edgepack.runtime.loader import load_npy
+
+    if compare:
+        raise EdgepackError("--compare times engines on this machine, not on a device", "drop --compare, or drop --device/--rpc-tracker")
+    if device is not None and (rpc_tracker or rpc_key):
+        raise EdgepackError("--device and --rpc-tracker/--rpc-key pick two different ways to reach a board", "pass one of them")
+    if device is not None:
+        from edgepack.deploy.bench_device import DeviceBenchConfig, bench_on_device
+
+        if inputs:
+            raise EdgepackError("--input is not sent to the device; --device benchmarks on the golden inputs", "drop --input")
+        report = bench_on_device(bundle, device, DeviceBenchConfig(warmup=warmup, runs=runs, threads=threads, timeout_s=timeout))
+    else:
+        from edgepack.rpc import RpcBenchConfig, bench_rpc
+
+        if not rpc_tracker or not rpc_key:
+            raise EdgepackError("RPC benchmarking needs both --rpc-tracker HOST:PORT and --rpc-key KEY", "pass both")
+        if threads is not None:
+            raise EdgepackError("--threads cannot be set through RPC", "start the RPC server with TVM_NUM_THREADS set instead")
+        if repeat < 1 or runs < repeat:
+            raise EdgepackError(f"--runs ({runs}) must be at least --repeat ({repeat}) and --repeat at least 1", "raise --runs")
+        arrays = [load_npy(path) for path in inputs] or None
+        report = bench_rpc(bundle, RpcBenchConfig(rpc_tracker, rpc_key, warmup=warmup, number=runs // repeat, repeat=repeat), arrays)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        protocol, results = report["protocol"], report["results"]
+        table = Table("where", *(f"{key.removesuffix('_ms')} ms" for key in ("median_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms")
+                                 if key in results),
+                      title=f"{bundle} on {report['device']}", title_justify="left")
+        table.add_row(report.get("machine") or protocol["where"],
+                      *(f"{results[key]:.3f}" for key in ("median_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms") if key in results))
+        out.print(table)
+        runs_text = (f"{protocol['repeat']} x {protocol['number']} runs" if "repeat" in protocol else f"{protocol['runs']} runs")
+        out.print(f"measured {protocol['where']}: {protocol['warmup']} warm-up, {runs_text}, threads {protocol['threads'] or 'unknown'}"
+                  f" ({protocol['threads_source']}), inputs from {protocol['inputs_from']}; {protocol['timed']}", highlight=False)
+        if "copy" in report:
+            out.print(f"benchmarked {report['benchmarked']} ({report['copy']})", highlight=False)
+    check = report.get("golden_check")
+    if check is not None and not check["passed"]:
+        raise VerificationError(f"the outputs on {report['device']} differ from the golden vectors (max abs error {check['max_abs_err']:.3g})",
+                                "check that the board matches the bundle's target")
 
 
 def register(app: typer.Typer) -> None:

@@ -18,6 +18,7 @@ from typing import Iterator, Protocol
 from edgepack.deploy.faults import fault_point
 from edgepack.errors import EdgepackError
 from edgepack.runtime.loader import MANIFEST, IntegrityError, check_files, read_manifest
+from edgepack.runtime_files import NATIVE_LOADER
 
 
 def _sync_dir(path: Path) -> None:
@@ -55,8 +56,11 @@ class DeviceFS(Protocol):
     def rmtree(self, path: PurePosixPath) -> None: ...
     def upload(self, bundle: Path, files: list[str], staging: PurePosixPath) -> None: ...
     def check_bundle(self, path: PurePosixPath) -> dict: ...
-    def run_loader(self, bundle: PurePosixPath, args: list[str], timeout: float) -> subprocess.CompletedProcess: ...
+    def run_loader(self, bundle: PurePosixPath, args: list[str], timeout: float,
+                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess: ...
     def lock(self, path: PurePosixPath, what: str) -> contextlib.AbstractContextManager[None]: ...
+    def tail(self, path: PurePosixPath, lines: int) -> list[str] | None: ...
+    def fetch(self, url: str, timeout: float) -> str: ...
 
 
 class LocalFS:
@@ -75,7 +79,11 @@ class LocalFS:
         return sorted(os.listdir(path)) if Path(path).is_dir() else []
 
     def mkdirs(self, path: PurePosixPath) -> None:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgepackError(f"cannot create the store directory '{path}' ({exc.strerror})",
+                                "pass a device directory you can write to") from None
 
     def read_text(self, path: PurePosixPath) -> str | None:
         return Path(path).read_text(encoding="utf-8") if Path(path).is_file() else None
@@ -139,11 +147,11 @@ class LocalFS:
         check_files(Path(path), manifest)
         return manifest
 
-    def run_loader(self, bundle: PurePosixPath, args: list[str], timeout: float) -> subprocess.CompletedProcess:
-        """The bundle's native loader, empty environment; raises subprocess.TimeoutExpired past `timeout`."""
-        from edgepack.verify import run_native_loader
-
-        return run_native_loader(Path(bundle), *args, timeout=timeout)
+    def run_loader(self, bundle: PurePosixPath, args: list[str], timeout: float,
+                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """The bundle's native loader in an empty environment (plus `env`); raises subprocess.TimeoutExpired past `timeout`."""
+        command = [str(Path(bundle) / "runtime" / NATIVE_LOADER), *args, "--bundle", str(bundle)]
+        return subprocess.run(command, capture_output=True, text=True, env=dict(env or {}), timeout=timeout, check=False)
 
     @contextlib.contextmanager
     def lock(self, path: PurePosixPath, what: str) -> Iterator[None]:
@@ -155,3 +163,31 @@ class LocalFS:
                 raise EdgepackError(f"another edgepack command is working on {what}", "wait for it to finish, then run this again") from None
             yield
 
+
+    def tail(self, path: PurePosixPath, lines: int) -> list[str] | None:
+        """The last `lines` lines of a file (read from its end), or None when there is no such file."""
+        target = Path(path)
+        if not target.is_file():
+            return None
+        with open(target, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            block, data = 1 << 16, b""
+            while size > 0 and data.count(b"\n") <= lines:
+                step = min(block, size)
+                size -= step
+                handle.seek(size)
+                data = handle.read(step) + data
+        return data.decode("utf-8", errors="replace").splitlines()[-lines:] if lines > 0 else []
+
+    def fetch(self, url: str, timeout: float) -> str:
+        """GET `url` from this machine (the device) and return the body."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return response.read().decode("utf-8", errors="replace")
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise EdgepackError(f"{url} is not answering ({reason})", "start the server on the device (runtime/edgepack_serve.py)") from None

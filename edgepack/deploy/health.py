@@ -25,6 +25,7 @@ class HealthConfig:
     timeout_s: float = 120.0
     latency_budget_ms: float | None = None
     bench_runs: int = 20
+    keyring: str | None = None  # trusted .pub keys on the device: the loader refuses bundles not signed by one
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def check_runnable(manifest: dict, fs: DeviceFS) -> None:
 def _loader(fs: DeviceFS, bundle: PurePosixPath, config: HealthConfig, *args: str) -> tuple[subprocess.CompletedProcess | None, str]:
     """Run the native loader on the device; (result, "") or (None, why it did not finish)."""
     try:
-        result = fs.run_loader(bundle, list(args), config.timeout_s)
+        result = fs.run_loader(bundle, [*args, *(["--keyring", config.keyring] if config.keyring else [])], config.timeout_s)
     except subprocess.TimeoutExpired:
         return None, f"{args[0]} timed out after {config.timeout_s:g} s"
     except OSError as exc:

@@ -5,6 +5,8 @@
     <root>/<model>/state.json            active, previous, trial, per-version health
     <root>/<model>/history.jsonl         one JSON object per event, append-only
     <root>/<model>/.lock                 flock held by the command working on the model
+    <root>/<model>/logs/<version>.jsonl  the bundle server's JSON-lines request log (edgepack_serve.py)
+    <root>/<model>/logs/serve.json       the running server's address, pid and version
     <root>/<model>/.staging-*, .trash-*, .current-*, .state.json.*   leftovers of an interrupted run
 """
 
@@ -67,6 +69,19 @@ class ModelStore:
     @property
     def lock_file(self) -> PurePosixPath:
         return self.dir / ".lock"
+
+    @property
+    def logs_dir(self) -> PurePosixPath:
+        return self.dir / "logs"
+
+    def serve_log(self, version: str) -> PurePosixPath:
+        """JSON-lines log that the bundle's server (runtime/edgepack_serve.py) writes for `version`."""
+        return self.logs_dir / f"{version}.jsonl"
+
+    @property
+    def serve_status(self) -> PurePosixPath:
+        """The running server's address, pid and version, written by it at start, removed at stop."""
+        return self.logs_dir / "serve.json"
 
     def version_dir(self, version: str) -> PurePosixPath:
         return self.versions_dir / version

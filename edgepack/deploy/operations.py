@@ -13,6 +13,7 @@ from edgepack.deploy.layout import ModelStore, check_name
 from edgepack.deploy.recovery import open_store
 from edgepack.deploy.state import append_history, now, write_state
 from edgepack.deploy.transfer import stage_bundle
+from edgepack.deploy.versioning import check_not_downgrade, compare_versions, newest_good, same_content
 from edgepack.errors import EdgepackError
 from edgepack.runtime.loader import read_manifest
 
@@ -36,14 +37,25 @@ def _install(store: ModelStore, state: dict, bundle: Path, manifest: dict, force
     """Stage and check the bundle on the device, then rename it into versions/<version>."""
     version = manifest["version"]
     if version in state["versions"]:
+        identical = same_content(store, version, manifest)
         if version == state["active"] and not force:
+            if not identical:
+                raise EdgepackError(f"{store.model} {version} is active on the device with other files (another bundle under the same version)",
+                                    "build the bundle under a new version")
             raise EdgepackError(f"{store.model} {version} is already the active version", "deploy a bundle with a new version")
         if not force:
+            if not identical:
+                raise EdgepackError(f"{store.model} {version} on the device holds other files (another bundle under the same version)",
+                                    "build the bundle under a new version, or pass --force to replace the installed one")
             raise EdgepackError(f"{store.model} {version} is already on the device",
                                 f"pass --force to replace it, or `edgepack rollback DEVICE --to {version}` to activate it")
         if version == state["active"]:
             raise EdgepackError(f"{store.model} {version} is the active version and cannot be replaced in place",
                                 "deploy it under a new version, or roll back to another version first")
+    elif not force:
+        check_not_downgrade(store, state, manifest)
+    newest = newest_good(state)
+    downgrade = {"downgrade_from": newest} if newest and (compare_versions(version, newest) or 0) < 0 else {}
     staging, staged = stage_bundle(bundle, manifest, store)
     fault_point("stage")
     if version in state["versions"]:
@@ -57,7 +69,7 @@ def _install(store: ModelStore, state: dict, bundle: Path, manifest: dict, force
     state["versions"][version] = {"installed": now(), "target": staged["target"]["name"], "health": "untested",
                                   "last_check": None, "detail": "installed, not checked yet"}
     write_state(store, state)
-    append_history(store, "installed", version, target=staged["target"]["name"])
+    append_history(store, "installed", version, target=staged["target"]["name"], **downgrade)
 
 
 def deploy(bundle: Path, device: str, force: bool = False, health: HealthConfig = HealthConfig()) -> ActivationResult:

@@ -157,10 +157,12 @@ class SshFS:
                                      "the bundle or the transfer was corrupted; rebuild the bundle or deploy again")
         return manifest
 
-    def run_loader(self, bundle: PurePosixPath, args: list[str], timeout: float) -> subprocess.CompletedProcess:
-        """The bundle's native loader on the device, empty environment, under `timeout` there."""
+    def run_loader(self, bundle: PurePosixPath, args: list[str], timeout: float,
+                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """The bundle's native loader on the device, empty environment (plus `env`), under `timeout` there."""
         loader = _q(str(bundle / "runtime" / NATIVE_LOADER))
-        script = f"exec env -i timeout {timeout:g} {loader} {' '.join(_q(a) for a in args)} --bundle {_q(str(bundle))}"
+        variables = " ".join(_q(f"{key}={value}") for key, value in (env or {}).items())
+        script = f"exec env -i {variables} timeout {timeout:g} {loader} {' '.join(_q(a) for a in args)} --bundle {_q(str(bundle))}"
         result = subprocess.run(self._command(script), capture_output=True, text=True, timeout=timeout + 60, check=False)
         if result.returncode == _SSH_FAILED:
             raise self._unreachable(result.stderr)
@@ -186,3 +188,22 @@ class SshFS:
             if process.stdin and not process.stdin.closed:
                 process.stdin.close()
             process.wait()
+
+    def tail(self, path: PurePosixPath, lines: int) -> list[str] | None:
+        """The last `lines` lines of a file on the device, or None when there is no such file."""
+        p = _q(str(path))
+        result = self._run(f"if [ -f {p} ]; then tail -n {int(lines)} {p}; else exit {_MISSING}; fi", ok=(0, _MISSING))
+        return None if result.returncode == _MISSING else result.stdout.splitlines()
+
+    def fetch(self, url: str, timeout: float) -> str:
+        """GET `url` on the device (curl, wget or python3 there), so that a server bound to its loopback answers."""
+        u, t = _q(url), f"{timeout:g}"
+        python = _q(f"import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout={t}).read().decode())")
+        script = (f"if command -v curl >/dev/null 2>&1; then curl -fsS --max-time {t} {u}; "
+                  f"elif command -v wget >/dev/null 2>&1; then wget -qO- -T {t} {u}; "
+                  f"else python3 -c {python} {u}; fi")
+        result = self._run(script, ok=tuple(range(0, 255)), timeout=timeout + 60)
+        if result.returncode != 0:
+            raise EdgepackError(f"{url} is not answering on {self.describe(PurePosixPath('/'))} ({_last_line(result.stderr)})",
+                                "start the server on the device (runtime/edgepack_serve.py)")
+        return result.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from edgepack.deploy.layout import ModelStore, unique
+from edgepack.runtime.loader import SIGNATURE
 
 
 def stage_bundle(bundle: Path, manifest: dict, store: ModelStore) -> tuple[PurePosixPath, dict]:
@@ -15,7 +16,8 @@ def stage_bundle(bundle: Path, manifest: dict, store: ModelStore) -> tuple[PureP
     """
     staging = unique(store.dir, ".staging-")
     try:
-        store.fs.upload(Path(bundle), sorted(manifest.get("files") or {}), staging)
+        signature = [SIGNATURE] if (Path(bundle) / SIGNATURE).is_file() else []  # the envelope travels too
+        store.fs.upload(Path(bundle), sorted(manifest.get("files") or {}) + signature, staging)
         staged = store.fs.check_bundle(staging)
     except BaseException:
         store.fs.rmtree(staging)

@@ -4,6 +4,7 @@ and variants of it made by editing copies (new version numbers, a failing golden
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from deploy_sshd import SSHD, start_sshd
 
 pytestmark = pytest.mark.tvm
 
@@ -98,3 +101,29 @@ def cli():
         return subprocess.run([sys.executable, "-m", "edgepack.cli", *map(str, args)], capture_output=True, text=True,
                               env=env, timeout=timeout, check=False)
     return run
+
+
+@pytest.fixture(scope="session")
+def ssh_server(tmp_path_factory):
+    """A real sshd on 127.0.0.1 for the whole session: (port, client config file); skips where sshd is absent."""
+    if SSHD is None:
+        pytest.skip("OpenSSH server (sshd) is not installed")
+    directory = tmp_path_factory.mktemp("sshd")
+    process, port, config = start_sshd(directory)
+    yield port, config
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture()
+def ssh_url(ssh_server, monkeypatch):
+    """`ssh_url(path)`: an ssh:// URL for a local directory, with EDGEPACK_SSH pointing at the throwaway keys."""
+    port, config = ssh_server
+    monkeypatch.setenv("EDGEPACK_SSH", f"ssh -F {config}")
+    return lambda path: f"ssh://{getpass.getuser()}@127.0.0.1:{port}{path}"
+
+
+@pytest.fixture()
+def remote(ssh_url, device) -> str:
+    """An ssh:// URL for the test's device directory."""
+    return ssh_url(device)

@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import getpass
-
 import pytest
 
 from edgepack.deploy import HealthCheckFailed, deploy, remove, rollback, status, versions
 from edgepack.deploy.faults import FAULT_EXIT, STEPS
 from edgepack.errors import EdgepackError, IntegrityError
 from deploy_helpers import current_verifies, history, leftovers, linked, state
-from deploy_sshd import SSHD, start_sshd
+from deploy_sshd import SSHD
 
 pytestmark = [pytest.mark.tvm, pytest.mark.skipif(SSHD is None, reason="OpenSSH server (sshd) is not installed")]
-
-
-@pytest.fixture(scope="module")
-def ssh_server(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("sshd")
-    process, port, config = start_sshd(directory)
-    yield port, config
-    process.terminate()
-    process.wait(timeout=10)
-
-
-@pytest.fixture()
-def remote(ssh_server, device, monkeypatch) -> str:
-    """An ssh:// URL for the test's device directory, with EDGEPACK_SSH pointing at the throwaway keys."""
-    port, config = ssh_server
-    monkeypatch.setenv("EDGEPACK_SSH", f"ssh -F {config}")
-    return f"ssh://{getpass.getuser()}@127.0.0.1:{port}{device}"
 
 
 def test_deploy_rollback_remove_over_ssh(bundles, device, remote):
