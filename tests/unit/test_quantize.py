@@ -235,3 +235,13 @@ def test_cli_errors_are_one_line(tiny, tmp_path, args, message, code):
     assert result.returncode == code
     assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_build_dry_run_plans_the_quantize_stage(tiny, tmp_path):
+    result = _cli("build", tiny / "tiny.onnx", "-o", tmp_path, "--quantize", "int8", "--calib", tiny / "calib.npz",
+                  "--calib-method", "entropy", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "preflight → quantize → compile" in result.stdout
+    assert "quantize:Int8Static(" in result.stdout.replace(" ", "") and "method='entropy'" in result.stdout
+    refused = _cli("build", tiny / "tiny.onnx", "-o", tmp_path, "--calib", tiny / "calib.npz", "--dry-run")
+    assert refused.returncode == 1 and refused.stderr.startswith("error: --calib and --auto only apply to quantization")
