@@ -60,8 +60,11 @@ def _write_new(path: Path, data: bytes, mode: int, force: bool) -> None:
     """Write a file atomically with `mode`; refuse to replace one unless `force`."""
     if path.exists() and not force:
         raise EdgepackError(f"'{path}' already exists", "pass --force to replace it, or choose another name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise EdgepackError(f"cannot write '{path}' ({exc.strerror})", "choose a writable place with free space") from None
     try:
         os.fchmod(handle, mode)
         with os.fdopen(handle, "wb") as out:
@@ -69,6 +72,9 @@ def _write_new(path: Path, data: bytes, mode: int, force: bool) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise EdgepackError(f"cannot write '{path}' ({exc.strerror})", "free space on that disk or choose another place") from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
