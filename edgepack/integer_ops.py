@@ -195,44 +195,44 @@ class _Matcher:
         name = name_of(node)
         x_dq = self.call(node.args[0], "relax.dequantize")
         if x_dq is None:
-            raise _NoMatch(f"{name}: its input is not dequantized from int8/uint8")
+            raise _NoMatch("its input is not dequantized from int8/uint8")
         w_expr, transposed = node.args[1], False
         permute = self.call(w_expr, "relax.permute_dims")
         if kind == "matmul" and permute is not None:
             axes = [int(a) for a in permute.attrs.axes] if permute.attrs.axes is not None else None
             if axes not in (None, [1, 0]) or len(_shape(permute.args[0])) != 2:
-                raise _NoMatch(f"{name}: weight permutation {axes} not supported")
+                raise _NoMatch(f"weight permutation {axes} not supported")
             w_expr, transposed = permute.args[0], True
         w_dq = self.call(w_expr, "relax.dequantize")
         if w_dq is None:
-            raise _NoMatch(f"{name}: its weights are not quantized (float weights)")
+            raise _NoMatch("its weights are not quantized (float weights)")
         qx, sx_expr, zx_expr = x_dq.args
         qw, sw_expr, zw_expr = w_dq.args
         if _dtype(qx) not in QUANT_RANGE:
-            raise _NoMatch(f"{name}: activation dtype {_dtype(qx)} (int8/uint8 only)")
+            raise _NoMatch(f"activation dtype {_dtype(qx)} (int8/uint8 only)")
         if _dtype(qw) != "int8":
-            raise _NoMatch(f"{name}: weight dtype {_dtype(qw)} (int8 only)")
+            raise _NoMatch(f"weight dtype {_dtype(qw)} (int8 only)")
         sx = _const(sx_expr, "the input scale").astype(np.float64)
         zx = _const(zx_expr, "the input zero point").astype(np.int64)
         if sx.size != 1 or zx.size != 1:
-            raise _NoMatch(f"{name}: input quantized per channel")
+            raise _NoMatch("input quantized per channel")
         sw = _const(sw_expr, "the weight scale").astype(np.float64)
         zw = _const(zw_expr, "the weight zero point").astype(np.int64)
         if np.any(zw != 0):
-            raise _NoMatch(f"{name}: asymmetric weights (zero point != 0)")
+            raise _NoMatch("asymmetric weights (zero point != 0)")
         w_shape = _shape(qw)
         out_channels = self._out_channels(kind, node, w_shape, transposed)
         if sw.size not in (1, out_channels):
-            raise _NoMatch(f"{name}: weight scales ({sw.size}) are not per tensor or per output channel")
+            raise _NoMatch(f"weight scales ({sw.size}) are not per tensor or per output channel")
         if sw.size > 1:
             axis = int(w_dq.attrs.axis) % len(w_shape)
             wanted = 0 if kind == "conv2d" or transposed else len(w_shape) - 1
             if axis != wanted:
-                raise _NoMatch(f"{name}: weight scales along axis {axis}, not the output channels")
+                raise _NoMatch(f"weight scales along axis {axis}, not the output channels")
         if kind == "conv2d" and (str(node.attrs.data_layout) != "NCHW" or str(node.attrs.kernel_layout) != "OIHW"):
-            raise _NoMatch(f"{name}: layout {node.attrs.data_layout}/{node.attrs.kernel_layout} (NCHW/OIHW only)")
+            raise _NoMatch(f"layout {node.attrs.data_layout}/{node.attrs.kernel_layout} (NCHW/OIHW only)")
         if kind == "matmul" and len(w_shape) != 2:
-            raise _NoMatch(f"{name}: batched weights")
+            raise _NoMatch("batched weights")
         multiplier = (sx.reshape(()) * sw.reshape(-1) / sy.reshape(())).astype(np.float32)
         int_bias, float_bias = self._bias(bias, sx.reshape(()) * sw.reshape(-1), out_channels)
         return _Plan(kind, node, qx, int(zx.reshape(())), qw, transposed, multiplier, int_bias,
@@ -372,7 +372,7 @@ def integerize(module, params: dict | None = None):
         if call in rewritten:
             report.integer.append(f"{plans_kind(call)} {name}")
         else:
-            report.float[name] = reasons.get(call, "its output is not quantized (no QuantizeLinear after it)")
+            report.float[name] = reasons.get(call, "its output is not quantized (no QuantizeLinear after it, or an op between them other than bias add and ReLU)")
     return module, params, report
 
 
@@ -450,6 +450,6 @@ def speed_warnings(report: IntegerReport, target) -> list[str]:
         why = (f"the target's {', '.join(present)} is not used by these kernels yet" if present
                else "the target has no int8 dot-product instructions")
         warnings.append(f"int8 is likely slower than fp32 on '{target.name}': its {len(report.integer)} integer conv/matmul "
-                        f"kernels are widened 32-bit multiply-adds ({why}; measured 1.2-5x slower than fp32 on x86-64 "
+                        f"kernels are widened 32-bit multiply-adds ({why}; measured 1.6-5x slower than fp32 on x86-64 "
                         "AVX2, see docs/integer-execution.md); build the fp32 model where speed matters more than size")
     return warnings
