@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import ClassVar, Sequence
 

@@ -3,9 +3,6 @@ int8 / packed int4 / fp16 in params.bin, and both loaders pass the golden check 
 
 from __future__ import annotations
 
-import json
-import struct
-
 import numpy as np
 import pytest
 
