@@ -356,7 +356,8 @@ _CALIBRATION_CACHE: dict = {}
 def _calibration(config: Int8Static, model: OnnxModel, context: PassContext):
     from edgepack.calibration import load_calibration
 
-    key = (config.calibration, model.inputs, config.calibration_limit)
+    path = Path(config.calibration.rpartition(":")[0] if ".py:" in config.calibration else config.calibration)
+    key = (config.calibration, path.stat().st_mtime_ns if path.exists() else None, model.inputs, config.calibration_limit)
     if key not in _CALIBRATION_CACHE:
         _CALIBRATION_CACHE.clear()
         _CALIBRATION_CACHE[key] = load_calibration(config.calibration, model.inputs, config.calibration_limit)
@@ -385,12 +386,16 @@ def _check_importable(path: Path, mode: str) -> None:
 
 @contextlib.contextmanager
 def _quiet():
-    """ONNX Runtime's quantizer logs advice through the root logger; keep the CLI to its one-line output."""
+    """ONNX Runtime's quantizer logs advice through the root logger and its calibrators print progress;
+    keep the CLI to its own output."""
+    import io
+
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         root.setLevel(level)
 
