@@ -58,7 +58,7 @@ def quantize_command(
     with err.status("quantizing") as status:
         record = quantize(model, output, config, inputs=inputs, target=target, progress=lambda line: status.update(f"{line}…"))
     for warning in record.report["warnings"]:
-        err.print(f"warning: {warning}", highlight=False)
+        err.print(f"warning: {warning}", highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps(record.to_json(), indent=2))
         return
