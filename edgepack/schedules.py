@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 PARALLEL_MIN_WORK = 1 << 15
 #: accumulator tile (vector lanes x rows) a reduction keeps in registers; 16 ymm registers on AVX2
 TILE_ELEMENTS = 64
+#: vector registers the accumulator tile may use when vectorised along a weight's contiguous axis
+#: (two are left for the weight vector and the broadcast input)
+TILE_VECTORS = 14
 
 
 @dataclass
@@ -104,6 +107,41 @@ def _has_root(sch) -> bool:
         return False
 
 
+def _expr_vars(expr) -> list:
+    from tvm.tirx.analysis import undefined_vars
+
+    return list(undefined_vars(expr))
+
+
+def _weight_axis(sch, block, extents: list[int], lanes: int) -> int | None:
+    """The output axis along which a weight-like operand is contiguous: the innermost index of a read
+    buffer that does not vary with some other output axis (a conv weight in IHWO layout, a matmul's
+    [K, N] weight). Vectorising along it loads the weight as vectors and broadcasts the input."""
+    block_obj = sch.get(block)
+    spatial = [iv.var for iv in block_obj.iter_vars if int(iv.iter_type) == 0]
+    best = None
+    for region in block_obj.reads:
+        if not region.region:
+            continue
+        inner = region.region[-1].min
+        index = next((i for i, var in enumerate(spatial) if inner.same_as(var)), None)
+        if index is None or extents[index] % lanes:
+            continue
+        used = [var for dim in region.region for var in _expr_vars(dim.min)]
+        broadcast = any(extents[i] > 1 and not any(var.same_as(u) for u in used) for i, var in enumerate(spatial) if i != index)
+        if broadcast and (best is None or extents[index] > extents[best]):
+            best = index
+    return best
+
+
+def _vector_index(sch, block, extents: list[int], lanes: int) -> int:
+    """The output axis held in SIMD lanes: a weight's contiguous axis when there is one, else the innermost."""
+    weight_axis = _weight_axis(sch, block, extents, lanes)
+    if weight_axis is not None:
+        return weight_axis
+    return max((i for i, e in enumerate(extents) if e > 1), default=len(extents) - 1)
+
+
 def _tile_reduction(sch, block, lanes: int) -> None:
     """Register-tile one reduction block and write its epilogue back tile by tile."""
     loops = sch.get_loops(block)
@@ -127,11 +165,12 @@ def _tile_reduction(sch, block, lanes: int) -> None:
                 sch.reverse_compute_inline(consumer)
             except Exception:  # noqa: BLE001 - keep the epilogue as its own loop nest
                 pass
-    vec_index = max((i for i, e in enumerate(extents) if e > 1), default=len(extents) - 1)
+    vec_index = _vector_index(sch, block, extents, lanes)
     vec_factor = _vector_factor(extents[vec_index], lanes)
     others = [i for i, e in enumerate(extents) if i != vec_index and e > 1]
-    row_index = max(others, key=lambda i: extents[i]) if others else None
-    row_factor = _divisor_at_most(extents[row_index], max(TILE_ELEMENTS // vec_factor, 1)) if row_index is not None else 1
+    row_index = max(others, key=lambda i: (extents[i], i)) if others else None
+    budget = TILE_VECTORS * lanes if vec_index == _weight_axis(sch, block, extents, lanes) else TILE_ELEMENTS
+    row_factor = _divisor_at_most(extents[row_index], max(budget // vec_factor, 1)) if row_index is not None else 1
     outer, inner = [], []
     for index, loop in enumerate(spatial):
         if index == vec_index and vec_factor > 1:

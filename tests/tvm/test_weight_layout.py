@@ -41,3 +41,14 @@ def test_pretransposed_build_matches_onnxruntime(tmp_path):
 
     result = build(str(_gemm_onnx(tmp_path / "gemm.onnx")), "x86_64", tmp_path / "dist")
     assert result.bundle.manifest["verification"]["passed"]
+
+
+def test_conv_weights_are_stored_output_channels_last(tmp_path):
+    from edgepack.compile import import_relax
+    from edgepack.preflight import preflight
+    from tests.models import export_onnx, small_cnn
+
+    model, _ = preflight(export_onnx(small_cnn(), tmp_path / "cnn.onnx"), {}, tmp_path)
+    module, params = import_relax(model)
+    assert 'kernel_layout="IHWO"' in module.script() and 'kernel_layout="OIHW"' not in module.script()
+    assert tuple(params["main"][0].shape) == (3, 3, 3, 8)  # the stem's 8x3x3x3 OIHW weight as IHWO
