@@ -53,6 +53,8 @@ def distill_command(
     max_depth: Optional[int] = typer.Option(8, "--max-depth", help="tree: depth limit"),
     max_leaf_nodes: Optional[int] = typer.Option(None, "--max-leaf-nodes", help="tree: leaf (rule) limit"),
     min_samples_leaf: int = typer.Option(1, "--min-samples-leaf", help="tree: training samples per leaf at least"),
+    augment: int = typer.Option(0, "--augment", help="tree: also fit on N noisy copies of training samples, labelled by the teacher"),
+    noise: float = typer.Option(0.5, "--noise", help="tree: --augment noise, as a fraction of each feature's standard deviation"),
     targets: List[str] = typer.Option([], "--target", "-t", help="build the student's bundle for this target (repeatable)"),
     out_dir: Path = typer.Option(Path("dist"), "--out", "-o", help="directory for the student files and bundles"),
     name: Optional[str] = typer.Option(None, help="student name (default: <teacher>_student or <teacher>_tree)"),
@@ -73,7 +75,7 @@ def distill_command(
     if (student is None) == (not tree):
         raise EdgepackError("say which student to distill into", "pass either --student file.py:factory or --tree")
     config = (NetworkStudentConfig(student, temperature, alpha, epochs, lr, batch_size, seed=seed) if student
-              else TreeStudentConfig(max_depth, max_leaf_nodes, min_samples_leaf, seed=seed))
+              else TreeStudentConfig(max_depth, max_leaf_nodes, min_samples_leaf, seed=seed, augment=augment, noise=noise))
     plan = plan_distill(teacher, config, data, out_dir, eval_data=eval_data, inputs=tuple(inputs), name=name, version=version,
                         targets=tuple(targets), force=force, max_drop=parse_max_drop(max_drop) if max_drop else None,
                         latency_runs=latency_runs, teacher_bundle=teacher_bundle)

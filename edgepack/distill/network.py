@@ -25,7 +25,7 @@ class NetworkStudentConfig:
     temperature: float = 4.0
     alpha: float | None = None  # None: 0.5 with labels, 1.0 (pure distillation) without
     epochs: int = 30
-    lr: float = 3e-3
+    lr: float = 1e-2  # Adam, cosine-annealed over the epochs
     batch_size: int = 64
     weight_decay: float = 0.0
     seed: int = 0
@@ -44,7 +44,7 @@ class NetworkStudentConfig:
             if value < 1:
                 raise EdgepackError(f"{label} {value} is below 1", f"pass {label} 1 or more")
         if self.lr <= 0:
-            raise EdgepackError(f"--lr {self.lr} is not positive", "use a learning rate such as 3e-3")
+            raise EdgepackError(f"--lr {self.lr} is not positive", "use a learning rate such as 1e-2")
 
     def resolved_alpha(self, labelled: bool) -> float:
         """α for this data: given, else 0.5 with labels and 1 without; labels are needed for α < 1."""

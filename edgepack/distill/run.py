@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +22,7 @@ from edgepack.artifacts import Bundle, StageRecord
 from edgepack.distill.network import NetworkStudentConfig, TrainingProgress
 from edgepack.distill.teacher import Teacher, check_classifier, load_data, load_teacher
 from edgepack.distill.tree import TreeStudentConfig
-from edgepack.errors import EdgepackError, InternalError
+from edgepack.errors import EdgepackError, InternalError, VerificationError
 from edgepack.evaluation import EvalData, measure, onnx_predictor, predict, top1
 from edgepack.package import PackageConfig, check_destination
 from edgepack.sources import OnnxSource, describe, parse_source
@@ -164,11 +164,15 @@ def _train_network(plan: DistillPlan, teacher: Teacher, train: EvalData, train_l
 
 def _fit_tree(plan: DistillPlan, teacher: Teacher, train: EvalData, train_logits: np.ndarray, held: EvalData,
               work: Path, n_classes: int) -> tuple[dict, list[tuple[Path, Path]]]:
-    from edgepack.distill.tree import flatten_samples, fit_tree, rule_listing, tree_matrices, tree_predict, tree_to_onnx
+    from edgepack.distill.tree import augmented, flatten_samples, fit_tree, rule_listing, tree_matrices, tree_predict, tree_to_onnx
 
     config: TreeStudentConfig = plan.student
-    features = flatten_samples(train.inputs)
-    tree = fit_tree(features, top1(train_logits), config)
+    features, classes = flatten_samples(train.inputs), top1(train_logits)
+    if config.augment:  # more of the teacher's decisions near the data than the training set alone shows
+        extra = (augmented(flatten_samples(train.inputs[:1]), config).reshape((config.augment, *train.inputs[0].shape[1:])),)
+        features = np.concatenate([features, flatten_samples(extra)])
+        classes = np.concatenate([classes, top1(teacher.logits(EvalData(extra, None, "augmented")))])
+    tree = fit_tree(features, classes, config)
     matrices = tree_matrices(tree, features.shape[1], n_classes)
     spec = teacher.inputs[0]
     onnx_path, rules_path = work / "student.onnx", work / "rules.txt"
@@ -185,7 +189,7 @@ def _fit_tree(plan: DistillPlan, teacher: Teacher, train: EvalData, train_logits
         if mismatches:
             raise InternalError(f"the tree's ONNX program disagrees with the tree on {mismatches} {label} samples")
         checked[label] = {"samples": len(data), "mismatches": mismatches}
-    report = {"params": matrices.elements, "depth": int(tree.get_depth()), "leaves": int(tree.get_n_leaves()),
+    report = {"params": matrices.elements, "fitted_on": len(features), "depth": int(tree.get_depth()), "leaves": int(tree.get_n_leaves()),
               "decision_nodes": len(matrices.thresholds), "onnx_equals_tree": checked,
               "formulation": "GEMM: (x·A ≤ B)·C = D selects the leaf, leaf·E the class probabilities"}
     return report, [(onnx_path, plan.model_path), (rules_path, plan.outputs[1])]
@@ -227,16 +231,20 @@ def _bundle_row(bundle: Bundle, kind: str) -> dict:
             "verified": manifest["verification"]["passed"], "path": str(bundle.path)}
 
 
-def _teacher_bundle_row(path: Path, runs: int) -> dict:
+def _teacher_bundle_row(path: Path, runs: int, teacher: Teacher, data: EvalData | None, logits: np.ndarray) -> dict:
     from edgepack.bench import BenchConfig, bench_bundle
-    from edgepack.runtime.loader import read_manifest
+    from edgepack.runtime.loader import load, read_manifest
 
     manifest = read_manifest(path)
     files = manifest["files"]
-    latency = None
-    if runs and manifest["target"]["arch"] == os.uname().machine:
-        latency = bench_bundle(path, BenchConfig(warmup=5, runs=runs, rounds=min(5, runs)))["engines"]["edgepack"]["median_ms"]
-    return {"model": "teacher", "target": f"{manifest['target']['name']} bundle", "accuracy": None, "fidelity": None, "params": None,
+    latency, quality = None, {}
+    if manifest["target"]["arch"] == os.uname().machine:  # measured where it runs
+        if data is not None:
+            quality = _model_quality(predict(load(path).run, teacher.inputs, data)[0], data, logits)
+        if runs:
+            latency = bench_bundle(path, BenchConfig(warmup=5, runs=runs, rounds=min(5, runs)))["engines"]["edgepack"]["median_ms"]
+    return {"model": "teacher", "target": f"{manifest['target']['name']} bundle", "accuracy": quality.get("accuracy"),
+            "fidelity": quality.get("top1_agreement"), "params": None,
             "model_bytes": files[manifest["library"]]["size"] + files[manifest["params"]["file"]]["size"],
             "bundle_bytes": sum(entry["size"] for entry in files.values()), "latency_ms": latency,
             "verified": (manifest.get("verification") or {}).get("passed"), "path": str(path)}
@@ -277,6 +285,12 @@ def run_distill(plan: DistillPlan, progress: Callable[[str], None] = lambda line
              "measured_on": "eval data" if evaluation else "training data (no --eval)",
              "teacher": {"params": teacher.params, "size_bytes": teacher.size_bytes, **teacher_quality},
              "student": student_report, "seconds": round(time.perf_counter() - started, 2)})
+        if plan.max_drop is not None and "accuracy" in student_quality:  # refuse before building bundles
+            drop = teacher_quality["accuracy"] - student_quality["accuracy"]
+            if drop > plan.max_drop + 1e-12:
+                raise VerificationError(f"the student loses too much: accuracy {teacher_quality['accuracy']:.4f} → "
+                                        f"{student_quality['accuracy']:.4f} (drop {drop * 100:.2f} points, max {plan.max_drop * 100:.1f})",
+                                        "train longer (--epochs), raise --temperature or the student's size, or raise --max-drop")
         for temporary, final in moves:
             os.replace(temporary, final)
         files = [final for _, final in moves]
@@ -291,15 +305,13 @@ def run_distill(plan: DistillPlan, progress: Callable[[str], None] = lambda line
              "path": str(plan.model_path)},
         ]
         if plan.teacher_bundle is not None:
-            result.rows.append(_teacher_bundle_row(plan.teacher_bundle, plan.latency_runs))
+            result.rows.append(_teacher_bundle_row(plan.teacher_bundle, plan.latency_runs, teacher, evaluation, held_logits))
         golden = _golden_inputs(teacher, held, work) if plan.targets else None
         for target in plan.targets:
             build_plan = plan_build(str(plan.model_path), target, plan.out_dir, name=plan.name, version=plan.version,
                                     force=plan.force, golden_inputs=golden, prior_stages=(record,),
                                     extra_files=((RULES_FILE, plan.outputs[1]),) if isinstance(plan.student, TreeStudentConfig) else ())
             if plan.eval_data and build_plan.target.runs_on_this_machine():
-                from dataclasses import replace
-
                 measured = EvaluationConfig(plan.eval_data, plan.max_drop, baseline=_teacher_onnx(plan, teacher, work),
                                             latency_runs=plan.latency_runs)
                 build_plan = replace(build_plan, evaluation=measured)

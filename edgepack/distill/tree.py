@@ -31,6 +31,8 @@ class TreeStudentConfig:
     min_samples_leaf: int = 1
     criterion: str = "gini"
     seed: int = 0
+    augment: int = 0  # extra samples: training samples plus Gaussian noise, labelled by the teacher
+    noise: float = 0.5  # that noise's standard deviation, as a fraction of each feature's
 
     kind = "tree"
 
@@ -39,6 +41,8 @@ class TreeStudentConfig:
                                     ("--min-samples-leaf", self.min_samples_leaf, 1)):
             if value is not None and value < least:
                 raise EdgepackError(f"{label} {value} is below {least}", f"pass {label} {least} or more")
+        if self.augment < 0 or self.noise < 0:
+            raise EdgepackError(f"--augment {self.augment} / --noise {self.noise} is negative", "pass 0 or more")
         if self.criterion not in ("gini", "entropy", "log_loss"):
             raise EdgepackError(f"unknown tree criterion '{self.criterion}'", "use one of gini, entropy, log_loss")
 
@@ -52,6 +56,14 @@ def flatten_samples(stacks: tuple[np.ndarray, ...]) -> np.ndarray:
         raise EdgepackError(f"a tree student takes one input tensor, the teacher has {len(stacks)}",
                             "distill a network student (--student file.py:factory) for multi-input teachers")
     return stacks[0].reshape(len(stacks[0]), -1).astype(np.float32)
+
+
+def augmented(stack: np.ndarray, config: TreeStudentConfig) -> np.ndarray:
+    """`config.augment` noisy copies of random training samples, for the teacher to label."""
+    rng = np.random.default_rng(config.seed)
+    chosen = stack[rng.integers(0, len(stack), config.augment)]
+    scale = stack.std(axis=0, keepdims=True) * config.noise
+    return (chosen + rng.standard_normal(chosen.shape) * scale).astype(stack.dtype)
 
 
 def fit_tree(features: np.ndarray, classes: np.ndarray, config: TreeStudentConfig):

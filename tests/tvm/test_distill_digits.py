@@ -83,14 +83,12 @@ def test_network_bundle_records_distill_and_its_quality_against_the_teacher(netw
 
 def test_tree_bundle_predicts_exactly_as_the_tree_on_the_test_split(tree, digits_files):
     from edgepack.distill.tree import fit_tree, flatten_samples, tree_predict
-    from edgepack.evaluation import onnx_predictor, predict, top1
+    from edgepack.evaluation import EvalData, onnx_predictor, predict, top1
     from edgepack.examples.digits import digits_split
     from edgepack.runtime.loader import TensorSpec, load
 
     train_x, test_x, _, _ = digits_split()
     image = (TensorSpec("image", "float32", (1, 1, 8, 8)),)
-    from edgepack.evaluation import EvalData
-
     teacher_train = predict(onnx_predictor(digits_files["teacher"]), image, EvalData((train_x,), None, "train"))[0]
     own = fit_tree(flatten_samples((train_x,)), top1(teacher_train), TREE)  # the same fit, refitted here
     assert own.get_n_leaves() == tree.record.report["student"]["leaves"]

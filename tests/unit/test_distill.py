@@ -128,9 +128,6 @@ def test_leaf_with_float32_tie_keeps_the_trees_class(tmp_path):
     assert int(np.argmax(matrices.leaf_values[left])) == 1
 
 
-_CONDITION = re.compile(r"^(?:(\S+) < )?(\w+\[[\d,]+\]) (<=|>|) ?(\S*)$")
-
-
 def _matches(rule: str, sample: np.ndarray, names: list[str]) -> bool:
     for part in rule.split(" and "):
         found = re.fullmatch(r"(\S+) < (\S+) <= (\S+)", part)
@@ -294,3 +291,30 @@ def test_cli_needs_exactly_one_student_kind(tmp_path):
                                  "-o", str(tmp_path / "out"), "--target", "x86_64"])
     assert result.exit_code == 0, result.output
     assert "bundles: t_tree-0.1.0-x86_64" in result.output
+
+
+def test_augmented_tree_is_fitted_on_teacher_labelled_noisy_copies(tmp_path):
+    teacher = _linear_teacher(tmp_path / "linear.onnx", features=8, classes=3)
+    np.savez(tmp_path / "train.npz", x=np.random.default_rng(4).standard_normal((300, 8)).astype(np.float32))
+    result = run_distill(plan_distill(str(teacher), TreeStudentConfig(max_depth=3, augment=500), tmp_path / "train.npz",
+                                      tmp_path / "out"))
+    student = result.record.report["student"]
+    assert student["fitted_on"] == 800 and result.record.config["student"]["augment"] == 500
+    assert student["onnx_equals_tree"]["train"]["mismatches"] == 0
+
+
+def test_a_student_below_max_drop_is_refused_before_anything_is_written(tmp_path):
+    from edgepack.errors import VerificationError
+    from edgepack.evaluation import onnx_predictor
+
+    teacher = _linear_teacher(tmp_path / "linear.onnx", features=8, classes=3)
+    x = np.random.default_rng(5).standard_normal((300, 8)).astype(np.float32)
+    run = onnx_predictor(teacher)
+    labels = np.array([int(np.argmax(run([row[None]])[0])) for row in x])  # the teacher is 100% right
+    np.savez(tmp_path / "train.npz", x=x[:200], labels=labels[:200])
+    np.savez(tmp_path / "eval.npz", x=x[200:], labels=labels[200:])
+    plan = plan_distill(str(teacher), TreeStudentConfig(max_depth=1), tmp_path / "train.npz", tmp_path / "out",
+                        eval_data=tmp_path / "eval.npz", max_drop=0.0)
+    with pytest.raises(VerificationError, match=r"the student loses too much: accuracy 1.0000 → 0\.\d+"):
+        run_distill(plan)
+    assert list((tmp_path / "out").iterdir()) == []
