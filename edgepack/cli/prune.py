@@ -47,7 +47,7 @@ def prune_config(model: str, granularity: Granularity, criterion: Criterion, spa
     if isinstance(parse_source(model), OnnxSource):
         if granularity is not Granularity.weights or criterion is not Criterion.magnitude or train or calib:
             raise EdgepackError("an ONNX model can only be pruned by weight magnitude (no gradients, no channel rewiring)",
-                                "pass --granularity weights --criterion magnitude, or prune the PyTorch model")
+                                "prune it by weights with the magnitude criterion, or prune the PyTorch model")
         return OnnxWeightPrune(amount, threshold, scope.value, eval_data, drop)
     if train is not None:
         parse_train_function(train)  # fail before any work

@@ -51,7 +51,7 @@ def prune(model: str, config, target: str = "x86_64", out: Path | None = None, i
     if is_onnx != isinstance(config, OnnxWeightPrune):
         raise EdgepackError("channel and taylor pruning need a PyTorch model (file.py:factory)" if is_onnx
                             else "ONNX-only pruning was asked for a PyTorch model",
-                            "prune ONNX files with --granularity weights --criterion magnitude" if is_onnx else "use ChannelPrune or WeightPrune")
+                            "prune ONNX files by weight magnitude (granularity weights, criterion magnitude)" if is_onnx else "use ChannelPrune or WeightPrune")
     if is_onnx and out is not None and Path(out).suffix != ".onnx":
         raise EdgepackError("an ONNX model is written back as ONNX", "pass -o pruned.onnx")
     with tempfile.TemporaryDirectory(prefix="edgepack-prune-") as workdir:
