@@ -249,3 +249,20 @@ def test_pruned_weights_are_positive_zeros(digits):
     pruned, _ = run_pass(WeightPrune(sparsity=0.8), digits["model"])
     weight = pruned.module.block[0].weight.detach().numpy()
     assert np.mean(weight.view(np.uint32) == 0) == pytest.approx(0.8, abs=0.01)
+
+
+def test_build_plan_prunes_before_quantizing(tmp_path):
+    """torch pruning runs before export, ONNX magnitude pruning before the quantize pass."""
+    from typer.testing import CliRunner
+
+    from edgepack.cli.app import app
+
+    runner = CliRunner()
+    torch_plan = runner.invoke(app, ["build", "edgepack/examples/digits.py:digits_cnn", "-o", str(tmp_path), "--prune", "channels",
+                                     "--quantize", "int8-dynamic", "--dry-run"])
+    assert torch_plan.exit_code == 0, torch_plan.output
+    assert "stages:  prune → export → preflight → quantize → compile" in torch_plan.output
+    onnx_plan = runner.invoke(app, ["build", str(_gemm_onnx(tmp_path / "gemm.onnx")), "-o", str(tmp_path), "--prune", "weights",
+                                    "--quantize", "int8-dynamic", "--dry-run"])
+    assert onnx_plan.exit_code == 0, onnx_plan.output
+    assert "stages:  preflight → prune → quantize → compile" in onnx_plan.output
