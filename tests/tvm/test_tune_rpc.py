@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -46,18 +47,19 @@ def rpc_tracker():
     port = _free_port()
     env = {**os.environ, "TVM_NUM_THREADS": "1"}
     tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
-                                "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
     server_port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(server_port),
                                "--port-end", str(server_port + 1),
                                "--tracker", f"127.0.0.1:{port}", "--key", KEY], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         _wait_for_server(port, KEY)
         yield f"127.0.0.1:{port}"
     finally:
-        for process in (server, tracker):
-            process.terminate()
+        for process in (server, tracker):  # the whole group: the server forks a worker per session
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
 
 
