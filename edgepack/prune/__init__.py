@@ -3,7 +3,7 @@
     from edgepack.prune import ChannelPrune, Taylor, FineTune, prune
     result = prune("net.py:make_model", ChannelPrune(sparsity=0.5, criterion=Taylor(calib=Path("calib.npz")),
                                                      finetune=FineTune("data.py:train")), out=Path("pruned.onnx"))
-    edgepack build net.py:make_model --prune channels --sparsity 50% --train data.py:train
+    edgepack build net.py:make_model --prune channels --prune-sparsity 50% --train data.py:train
 
 ChannelPrune and WeightPrune are TorchPasses (before export); OnnxWeightPrune is an OnnxPass.
 """

@@ -27,7 +27,6 @@ def _scatter_mean(contributions, size: int):
 
 def group_scores(group, scores: dict) -> "object | None":
     """Score of each channel of a dependency group: the mean over its layers of the channel's summed element scores."""
-    import torch_pruning as tp
     from torch_pruning.pruner import function as fn
 
     contributions = []
@@ -50,7 +49,6 @@ def group_scores(group, scores: dict) -> "object | None":
         else:
             continue
         contributions.append((local, root_idxs))
-    del tp
     if not contributions:
         return None
     size = len(group[0].idxs)

@@ -7,7 +7,6 @@ from edgepack.prune.criteria import prunable_layers
 
 def prune_weights(module, scores: dict, sparsity: float | None, threshold: float | None, scope: str) -> None:
     """Attach pruning masks (weight = weight_orig * mask) by score; `make_permanent` removes them later."""
-    import torch
     from torch.nn.utils import prune
 
     layers = list(prunable_layers(module).values())
@@ -20,7 +19,6 @@ def prune_weights(module, scores: dict, sparsity: float | None, threshold: float
     else:
         for layer in layers:
             prune.l1_unstructured(layer, "weight", amount=float(sparsity), importance_scores=scores[layer])
-    del torch
 
 
 def make_permanent(module) -> None:
