@@ -14,8 +14,10 @@ from edgepack.artifacts import Bundle, CompiledModule, StageRecord
 from edgepack.errors import EdgepackError
 from edgepack.golden import GoldenVectors, write_golden
 from edgepack.manifest import file_entries, new_manifest, tool_versions, write_manifest
+from edgepack.prune.sparse_params import manifest_fields as sparse_fields
 from edgepack.runtime_files import (
-    NATIVE_LOADER, PYTHON_LOADER, RUNTIME_LIBRARIES, device_requirements, native_loader, python_loader, runtime_libraries,
+    NATIVE_LOADER, PYTHON_LOADER, RUNTIME_LIBRARIES, SERVE_MODULE, device_requirements, native_loader, python_loader,
+    runtime_libraries, serve_module,
 )
 
 REFERENCE_MODEL = "reference/model.onnx"
@@ -31,6 +33,8 @@ class PackageConfig:
     force: bool = False
     archive: bool = False
     reference: bool = True  # ship the compiled ONNX model as reference/model.onnx (for --compare)
+    sign_key: Path | None = None  # `--sign KEY`: sign the final manifest (manifest.sig.json) before moving into place
+    extra_files: tuple[tuple[str, Path], ...] = ()  # (path in the bundle, source file): shipped and digested (e.g. rules.txt)
 
     @property
     def bundle_name(self) -> str:
@@ -59,6 +63,7 @@ def _copy_runtime(compiled: CompiledModule, staging: Path) -> None:
     shutil.copy2(native_loader(compiled.target), loader)
     loader.chmod(loader.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     shutil.copy2(python_loader(), runtime_dir / PYTHON_LOADER)
+    shutil.copy2(serve_module(), runtime_dir / SERVE_MODULE)
 
 
 def _replace(staging: Path, destination: Path) -> None:
@@ -96,6 +101,7 @@ def write_bundle(compiled: CompiledModule, golden: GoldenVectors, config: Packag
     """
     destination = bundle_path(config, compiled.target.name)
     check_destination(config, compiled.target.name)
+    created_out_dir = not config.out_dir.exists()  # removed again if the build fails (an empty -o stays absent)
     config.out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=config.out_dir, prefix=f".{destination.name}.staging-"))
     try:
@@ -106,17 +112,20 @@ def write_bundle(compiled: CompiledModule, golden: GoldenVectors, config: Packag
             (staging / "reference").mkdir()
             shutil.copy2(compiled.source.path, staging / REFERENCE_MODEL)
         _copy_runtime(compiled, staging)
+        for rel, source_file in config.extra_files:
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source_file, staging / rel)
         manifest = new_manifest(
             name=config.name,
             version=config.version,
             tools=tool_versions(used_torch=provenance["source"]["kind"] != "onnx"),
             target=compiled.target.to_json(),
             requires=device_requirements(compiled.target, [staging / compiled.library.name, staging / "runtime" / NATIVE_LOADER,
-                                                           *(staging / "runtime" / name for name in RUNTIME_LIBRARIES)]),
+                                                           *sorted((staging / "runtime").glob("lib*.so*"))]),
             inputs=[spec.to_json() for spec in compiled.source.inputs],
             outputs=[spec.to_json() for spec in compiled.source.outputs],
             library=compiled.library.name,
-            params={"file": compiled.params.name, "names": list(compiled.param_names)},
+            params={"file": compiled.params.name, "names": list(compiled.param_names), **sparse_fields(compiled.params)},
             golden=golden_entry,
             files=file_entries(staging),
             provenance=provenance,
@@ -126,9 +135,15 @@ def write_bundle(compiled: CompiledModule, golden: GoldenVectors, config: Packag
         if assess is not None:
             manifest["quality"] = assess(staging)
         write_manifest(staging, manifest)
+        if config.sign_key is not None:
+            from edgepack.signing import sign_bundle
+
+            sign_bundle(staging, config.sign_key)
         _replace(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created_out_dir:
+            shutil.rmtree(config.out_dir, ignore_errors=True)
         raise
     archive = _archive(destination) if config.archive else None
     sizes = {rel: entry["size"] for rel, entry in manifest["files"].items()}

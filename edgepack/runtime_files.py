@@ -19,6 +19,7 @@ from edgepack.targets import TargetSpec
 RUNTIME_LIBRARIES = ("libtvm_runtime.so", "libtvm_ffi.so")
 NATIVE_LOADER = "edgepack-run"
 PYTHON_LOADER = "edgepack_loader.py"
+SERVE_MODULE = "edgepack_serve.py"  # HTTP server (edgepack/runtime/serve.py), beside the Python loader
 
 
 def cache_dir() -> Path:
@@ -99,6 +100,10 @@ def runtime_libraries(target: TargetSpec) -> list[Path]:
     if missing:
         raise EdgepackError(f"runtime libraries {', '.join(missing)} for {target.arch} were not found",
                             "reinstall apache-tvm and apache-tvm-ffi")
+    if target.device == "cuda":  # + TVM's CUDA runtime module and libcudart of the host arch
+        from edgepack.cuda import runtime_libraries as cuda_libraries
+
+        return [found[name] for name in RUNTIME_LIBRARIES] + cuda_libraries(target)
     return [found[name] for name in RUNTIME_LIBRARIES]
 
 
@@ -116,6 +121,13 @@ def python_loader() -> Path:
     from edgepack.runtime import loader
 
     return Path(loader.__file__)
+
+
+def serve_module() -> Path:
+    """The HTTP server's source (an island beside the Python loader), copied verbatim into every bundle."""
+    from edgepack.runtime import serve
+
+    return Path(serve.__file__)
 
 
 _GLIBC_VERSION = re.compile(rb"GLIBC_(\d+)\.(\d+)")
@@ -143,4 +155,9 @@ def device_requirements(target: TargetSpec, elf_files: list[Path]) -> dict:
     if _version_tuple(needed) > _version_tuple(target.toolchain.glibc):
         raise EdgepackError(f"the built code needs glibc {needed}, but target '{target.name}' promises {target.toolchain.glibc}",
                             "raise [toolchain] glibc in the target file, or use a toolchain for an older glibc")
-    return {"arch": target.arch, "cpu_features": list(target.cpu_features), "glibc": needed}
+    requires = {"arch": target.arch, "cpu_features": list(target.cpu_features), "glibc": needed}
+    if target.device == "cuda":  # GPU arch, CUDA driver floor, shipped CUDA runtime (edgepack.cuda)
+        from edgepack.cuda import requirements
+
+        requires["cuda"] = requirements(target)
+    return requires

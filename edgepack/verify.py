@@ -35,8 +35,22 @@ def run_native_loader(bundle_dir: Path, *args: str, prefix: list[str] = (), time
     return subprocess.run(command, capture_output=True, text=True, env={}, timeout=timeout, check=False)
 
 
-def verify_native(bundle_dir: Path, target: dict, emulate: bool) -> dict:
+def gpu_missing(bundle_dir: Path, target: dict) -> str | None:
+    """Why a CUDA bundle's GPU code cannot run here (None for CPU bundles and where a fit GPU is present).
+
+    No emulator runs CUDA: a GPU bundle for another host arch is never run here."""
+    if target.get("device") != "cuda":
+        return None
+    need = loader.read_manifest(bundle_dir).get("requires", {}).get("cuda", {})
+    if target["arch"] != platform.machine():
+        return f"no GPU: {target['arch']} + {need.get('gpu_arch')} code cannot run on this {platform.machine()} machine (no emulator runs CUDA)"
+    return loader.cuda_problem(need)
+
+
+def verify_native(bundle_dir: Path, target: dict, emulate: bool, keyring: Path | None = None) -> dict:
     """Golden check with the native loader: directly on this arch, under the emulator on another."""
+    if (no_gpu := gpu_missing(bundle_dir, target)) is not None:
+        return {"ran": False, "reason": no_gpu, "gpu": True}
     prefix: list[str] = []
     if target["arch"] != platform.machine():
         if not emulate:
@@ -46,7 +60,7 @@ def verify_native(bundle_dir: Path, target: dict, emulate: bool) -> dict:
             packages = " ".join(target["toolchain"].get("emulator_apt_packages") or ["qemu-user"])
             return {"ran": False, "reason": f"emulator '{target['toolchain'].get('emulator')}' is not installed "
                                             f"(apt-get install {packages})"}
-    result = run_native_loader(bundle_dir, "verify", prefix=prefix)
+    result = run_native_loader(bundle_dir, "verify", *keyring_args(keyring), prefix=prefix)
     errors = [float(value) for value, _ in _CASE_ERROR.findall(result.stdout)]
     return {
         "ran": True,
@@ -58,24 +72,32 @@ def verify_native(bundle_dir: Path, target: dict, emulate: bool) -> dict:
     }
 
 
-def verify_python(bundle_dir: Path, target: dict) -> dict:
+def keyring_args(keyring: Path | str | None) -> list[str]:
+    """`--keyring PATH` for the native loader when a keyring is configured (it runs with an empty environment)."""
+    return ["--keyring", str(Path(keyring).absolute())] if keyring else []
+
+
+def verify_python(bundle_dir: Path, target: dict, keyring: Path | None = None) -> dict:
     """Golden check with the Python loader, in this process, where the target's code can run here."""
+    if (no_gpu := gpu_missing(bundle_dir, target)) is not None:
+        return {"ran": False, "reason": no_gpu, "gpu": True}
     if target["arch"] != platform.machine():
         return {"ran": False, "reason": f"{target['arch']} libraries cannot be loaded on this {platform.machine()} machine"}
-    return {"ran": True, **loader.load(bundle_dir).verify()}
+    return {"ran": True, **loader.load(bundle_dir, keyring).verify()}
 
 
-def verify_bundle(bundle_dir: Path, emulate: bool = True) -> dict:
+def verify_bundle(bundle_dir: Path, emulate: bool = True, keyring: Path | None = None) -> dict:
     """Check digests and golden vectors with every loader that can run here; raises if one fails.
 
     `passed` is None when no loader could run (a foreign-arch bundle without an emulator).
     """
-    manifest = loader.read_manifest(bundle_dir)
+    manifest = loader.read_trusted_manifest(bundle_dir, keyring)  # with a keyring: the signature first
+    loader.check_manifest_fields(manifest, Path(bundle_dir) / loader.MANIFEST)
     loader.check_files(bundle_dir, manifest)
     target = manifest["target"]
     golden = manifest["golden"]
-    python = verify_python(bundle_dir, target)
-    native = verify_native(bundle_dir, target, emulate)
+    python = verify_python(bundle_dir, target, keyring)
+    native = verify_native(bundle_dir, target, emulate, keyring)
     ran = [engine for engine in (python, native) if engine["ran"]]
     errors = [engine["max_abs_err"] for engine in ran if engine.get("max_abs_err") is not None]
     report = {
@@ -102,4 +124,6 @@ def require_verified(report: dict, emulate: bool) -> None:
     if report["passed"] is None:
         reason = report["native_loader"]["reason"]
         fix = "install the emulator it names" if emulate else "pass --emulate to run it under qemu-user, or verify on the device"
+        if report["native_loader"].get("gpu"):  # digests passed; the golden vectors need the GPU
+            fix = "file digests are fine; run `runtime/edgepack-run verify` on a machine with the GPU (docs/cuda.md)"
         raise EdgepackError(f"nothing could run this bundle here: {reason}", fix)

@@ -39,6 +39,14 @@ def print_summary(path: Path, manifest: dict) -> None:
         before = quality["before"].get(quality["metric"], 1.0)
         out.print(f"quality on {quality['after']['samples']} samples: {quality['metric']} {before:.4f} → "
                   f"{quality['after'][quality['metric']]:.4f} (drop {quality['drop'] * 100:.2f} points)", highlight=False)
+    for stage in manifest["provenance"]["stages"]:
+        if stage["stage"] == "quantize":
+            from edgepack.quantize import summary_line
+
+            params_file = manifest.get("params", {}).get("file", "params.bin")
+            params = manifest["files"].get(params_file, {}).get("size")
+            out.print(f"quantization: {summary_line(stage['report'])}" + (f"; {params_file} {_size(params)}" if params else ""),
+                      highlight=False, soft_wrap=True)
     stages = " → ".join(stage["stage"] for stage in manifest["provenance"]["stages"])
     out.print(f"source: {manifest['provenance']['source']['kind']} {manifest['provenance']['source']['path']}; stages: {stages}", highlight=False)
     files = Table("file", "size", "sha256", title="files", title_justify="left")
@@ -52,13 +60,15 @@ def print_summary(path: Path, manifest: dict) -> None:
 
 
 def inspect_command(
-    bundle: Path = typer.Argument(..., help="bundle directory"),
+    bundle: Path = typer.Argument(..., help="bundle directory, or its .tar.gz (unpacked safely into a temporary directory)"),
     as_json: bool = typer.Option(False, "--json", help="print the raw manifest"),
 ) -> None:
     """Show a bundle's manifest, I/O signature, verification report and file sizes."""
+    from edgepack.archive import unpacked
     from edgepack.runtime.loader import read_manifest
 
-    manifest = read_manifest(bundle)
+    with unpacked(bundle) as directory:
+        manifest = read_manifest(directory)
     if as_json:
         print(json.dumps(manifest, indent=2))
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -28,13 +29,17 @@ def verification_lines(report: dict) -> list[str]:
 
 
 def verify_command(
-    bundle: Path = typer.Argument(..., help="bundle directory"),
+    bundle: Path = typer.Argument(..., help="bundle directory, or its .tar.gz (unpacked safely into a temporary directory)"),
     emulate: bool = typer.Option(False, "--emulate", help="run a foreign-arch bundle's native loader under qemu-user"),
+    keyring: Optional[Path] = typer.Option(None, "--keyring", envvar="EDGEPACK_KEYRING",
+                                           help="trusted public keys (.pub file or directory): refuse unsigned or wrongly signed bundles"),
 ) -> None:
-    """Check digests, then run the golden vectors with every loader that can run here."""
+    """Check the signature (with --keyring) and digests, then run the golden vectors with every loader that can run here."""
+    from edgepack.archive import unpacked
     from edgepack.verify import require_verified, verify_bundle
 
-    report = verify_bundle(bundle, emulate=emulate)
+    with unpacked(bundle) as directory:
+        report = verify_bundle(directory, emulate=emulate, keyring=keyring)
     require_verified(report, emulate)
     for line in verification_lines(report):
         out.print(line, highlight=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["build_native_loader"]
 
 _SOURCE_DIR = Path(__file__).parent
-_SOURCES = ("loader.cc", "sha256.h")
+_SOURCES = ("loader.cc", "sha256.h", "sparse_params.h")
 _FLAGS = ("-O2", "-std=c++17", "-s")
 _LIBS = ("-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi", "-ldl", "-Wl,-rpath,$ORIGIN")
 
