@@ -18,7 +18,7 @@ from edgepack.package import PackageConfig, bundle_path, check_destination, writ
 from edgepack.preflight import load_onnx, preflight
 from edgepack.runtime.loader import TensorSpec
 from edgepack.signature import parse_input_specs
-from edgepack.sources import FactorySource, ModelSource, OnnxSource, describe, import_file, parse_source
+from edgepack.sources import ExportedProgramSource, FactorySource, ModelSource, OnnxSource, describe, import_file, parse_source
 from edgepack.targets import TargetSpec, load_target
 from edgepack.tune import TuneConfig, tune_model, tuning_dir
 from edgepack.verify import verify_bundle
@@ -33,6 +33,8 @@ class EvaluationConfig:
     data: Path
     max_drop: float | None = None
     limit: int | None = None  # evaluate at most this many samples
+    baseline: Path | None = None  # compare with this ONNX model instead of the original (distill: the teacher)
+    latency_runs: int = 0  # also time the staged bundle (median of this many runs) into quality["latency"]
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,11 @@ class BuildPlan:
     torch_passes: tuple[TorchPass, ...] = ()  # before export (prune)
     onnx_passes: tuple[OnnxPass, ...] = ()  # after pre-flight (quantize)
     evaluation: EvaluationConfig | None = None  # measure the bundle against the original model
+    prior_stages: tuple[StageRecord, ...] = ()  # stages that made the model before this build (distill), first in provenance
 
     @property
     def stages(self) -> list[str]:
-        return ([p.stage for p in self.torch_passes] + (["export"] if self.export else []) + ["preflight"]
+        return ([r.stage for r in self.prior_stages] + [p.stage for p in self.torch_passes] + (["export"] if self.export else []) + ["preflight"]
                 + [p.stage for p in self.onnx_passes] + (["tune"] if self.tune else []) + ["compile", "package", "verify"]
                 + (["evaluate"] if self.evaluation else []))
 
@@ -63,7 +66,8 @@ class BuildPlan:
         lines = [
             f"model:   {self.source.path} ({describe(self.source)['kind']})",
             f"target:  {self.target.name} ({self.target.description}); compiler {self.target.toolchain.cxx}",
-            f"bundle:  {bundle_path(self.package, self.target.name)}" + (" (+ .tar.gz)" if self.package.archive else ""),
+            f"bundle:  {bundle_path(self.package, self.target.name)}" + (" (+ .tar.gz)" if self.package.archive else "")
+            + (f", signed with {self.package.sign_key}" if self.package.sign_key else ""),
             f"stages:  {' → '.join(self.stages)}",
         ]
         if self.export:
@@ -95,7 +99,8 @@ def plan_build(model: str, target: str, out_dir: Path, *, name: str | None = Non
                golden: GoldenConfig = GoldenConfig(), golden_inputs: Path | None = None,
                export: ExportConfig = ExportConfig(), tune: TuneConfig | None = None,
                compile: CompileConfig = CompileConfig(), torch_passes: tuple = (), onnx_passes: tuple = (),
-               evaluation: EvaluationConfig | None = None) -> BuildPlan:
+               evaluation: EvaluationConfig | None = None, sign: Path | None = None,
+               extra_files: tuple[tuple[str, Path], ...] = (), prior_stages: tuple[StageRecord, ...] = ()) -> BuildPlan:
     """Resolve the model, target, toolchain and destination; refuse anything wrong before work."""
     source = parse_source(model)
     spec = load_target(target)
@@ -107,6 +112,16 @@ def plan_build(model: str, target: str, out_dir: Path, *, name: str | None = Non
         if not value or "/" in value or value.startswith("."):
             raise EdgepackError(f"bundle {label} '{value}' cannot be part of a directory name", f"pass --{label} with letters, digits, . - _")
     check_destination(package, spec.name)
+    if extra_files:
+        package = replace(package, extra_files=_check_extra_files(extra_files))
+    if sign is not None:  # `--sign KEY`: a missing or bad key is refused before any work
+        from edgepack.signing import load_private_key
+
+        load_private_key(sign)
+        package = replace(package, sign_key=Path(sign))
+    if torch_passes and isinstance(source, ExportedProgramSource):
+        raise EdgepackError(f"{', '.join(p.stage for p in torch_passes)} needs the model's nn.Module layers, "
+                            f"which the .pt2 program '{source.path}' does not keep", "pass the model as file.py:factory")
     if torch_passes and isinstance(source, OnnxSource):
         raise EdgepackError(f"{', '.join(p.stage for p in torch_passes)} needs a PyTorch model, '{source.path}' is ONNX",
                             "pass file.py:factory or a .pt2 program")
@@ -119,12 +134,28 @@ def plan_build(model: str, target: str, out_dir: Path, *, name: str | None = Non
         compile = replace(compile, tuning_database=str(database))
     if tune is not None:
         tune = replace(tune, database=Path(compile.tuning_database))
-        if not spec.runs_on_this_machine():
+        if tune.rpc is None and not spec.runs_on_this_machine():
             raise EdgepackError(f"--tune measures on this machine, which cannot run target '{spec.name}' ({spec.arch})",
                                 "tune on the device, or build without --tune (records already tuned are applied)")
     return BuildPlan(source, spec, package, overrides, None if isinstance(source, OnnxSource) else export,
                      compile=compile, golden=golden, golden_inputs=golden_inputs, tune=tune,
-                     torch_passes=tuple(torch_passes), onnx_passes=tuple(onnx_passes), evaluation=evaluation)
+                     torch_passes=tuple(torch_passes), onnx_passes=tuple(onnx_passes), evaluation=evaluation,
+                     prior_stages=tuple(prior_stages))
+
+
+def _check_extra_files(extra_files) -> tuple[tuple[str, Path], ...]:
+    """Extra bundle files must exist and land inside the bundle, beside (not over) the files a build writes."""
+    checked = []
+    for rel, source_file in extra_files:
+        parts = Path(rel).parts
+        if not parts or Path(rel).is_absolute() or ".." in parts or parts[0] in ("runtime", "golden", "reference", "model.so",
+                                                                                  "params.bin", "manifest.json"):
+            raise EdgepackError(f"extra bundle file '{rel}' would land outside the bundle or over a file the build writes",
+                                "give it a relative path of its own, such as rules.txt or extra/notes.txt")
+        if not Path(source_file).is_file():
+            raise EdgepackError(f"extra bundle file '{source_file}' does not exist", "check the path")
+        checked.append((Path(rel).as_posix(), Path(source_file)))
+    return tuple(checked)
 
 
 @dataclass
@@ -155,6 +186,7 @@ def run_build(plan: BuildPlan, progress: Callable[[str], None] = lambda stage: N
         model, record = preflight(onnx_path, overrides, work)
         records.append(record)
         original = model
+        golden_config = plan.golden
         for stage_pass in plan.onnx_passes:
             progress(stage_pass.stage)
             context = _context(plan, work, stage_pass.stage, progress)
@@ -162,6 +194,8 @@ def run_build(plan: BuildPlan, progress: Callable[[str], None] = lambda stage: N
             records.append(record)
             (context.workdir / "preflight").mkdir()
             model, _ = preflight(changed.path, {}, context.workdir / "preflight")
+            if hasattr(stage_pass, "golden_config"):  # quantized graphs: golden tolerance in quantization steps
+                golden_config = stage_pass.golden_config(model, golden_config)
         if plan.tune is not None:
             progress("tune")
             records.append(tune_model(model, plan.target, plan.tune, progress=lambda state: progress(f"tune: {state.line()}")))
@@ -170,13 +204,14 @@ def run_build(plan: BuildPlan, progress: Callable[[str], None] = lambda stage: N
         records.append(record)
         progress("package")
         cases = load_input_cases(plan.golden_inputs, model) if plan.golden_inputs else None
-        golden = make_golden(model, plan.golden, cases)
-        provenance = {"source": describe(plan.source), "stages": [r.to_json() for r in records]}
+        golden = make_golden(model, golden_config, cases)
+        provenance = {"source": describe(plan.source), "stages": [r.to_json() for r in (*plan.prior_stages, *records)]}
         assess = None
         if plan.evaluation is not None:
             progress("evaluate")
             data = load_eval_data(plan.evaluation.data, original.inputs, plan.evaluation.limit)
-            assess = lambda staging: evaluate_bundle(staging, original, data, plan.evaluation)  # noqa: E731
+            assess = lambda staging: evaluate_bundle(staging, original, data, plan.evaluation,  # noqa: E731
+                                                     compiled=model, target=plan.target)
         bundle, record = write_bundle(compiled, golden, plan.package, provenance,
                                       verify=lambda staging, manifest: verify_bundle(staging), assess=assess)
         records.append(record)
@@ -189,16 +224,33 @@ def _context(plan: BuildPlan, work: Path, stage: str, progress: Callable[[str], 
     return PassContext(workdir, plan.target, lambda line: progress(f"{stage}: {line}"))
 
 
-def evaluate_bundle(bundle_dir: Path, original, data: EvalData, config: EvaluationConfig) -> dict:
-    """Run the staged bundle and the original ONNX model on the evaluation data; gate on `max_drop`."""
+def evaluate_bundle(bundle_dir: Path, original, data: EvalData, config: EvaluationConfig,
+                    compiled=None, target: TargetSpec | None = None) -> dict:
+    """Run the staged bundle and the original ONNX model on the evaluation data; gate on `max_drop`.
+
+    A bundle this machine cannot run (another architecture, a GPU) is stood in for by the compiled
+    ONNX model in ONNX Runtime, which the bundle's golden check ties it to; the report says so."""
     from edgepack.runtime.loader import load
 
-    loaded = load(bundle_dir)
-    before = predict(onnx_predictor(original.path), original.inputs, data)[0]
-    after = predict(loaded.run, original.inputs, data)[0]
+    before = predict(onnx_predictor(config.baseline or original.path), original.inputs, data)[0]
+    runs_here = target is None or target.runs_on_this_machine()
+    if runs_here:
+        after = predict(load(bundle_dir).run, original.inputs, data)[0]
+        measured = "the compiled bundle"
+    else:
+        after = predict(onnx_predictor(compiled.path, fuse=False), original.inputs, data)[0]
+        measured = (f"the compiled ONNX model in ONNX Runtime (this machine cannot run bundles for "
+                    f"{target.arch} {target.device}; the golden check ties the bundle to that model)")
     comparison = compare_quality(before, after, data.labels, config.max_drop)
-    require_quality(comparison, "the compiled bundle")
-    return {"data": data.origin, "baseline": "original model in ONNX Runtime", **comparison.to_json()}
+    require_quality(comparison, "the compiled bundle" if runs_here else "the compiled model")
+    baseline = f"{config.baseline} in ONNX Runtime" if config.baseline else "original model in ONNX Runtime"
+    report = {"data": data.origin, "baseline": baseline, "measured": measured, **comparison.to_json()}
+    if config.latency_runs and runs_here:
+        from edgepack.bench import BenchConfig, bench_bundle
+
+        timing = bench_bundle(bundle_dir, BenchConfig(warmup=5, runs=config.latency_runs, rounds=min(5, config.latency_runs)))
+        report["latency"] = {**timing["engines"]["edgepack"], "threads": timing["protocol"]["threads"]}
+    return report
 
 
 def build(model: str, target: str = "x86_64", out_dir: Path = Path("dist"), **options) -> BuildResult:

@@ -26,6 +26,8 @@ class CompileConfig:
     # MetaSchedule database (edgepack.tune) whose records replace the heuristic where workloads match;
     # None applies none
     tuning_database: str | None = None
+    # QDQ conv2d/matmul run as int8 ops with int32 accumulation + requantize (edgepack.integer_ops); CPU targets
+    integer_ops: bool = True
 
 
 def check_toolchain(target: TargetSpec) -> str:
@@ -35,10 +37,16 @@ def check_toolchain(target: TargetSpec) -> str:
         packages = " ".join(target.toolchain.apt_packages) or target.toolchain.cxx
         raise EdgepackError(f"target '{target.name}' needs the compiler '{target.toolchain.cxx}', which is not installed",
                             f"install it: apt-get install {packages}")
+    if target.device == "cuda":  # NVRTC, CUDA headers, the driver stub's C compiler
+        from edgepack.cuda import check_build_tools
+
+        check_build_tools(target)
     return found
 
 
-def import_relax(model: OnnxModel):
+def import_relax(model: OnnxModel, integer_ops: bool = True, report=None):
+    """The model as a Relax module with detached params; with `integer_ops`, QDQ chains rewritten to integer ops
+    (edgepack.integer_ops), filling `report` (an IntegerReport) when given. Tuning and compiling both import here."""
     import onnx
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -48,7 +56,16 @@ def import_relax(model: OnnxModel):
                            dtype_dict={s.name: s.dtype for s in model.inputs}, keep_params_in_input=True)
     except Exception as exc:  # the frontend raises many types for ops it cannot convert
         raise EdgepackError(f"TVM cannot import the model: {first_line(exc)}", "simplify or re-export the model") from None
-    return relax.frontend.detach_params(module)
+    module, params = relax.frontend.detach_params(module)
+    from edgepack.integer_ops import integerize, survey
+
+    module, params, integer = integerize(module, params) if integer_ops else (module, params, survey(module))
+    if report is not None:
+        report.merge(integer)
+    from edgepack.weight_layout import pretranspose_weights
+
+    module, weights, _ = pretranspose_weights(module, params.get("main", []))
+    return module, {**params, "main": weights}
 
 
 def _param_names(function, n_inputs: int) -> tuple[str, ...]:
@@ -111,29 +128,50 @@ def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: C
 
     cxx = check_toolchain(target)
     started = time.perf_counter()
-    module, params = import_relax(model)
+    from edgepack.integer_ops import IntegerReport, speed_warnings
+
+    integer_report = IntegerReport()
+    module, params = import_relax(model, config.integer_ops and target.device == "cpu", integer_report)
+    if config.integer_ops and target.device != "cpu":
+        integer_report.note = f"integer execution is built for CPU targets only, not {target.device}"
     function = module["main"]
     names = _param_names(function, len(model.inputs))
     tvm_target = target.tvm_target()
     schedule_report = None
     try:
-        with tvm_target:
-            module = lower_to_tir(module, tvm_target)
-            module, schedule_report = schedule_kernels(module, tvm_target, config)
-            executable = relax.build(module, target=tvm_target, relax_pipeline=_finish_pipeline(tvm_target))
+        if target.device == "cuda":  # GPU: the default CUDA pipeline with dlight schedules (edgepack.cuda)
+            from edgepack.cuda import build_for_gpu
+
+            executable, gpu_report = build_for_gpu(module, tvm_target, target)
+        else:
+            with tvm_target:
+                module = lower_to_tir(module, tvm_target)
+                module, schedule_report = schedule_kernels(module, tvm_target, config)
+                executable = relax.build(module, target=tvm_target, relax_pipeline=_finish_pipeline(tvm_target))
+    except EdgepackError:
+        raise
     except Exception as exc:  # TVM raises many types while lowering
         raise EdgepackError(f"TVM failed to compile the model for '{target.name}': {first_line(exc)}",
                             "report the model and target; try another target file meanwhile") from None
     library = Path(workdir) / LIBRARY_NAME
     executable.export_library(str(library), cc=cxx)
-    param_file = Path(workdir) / PARAMS_NAME
-    param_file.write_bytes(tvm.runtime.save_param_dict(dict(zip(names, params.get("main", [])))))
+    if target.device == "cuda":
+        from edgepack.cuda import require_gpu_code
+
+        gpu_report.update(require_gpu_code(library, target))
+    from edgepack.prune.sparse_params import write_params  # params.sparse when zeros make it >10% smaller
+
+    param_file, param_encoding = write_params(Path(workdir), tvm.runtime.save_param_dict(dict(zip(names, params.get("main", [])))))
     report = {
         "seconds": round(time.perf_counter() - started, 2),
         "library_bytes": library.stat().st_size,
         "params_bytes": param_file.stat().st_size,
+        "params_file": param_file.name,
+        **({"params_dense_bytes": param_encoding["dense_bytes"]} if param_encoding else {}),
         "n_params": len(names),
-        "kernels": schedule_report.to_json(),
+        "kernels": gpu_report if target.device == "cuda" else schedule_report.to_json(),
+        "integer_ops": integer_report.to_json(),
+        "warnings": speed_warnings(integer_report, target),
     }
     compiled = CompiledModule(library, param_file, names, target, model)
     return compiled, StageRecord("compile", {**asdict(config), "tvm_target": dict(target.tvm)}, report)

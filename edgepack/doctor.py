@@ -34,7 +34,14 @@ def check_target(target: TargetSpec) -> TargetReadiness:
         cached = all((directory / name).is_file() for name in RUNTIME_LIBRARIES)
         runtime = f"cached in {directory}" if cached else "downloaded by pip at the first build"
     emulator = native or shutil.which(target.toolchain.emulator or "") is not None
-    if not emulator:
+    if target.device == "cuda":  # no emulator runs CUDA: verifying needs a fit GPU here (docs/cuda.md)
+        from edgepack.runtime.loader import cuda_problem
+
+        problem = "" if native and cuda_problem({"gpu_arch": target.gpu_arch, "driver": "0.0"}) is None else "no fit GPU here"
+        emulator = not problem
+        if problem:
+            todo.append(f"verify on a machine with an NVIDIA GPU for {target.gpu_arch} ({problem})")
+    elif not emulator:
         todo.append(f"apt-get install {' '.join(target.toolchain.emulator_apt_packages) or 'qemu-user'} (to verify builds here)")
     can_build = shutil.which(target.toolchain.cxx) is not None
     return TargetReadiness(target, can_build, can_build and emulator, runtime, tuple(todo))

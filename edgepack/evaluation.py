@@ -87,11 +87,11 @@ def predict(run: Predictor, inputs: Sequence[TensorSpec], data: EvalData) -> lis
     return [np.concatenate(parts) for parts in collected]
 
 
-def onnx_predictor(path: Path) -> Predictor:
-    """A predictor running an ONNX file in ONNX Runtime."""
+def onnx_predictor(path: Path, fuse: bool = True) -> Predictor:
+    """A predictor running an ONNX file in ONNX Runtime (`fuse=False`: the graph as written, see reference)."""
     from edgepack.reference import onnxruntime_session
 
-    session = onnxruntime_session(path)
+    session = onnxruntime_session(path, fuse=fuse)
     names = [value.name for value in session.get_inputs()]
     return lambda arrays: session.run(None, dict(zip(names, arrays)))
 

@@ -22,6 +22,17 @@ class GoldenConfig:
     atol: float = 1e-4
     rtol: float = 1e-3
     seed: int = 0
+    # quantized builds (set by the quantize stage): TVM runs QDQ as dequantize-then-float, so outputs may
+    # differ from ONNX Runtime's by rounding; the bundle's atol is `atol + step * steps`, with `step` the
+    # output's quantization step, and the references come from the graph as written (no int8 fusions)
+    step: float = 0.0
+    steps: float = 0.0
+    unfused: bool = False
+
+    @property
+    def tolerance(self) -> float:
+        """The absolute tolerance the bundle holds: `atol + step * steps`."""
+        return self.atol + self.step * self.steps
 
 
 @dataclass(frozen=True)
@@ -59,8 +70,8 @@ def make_golden(model: OnnxModel, config: GoldenConfig, input_cases: list[list[n
     origin = "user" if input_cases else "random"
     if not input_cases:
         input_cases = [random_inputs(model.inputs, config.seed + index) for index in range(config.cases)]
-    outputs = [tuple(run_onnxruntime(model.path, model.inputs, case)) for case in input_cases]
-    return GoldenVectors(tuple(tuple(case) for case in input_cases), tuple(outputs), config.atol, config.rtol, origin)
+    outputs = [tuple(run_onnxruntime(model.path, model.inputs, case, fuse=not config.unfused)) for case in input_cases]
+    return GoldenVectors(tuple(tuple(case) for case in input_cases), tuple(outputs), config.tolerance, config.rtol, origin)
 
 
 def write_golden(golden: GoldenVectors, bundle_dir: Path) -> dict:

@@ -11,12 +11,17 @@ from edgepack.errors import EdgepackError, first_line
 from edgepack.runtime.loader import TensorSpec
 
 
-def onnxruntime_session(path: Path, threads: int | None = None):
-    """A CPU InferenceSession for `path`, with `threads` intra-op threads when given."""
+def onnxruntime_session(path: Path, threads: int | None = None, fuse: bool = True):
+    """A CPU InferenceSession for `path`, with `threads` intra-op threads when given.
+
+    `fuse=False` runs the graph as written (basic optimizations only): no QDQ → int8-kernel fusion,
+    whose u8·s8 kernels saturate on x86 CPUs without VNNI (the reference for quantized bundles)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not fuse:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -26,9 +31,10 @@ def onnxruntime_session(path: Path, threads: int | None = None):
         raise EdgepackError(f"ONNX Runtime cannot load '{path}': {first_line(exc)}", "check that the model is valid ONNX") from None
 
 
-def run_onnxruntime(path: Path, inputs: Sequence[TensorSpec], arrays: Sequence[np.ndarray], with_names: bool = False):
+def run_onnxruntime(path: Path, inputs: Sequence[TensorSpec], arrays: Sequence[np.ndarray], with_names: bool = False,
+                    fuse: bool = True):
     """Run the model once in ONNX Runtime; returns the outputs (and their names when asked)."""
-    session = onnxruntime_session(path)
+    session = onnxruntime_session(path, fuse=fuse)
     feed = {spec.name: array for spec, array in zip(inputs, arrays)}
     try:
         outputs = session.run(None, feed)

@@ -19,7 +19,8 @@ from typing import Any, Mapping
 from edgepack.errors import EdgepackError
 
 ARCHES = ("x86_64", "aarch64")
-DEVICES = ("cpu",)
+DEVICES = ("cpu", "cuda")
+_GPU_ARCH = re.compile(r"sm_(\d)(\d)[af]?")  # a CUDA compute capability: sm_87, sm_90a
 
 _TOP_KEYS = {"name", "description", "arch", "device", "tvm", "toolchain", "capabilities"}
 _REQUIRED_KEYS = {"name", "arch", "device", "tvm", "toolchain"}
@@ -55,12 +56,18 @@ class TargetSpec:
     source: str
 
     def supports(self, capability: str) -> bool:
-        """Whether the target lists this precision or CPU feature."""
-        return capability in self.precisions or capability in self.cpu_features
+        """Whether the target lists this precision or CPU feature, or is this GPU arch (`sm_87`)."""
+        return capability in self.precisions or capability in self.cpu_features or capability == self.gpu_arch
+
+    @property
+    def gpu_arch(self) -> str | None:
+        """The CUDA compute capability the GPU code is built for (`sm_87`), None for CPU targets."""
+        return str(self.tvm["arch"]) if self.device == "cuda" else None
 
     def runs_on_this_machine(self) -> bool:
-        """Whether code for this target can be executed here without emulation."""
-        return self.arch == platform.machine()
+        """Whether code for this target can be executed here without emulation (GPU targets: never
+        assumed; the loaders probe for a CUDA driver themselves)."""
+        return self.arch == platform.machine() and self.device == "cpu"
 
     def tvm_target(self):
         """The `tvm.target.Target` built from the `[tvm]` table, unchanged."""
@@ -84,7 +91,8 @@ class TargetSpec:
                           "glibc": self.toolchain.glibc, "emulator": self.toolchain.emulator,
                           "sysroot": self.toolchain.sysroot,
                           "emulator_apt_packages": list(self.toolchain.emulator_apt_packages)},
-            "capabilities": {"precisions": list(self.precisions), "cpu_features": list(self.cpu_features)},
+            "capabilities": {"precisions": list(self.precisions), "cpu_features": list(self.cpu_features),
+                             **({"gpu_arch": self.gpu_arch} if self.gpu_arch else {})},
         }
 
 
@@ -99,6 +107,25 @@ def _string_list(value: Any, what: str, source: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise EdgepackError(f"target file {source}: {what} must be a list of strings", "write it as [\"a\", \"b\"]")
     return tuple(value)
+
+
+_HOST_TRIPLES = {"x86_64": "x86_64", "aarch64": "aarch64"}
+
+
+def _check_cuda_tvm(tvm: dict, arch: str, source: str) -> None:
+    """A cuda target's [tvm]: kind cuda, arch sm_XY, and a [tvm.host] llvm table for the host `arch`."""
+    if tvm.get("kind") != "cuda":
+        raise EdgepackError(f"target file {source}: device \"cuda\" needs [tvm] kind = \"cuda\"", "set kind = \"cuda\" in [tvm]")
+    if not isinstance(tvm.get("arch"), str) or not _GPU_ARCH.fullmatch(tvm["arch"]):
+        raise EdgepackError(f"target file {source}: [tvm] arch must name the GPU's compute capability like \"sm_87\"",
+                            "set arch = \"sm_80\", \"sm_86\", \"sm_87\", \"sm_89\" or \"sm_90\"")
+    host = tvm.get("host")
+    if not isinstance(host, dict) or host.get("kind") != "llvm":
+        raise EdgepackError(f"target file {source}: a cuda target needs a [tvm.host] table with kind = \"llvm\"",
+                            "add [tvm.host] with kind and mtriple for the host CPU (see targets/cuda.toml)")
+    if not str(host.get("mtriple", "")).startswith(_HOST_TRIPLES[arch]):
+        raise EdgepackError(f"target file {source}: [tvm.host] mtriple '{host.get('mtriple', '')}' does not match arch '{arch}'",
+                            f"set mtriple = \"{arch}-linux-gnu\"")
 
 
 def parse_target(text: str, source: str) -> TargetSpec:
@@ -123,6 +150,8 @@ def parse_target(text: str, source: str) -> TargetSpec:
             raise EdgepackError(f"target file {source}: [{table}] must be a table", f"write it as a [{table}] section")
     if "kind" not in data["tvm"]:
         raise EdgepackError(f"target file {source}: [tvm] has no 'kind'", "add kind = \"llvm\"")
+    if data["device"] == "cuda":
+        _check_cuda_tvm(data["tvm"], data["arch"], source)
     toolchain = data["toolchain"]
     _refuse_unknown(set(toolchain), _TOOLCHAIN_KEYS, "[toolchain]", source)
     for key in ("cxx", "glibc", "emulator", "sysroot"):

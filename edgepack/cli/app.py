@@ -6,8 +6,8 @@ import sys
 
 import typer
 
-from edgepack.cli import bench, build, deploy, doctor, inspect, run, targets, tune, verify
-from edgepack.errors import EXIT_INTERNAL, BundleError, first_line
+from edgepack.cli import bench, build, deploy, distill, doctor, inspect, keygen, monitor, prune, quantize, run, sign, targets, tune, verify
+from edgepack.errors import EXIT_INTERNAL, EXIT_USER, BundleError, first_line
 
 app = typer.Typer(
     name="edgepack",
@@ -24,7 +24,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
     _state["debug"] = debug
 
 
-for module in (build, tune, inspect, run, verify, bench, targets, doctor, deploy):
+for module in (build, quantize, prune, distill, tune, inspect, run, verify, bench, targets, doctor, deploy, monitor, keygen, sign):
     module.register(app)
 
 
@@ -40,6 +40,13 @@ def main() -> None:
     except KeyboardInterrupt:
         print("error: interrupted; nothing was left half-written", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:  # the environment, not a bug: a full disk, a read-only or missing place
+        if _state["debug"]:
+            raise
+        where = f" '{exc.filename}'" if exc.filename else ""
+        print(f"error: {exc.strerror or first_line(exc)}{where}; free space or check permissions there, then run it again",
+              file=sys.stderr)
+        sys.exit(EXIT_USER)
     except Exception as exc:  # a bug in edgepack: one line unless --debug
         if _state["debug"]:
             raise

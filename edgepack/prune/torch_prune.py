@@ -58,8 +58,9 @@ def prune_torch(model, config, context):
     from edgepack.signature import random_inputs
 
     module = model.module
-    if not isinstance(module, torch.nn.Module):
-        raise EdgepackError("pruning needs an nn.Module", "pass a file.py:factory model")
+    if not isinstance(module, torch.nn.Module) or isinstance(model.program, torch.export.ExportedProgram):
+        raise EdgepackError("pruning needs the model's nn.Module layers, which a .pt2 program does not keep",
+                            "pass the model as file.py:factory")
     module.eval()
     original = copy.deepcopy(module)
     examples = tuple(torch.from_numpy(array) for array in random_inputs(model.inputs, 0))

@@ -123,3 +123,14 @@ def test_model_argument_forms(text, message):
     with pytest.raises(EdgepackError) as info:
         parse_source(text)
     assert info.value.problem == message
+
+
+def test_pruning_a_pt2_program_is_refused_before_work(tmp_path):
+    import torch
+
+    from edgepack.prune.config import ChannelPrune
+
+    program = torch.export.export(torch.nn.Sequential(torch.nn.Linear(4, 2)).eval(), (torch.zeros(1, 4),))
+    torch.export.save(program, str(tmp_path / "net.pt2"))
+    with pytest.raises(EdgepackError, match="does not keep"):
+        plan_build(str(tmp_path / "net.pt2"), "x86_64", tmp_path / "dist", torch_passes=(ChannelPrune(),))

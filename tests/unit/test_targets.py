@@ -11,7 +11,8 @@ from edgepack.errors import EdgepackError
 from edgepack.targets import TargetSpec, load_target, parse_target, target_names
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ["arm64", "neoverse-v1", "rpi4", "rpi5", "x86_64", "x86_64-generic"]
+SHIPPED = ["arm64", "cuda", "cuda-sm86", "cuda-sm89", "cuda-sm90", "jetson-orin", "neoverse-v1", "rpi4", "rpi5",
+           "x86_64", "x86_64-generic"]
 
 GOOD = """\
 name = "board"
