@@ -116,16 +116,21 @@ def measure(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarra
     return report
 
 
-def parse_max_drop(text: str) -> float:
-    """`1%`, `1.5%` or a fraction such as `0.01` → the largest allowed drop as a fraction."""
+def parse_percent(text: str, option: str, example: str, allow_zero: bool = True) -> float:
+    """`1%`, `1.5 %` or a fraction such as `0.01` → a fraction in [0, 1) (or (0, 1) without `allow_zero`)."""
     value = text.strip()
     try:
         number = float(value[:-1]) / 100 if value.endswith("%") else float(value)
     except ValueError:
-        raise EdgepackError(f"--max-drop '{text}' is not a number", "write it as 1% or 0.01") from None
-    if not 0 <= number < 1:
-        raise EdgepackError(f"--max-drop '{text}' is outside 0%..100%", "write it as 1% or 0.01")
+        raise EdgepackError(f"{option} '{text}' is not a number", f"write it as {example}") from None
+    if not (0 <= number < 1 if allow_zero else 0 < number < 1):
+        raise EdgepackError(f"{option} '{text}' is outside 0%..100%", f"write it as {example}")
     return number
+
+
+def parse_max_drop(text: str) -> float:
+    """`--max-drop 1%` or `0.01` → the largest allowed drop as a fraction."""
+    return parse_percent(text, "--max-drop", "1% or 0.01")
 
 
 @dataclass(frozen=True)

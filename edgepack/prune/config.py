@@ -33,14 +33,9 @@ def _check(config) -> None:
 
 def parse_sparsity(text: str) -> float:
     """`50%` or `0.5` → 0.5."""
-    value = text.strip()
-    try:
-        number = float(value[:-1]) / 100 if value.endswith("%") else float(value)
-    except ValueError:
-        raise EdgepackError(f"--sparsity '{text}' is not a number", "write it as 50% or 0.5") from None
-    if not 0 < number < 1:
-        raise EdgepackError(f"--sparsity '{text}' is outside 0%..100%", "write it as 50% or 0.5")
-    return number
+    from edgepack.evaluation import parse_percent
+
+    return parse_percent(text, "--sparsity", "50% or 0.5", allow_zero=False)
 
 
 @dataclass(frozen=True)

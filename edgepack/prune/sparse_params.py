@@ -12,7 +12,7 @@ Layout (little-endian), documented in docs/bundle-format.md:
     values     4 bytes per nonzero word, in order
 
 The loaders decode it in memory back to the exact params.bin bytes (checking the SHA-256) and load
-those as before. The decoder here mirrors runtime/loader.py's (which cannot import edgepack).
+those as before; the Python decoder is runtime/loader.py's decode_params, the native one sparse_params.h.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack.errors import IntegrityError
 
 MAGIC = b"EPSPARSE"
 VERSION = 1
@@ -44,24 +43,12 @@ def encode(dense: bytes) -> bytes:
 
 
 def decode(data: bytes) -> bytes:
-    """The exact params.bin bytes a params.sparse file encodes; IntegrityError when it is damaged."""
-    if len(data) < _HEADER.size or data[:8] != MAGIC:
-        raise IntegrityError("params file is not a sparse params file", "rebuild the bundle")
-    _, version, _, dense, digest = _HEADER.unpack_from(data)
-    if version != VERSION:
-        raise IntegrityError(f"sparse params version {version} is not {VERSION}", "update the loader or rebuild the bundle")
-    count = (dense + 3) // 4
-    bitmap_end = _HEADER.size + (count + 7) // 8
-    nonzero = np.unpackbits(np.frombuffer(data[_HEADER.size:bitmap_end], dtype=np.uint8), bitorder="little")[:count].astype(bool)
-    values = data[bitmap_end:]
-    if len(nonzero) != count or len(values) != 4 * int(nonzero.sum()):
-        raise IntegrityError("sparse params file is truncated or inconsistent", "copy the bundle again or rebuild it")
-    words = np.zeros(count, dtype="<u4")
-    words[nonzero] = np.frombuffer(values, dtype="<u4")
-    result = words.tobytes()[:dense]
-    if hashlib.sha256(result).digest() != digest:
-        raise IntegrityError("decoded params do not match their SHA-256", "copy the bundle again or rebuild it")
-    return result
+    """The exact params.bin bytes a params.sparse file encodes; IntegrityError when it is damaged.
+
+    The bundle's Python loader holds the one decoder (it cannot import edgepack; edgepack can import it)."""
+    from edgepack.runtime.loader import decode_params
+
+    return decode_params(data, {"encoding": ENCODING})
 
 
 def write_params(directory: Path, dense: bytes, min_saving: float = MIN_SAVING) -> tuple[Path, dict]:
