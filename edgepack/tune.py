@@ -254,6 +254,26 @@ def _seed_with_heuristic(contexts, database, runner, target, builder) -> int:
     return added
 
 
+def _searchable(contexts, weights) -> tuple[list, list, dict]:
+    """The tasks whose search space MetaSchedule can generate, and `{kernel: why}` for the others.
+
+    TVM 0.27's default CPU rules raise (uncaught, ending the whole run) on some fused kernels, e.g. a
+    convolution whose clip epilogue reads scalar `where` blocks (ReLU6 as exported by torch); those
+    kernels keep their heuristic schedule."""
+    from edgepack.errors import first_line
+
+    kept, kept_weights, skipped = [], [], {}
+    for context, weight in zip(contexts, weights):
+        try:
+            context.generate_design_space()
+        except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError and others from its rules
+            skipped[context.task_name] = first_line(exc)[:200]
+            continue
+        kept.append(context)
+        kept_weights.append(weight)
+    return kept, kept_weights, skipped
+
+
 def _progress_callback(report: Callable[[TuneProgress], None], total: int, task_names: list[str]):
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
@@ -327,6 +347,9 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
                                                          init_min_unmeasured=min(50, population // 2))
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir, strategy=strategy, num_threads=threads, seed=config.seed)
+        contexts, weights, skipped = _searchable(contexts, weights)
+        if not contexts:
+            return StageRecord("tune", _config_json(config, database_dir), {"kernels": 0, "trials": 0, "skipped": skipped})
         runner = _runner(config)
         builder = _in_process_builder(target.toolchain.cxx if config.rpc else None)
         seeded = _seed_with_heuristic(contexts, database, runner, tvm_target, builder)
@@ -347,6 +370,7 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
     state = callback.state
     report = {
         "kernels": len(contexts),
+        "skipped": skipped,
         "trials": state.trials_done,
         "failed_trials": state.errors,
         "new_records": len(database) - before,

@@ -44,6 +44,9 @@ def tune_command(
     out.print(f"tuned {report.get('kernels', 0)} kernel(s) with {report.get('trials', 0)} trials "
               f"({report.get('failed_trials', 0)} failed) in {report.get('seconds', 0)} s; "
               f"{report.get('new_records', 0)} new records in {directory}", highlight=False, soft_wrap=True)
+    if report.get("skipped"):
+        out.print(f"{len(report['skipped'])} kernel(s) MetaSchedule cannot search keep the heuristic schedule "
+                  "(--json lists them with TVM's reason)", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

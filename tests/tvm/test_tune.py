@@ -76,3 +76,21 @@ def test_untuned_build_uses_heuristic_schedules(tmp_path):
     assert built.returncode == 0, built.stderr[-2000:]
     kernels = _kernels(json.loads(built.stdout[built.stdout.index("{"):]))
     assert kernels["heuristic"] >= 1 and kernels["tuned"] == 0 and not kernels["unscheduled"]
+
+
+def test_kernels_metaschedule_cannot_search_are_skipped_not_fatal(tmp_path):
+    """Conv + ReLU6 (clip with scalar `where` blocks): TVM's default rules raise on it; tuning goes on."""
+    factory = tmp_path / "relu6.py"
+    factory.write_text(
+        "import torch\n"
+        "def net():\n"
+        "    torch.manual_seed(0)\n"
+        "    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6()).eval()\n"
+        "    model.example_inputs = (torch.zeros(1, 3, 8, 8),)\n"
+        "    return model\n")
+    env = {**os.environ, "EDGEPACK_TUNING_DIR": str(tmp_path / "tuning")}
+    tuned = subprocess.run([str(EDGEPACK), "tune", f"{factory}:net", "--trials", "2", "--json"], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    report = json.loads(tuned.stdout[tuned.stdout.index("{"):])["report"]
+    assert any("reverse-compute-at" in why for why in report["skipped"].values())
