@@ -29,9 +29,7 @@ import platform
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -303,15 +301,6 @@ def require_gpu_code(library: Path, target: TargetSpec) -> dict:
 # ------------------------------------------------------------------ what the device needs
 
 
-def _wheel_member(wheel: Path, suffix: str, destination: Path) -> None:
-    with zipfile.ZipFile(wheel) as archive:
-        member = next((name for name in archive.namelist() if name.endswith(suffix)), None)
-        if member is None:
-            raise EdgepackError(f"{wheel.name} has no {suffix}", "report it; the wheel layout changed")
-        with archive.open(member) as source, open(destination, "wb") as target:
-            shutil.copyfileobj(source, target)
-
-
 def foreign_cuda_dir(arch: str) -> Path:
     """Cache folder for another architecture's CUDA runtime libraries, keyed by the installed versions."""
     from edgepack.runtime_files import cache_dir
@@ -321,27 +310,13 @@ def foreign_cuda_dir(arch: str) -> Path:
 
 
 def _fetch_foreign(arch: str, destination: Path, soname: str) -> None:
-    toolkit = find_toolkit()
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=destination.parent, prefix=".fetch-") as scratch:
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                   *(f"--platform={tag}" for tag in _WHEEL_PLATFORMS[arch]),
-                   "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}", "--dest", scratch,
-                   f"apache-tvm=={metadata.version('apache-tvm')}", f"nvidia-cuda-runtime=={toolkit.runtime_version}"]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise EdgepackError(f"cannot download the {arch} CUDA runtime wheels ({last})",
-                                f"connect to the package index once, or fill {destination} by hand (docs/cuda.md)")
-        staged = Path(scratch) / "libs"
-        staged.mkdir()
-        _wheel_member(next(Path(scratch).glob("apache_tvm-*.whl")), f"tvm/lib/{TVM_CUDA_RUNTIME}", staged / TVM_CUDA_RUNTIME)
-        _wheel_member(next(Path(scratch).glob("nvidia_cuda_runtime-*.whl")), f"/lib/{soname}", staged / soname)
-        try:
-            os.replace(staged, destination)
-        except OSError:
-            if not destination.is_dir():  # another build filled it meanwhile: fine
-                raise
+    """TVM's CUDA runtime module and libcudart for `arch`, from its apache-tvm and nvidia-cuda-runtime wheels."""
+    from edgepack.runtime_files import fetch_wheel_files
+
+    fetch_wheel_files(arch, destination,
+                      [f"apache-tvm=={metadata.version('apache-tvm')}", f"nvidia-cuda-runtime=={find_toolkit().runtime_version}"],
+                      {"apache_tvm": f"tvm/lib/{TVM_CUDA_RUNTIME}", "nvidia_cuda_runtime": f"/lib/{soname}"},
+                      _WHEEL_PLATFORMS[arch], "CUDA runtime", "docs/cuda.md")
 
 
 def runtime_libraries(target: TargetSpec) -> list[Path]:

@@ -44,30 +44,48 @@ def foreign_runtime_dir(arch: str) -> Path:
     return cache_dir() / "runtime" / arch / f"tvm-{versions['apache-tvm']}-ffi-{versions['apache-tvm-ffi']}"
 
 
-def _fetch_foreign_runtime(arch: str, destination: Path) -> None:
-    """pip-download the arch's apache-tvm and apache-tvm-ffi wheels and keep only the two libraries."""
-    versions = _installed_versions()
+def fetch_wheel_files(arch: str, destination: Path, requirements: list[str], members: dict[str, str],
+                      platforms: tuple[str, ...], what: str, docs: str) -> None:
+    """pip-download `requirements` built for `arch` and keep only `members` in `destination`.
+
+    `members` maps a wheel's file-name prefix (e.g. `apache_tvm`) to the path suffix of the file to
+    keep from it; the files land under their own names, and the folder is moved into place whole."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=destination.parent, prefix=".fetch-") as scratch:
         command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                   "--platform", _WHEEL_PLATFORMS[arch], "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}",
-                   "--dest", scratch, *(f"{name}=={version}" for name, version in versions.items())]
+                   *(f"--platform={tag}" for tag in platforms),
+                   "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}", "--dest", scratch, *requirements]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise EdgepackError(f"cannot download the {arch} TVM runtime wheels ({last})",
-                                f"connect to the package index once, or fill {destination} by hand (see README)")
+            raise EdgepackError(f"cannot download the {arch} {what} wheels ({last})",
+                                f"connect to the package index once, or fill {destination} by hand ({docs})")
         staged = Path(scratch) / "libs"
         staged.mkdir()
-        for distribution, member in _WHEEL_MEMBERS.items():
-            wheel = next(Path(scratch).glob(f"{distribution.replace('-', '_')}-*.whl"))
-            with zipfile.ZipFile(wheel) as archive, archive.open(member) as source, open(staged / Path(member).name, "wb") as target:
-                shutil.copyfileobj(source, target)
+        for prefix, suffix in members.items():
+            _wheel_member(next(Path(scratch).glob(f"{prefix}-*.whl")), suffix, staged / Path(suffix).name)
         try:
             os.replace(staged, destination)
         except OSError:
             if not destination.is_dir():  # another build filled it meanwhile: fine
                 raise
+
+
+def _wheel_member(wheel: Path, suffix: str, destination: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        member = next((name for name in archive.namelist() if name.endswith(suffix)), None)
+        if member is None:
+            raise EdgepackError(f"{wheel.name} has no {suffix}", "report it; the wheel layout changed")
+        with archive.open(member) as source, open(destination, "wb") as target:
+            shutil.copyfileobj(source, target)
+
+
+def _fetch_foreign_runtime(arch: str, destination: Path) -> None:
+    """The arch's libtvm_runtime.so and libtvm_ffi.so from its apache-tvm / apache-tvm-ffi wheels."""
+    versions = _installed_versions()
+    fetch_wheel_files(arch, destination, [f"{name}=={version}" for name, version in versions.items()],
+                      {name.replace("-", "_"): member for name, member in _WHEEL_MEMBERS.items()},
+                      (_WHEEL_PLATFORMS[arch],), "TVM runtime", "see README")
 
 
 def runtime_library_dirs(target: TargetSpec) -> list[Path]:
