@@ -61,6 +61,31 @@ def _torch_runner(bundle: loader.LoadedBundle, threads: int) -> Callable[[list[n
     return run
 
 
+#: pause before each engine's turn: ONNX Runtime's and TVM's thread pools spin after a call, and the next
+#: engine's threads would share the cores with them for a scheduler tick (~4 ms per call measured here)
+SETTLE_S = 0.2
+TURN_WARMUP = 3  # untimed calls at the start of each turn
+
+
+def timed_rounds(calls: dict[str, Callable[[], object]], warmup: int, per_round: int, rounds: int) -> dict[str, list[float]]:
+    """Milliseconds of single calls: `warmup` calls each, then `rounds` turns in which every engine runs
+    `per_round` timed calls, so drift of the machine hits all engines alike."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            time.sleep(SETTLE_S)
+            for _ in range(TURN_WARMUP):
+                call()
+            for _ in range(per_round):
+                start = time.perf_counter()
+                call()
+                times[name].append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
 def bench_bundle(bundle_dir: Path, config: BenchConfig, arrays: list[np.ndarray] | None = None) -> dict:
     """Time the bundle and each compared engine on the same inputs; returns one row per engine."""
     for engine in config.compare:
@@ -77,17 +102,9 @@ def bench_bundle(bundle_dir: Path, config: BenchConfig, arrays: list[np.ndarray]
     builders = {"onnxruntime": _onnxruntime_runner, "torch": _torch_runner}
     for engine in config.compare:
         engines[engine] = (builders[engine](bundle, config.threads), arrays)
-    times: dict[str, list[float]] = {name: [] for name in engines}
-    for run, inputs in engines.values():
-        for _ in range(config.warmup):
-            run(inputs)
     per_round = config.runs // config.rounds
-    for _ in range(config.rounds):
-        for name, (run, inputs) in engines.items():
-            for _ in range(per_round):
-                start = time.perf_counter()
-                run(inputs)
-                times[name].append((time.perf_counter() - start) * 1000.0)
+    calls = {name: (lambda run=run, inputs=inputs: run(inputs)) for name, (run, inputs) in engines.items()}
+    times = timed_rounds(calls, config.warmup, per_round, config.rounds)
     rows = {name: timing_summary(samples) for name, samples in times.items()}
     baseline = rows.get("onnxruntime", {}).get("median_ms")
     for row in rows.values():
@@ -96,7 +113,8 @@ def bench_bundle(bundle_dir: Path, config: BenchConfig, arrays: list[np.ndarray]
         "bundle": str(bundle_dir),
         "protocol": {"warmup": config.warmup, "runs": per_round * config.rounds, "rounds": config.rounds,
                      "threads": config.threads, "tvm_runtime_threads": loader.runtime_threads(),
-                     "timed": "one call of main on inputs already in memory; engines alternate by round"},
+                     "timed": f"one call of main on inputs already in memory; engines alternate by round, each turn "
+                              f"after a {SETTLE_S} s pause and {TURN_WARMUP} untimed calls"},
         "engines": rows,
         "peak_rss_kb": peak_rss_kb(),
     }

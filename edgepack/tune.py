@@ -66,6 +66,7 @@ class TuneConfig:
     run_timeout_s: float = 60.0
     seed: int | None = 0
     rpc: RpcTracker | None = None  # measure on devices behind a TVM RPC tracker instead of this machine
+    max_minutes: float | None = None  # stop after the batch that passes this much time (records kept)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class TuneProgress:
     best_ms: dict[str, float] = field(default_factory=dict)  # per kernel
     errors: int = 0
     elapsed_s: float = 0.0
+    out_of_time: bool = False  # the time budget ran out before the trials did
 
     @property
     def eta_s(self) -> float | None:
@@ -274,11 +276,14 @@ def _searchable(contexts, weights) -> tuple[list, list, dict]:
     return kept, kept_weights, skipped
 
 
-def _progress_callback(report: Callable[[TuneProgress], None], total: int, task_names: list[str]):
+class _TimeBudgetSpent(Exception):
+    """Raised by the progress callback to end MetaSchedule's loop when the time budget is spent."""
+
+
+def _progress_callback(report: Callable[[TuneProgress], None], total: int, task_names: list[str],
+                       started: float, max_seconds: float | None):
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
-
-    started = time.perf_counter()
 
     @derived_object
     class _Progress(ms.measure_callback.PyMeasureCallback):
@@ -297,7 +302,10 @@ def _progress_callback(report: Callable[[TuneProgress], None], total: int, task_
                 state.best_ms[name] = min(state.best_ms.get(name, math.inf), ms_value)
             state.tasks_done = len(state.best_ms)
             state.elapsed_s = time.perf_counter() - started
+            state.out_of_time = max_seconds is not None and state.elapsed_s >= max_seconds
             report(state)
+            if state.out_of_time:  # after the database callback ran: this batch's records are kept
+                raise _TimeBudgetSpent()
 
     return _Progress()
 
@@ -324,6 +332,8 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
                             "tune through the device's RPC server (--rpc-tracker, --rpc-key) or on the device itself")
     if config.trials < 1:
         raise EdgepackError("--trials must be at least 1", "pass e.g. --trials 64")
+    if config.max_minutes is not None and not config.max_minutes > 0:
+        raise EdgepackError("--minutes must be more than 0", "pass e.g. --minutes 20")
     import tvm  # noqa: F401 - before the workers fork
     from tvm.s_tir import meta_schedule as ms
 
@@ -354,19 +364,24 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
         builder = _in_process_builder(target.toolchain.cxx if config.rpc else None)
         seeded = _seed_with_heuristic(contexts, database, runner, tvm_target, builder)
         names = [context.task_name for context in contexts]
-        callback = _progress_callback(progress, config.trials, names)
-        ms.tune.tune_tasks(
-            tasks=contexts,
-            task_weights=weights,
-            work_dir=work_dir,
-            max_trials_global=config.trials,
-            # every kernel gets at least one round before the budget runs out
-            num_trials_per_iter=max(1, min(config.trials_per_iteration, config.trials // len(contexts))),
-            builder=builder,
-            runner=runner,
-            database=database,
-            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback],
-        )
+        max_seconds = config.max_minutes * 60 if config.max_minutes else None
+        callback = _progress_callback(progress, config.trials, names, started, max_seconds)
+        try:
+            ms.tune.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=work_dir,
+                max_trials_global=config.trials,
+                # every kernel gets at least one round before the budget runs out
+                num_trials_per_iter=max(1, min(config.trials_per_iteration, config.trials // len(contexts))),
+                builder=builder,
+                runner=runner,
+                database=database,
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback],
+            )
+        except Exception:  # noqa: BLE001 - MetaSchedule re-raises the callback's exception as its own type
+            if not callback.state.out_of_time:
+                raise
     state = callback.state
     report = {
         "kernels": len(contexts),
@@ -376,6 +391,7 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
         "new_records": len(database) - before,
         "heuristic_records": seeded,
         "best_ms_sum": round(sum(state.best_ms.values()), 4),
+        "stopped_by_time_budget": state.out_of_time,
         "seconds": round(time.perf_counter() - started, 1),
     }
     if state.trials_done and state.errors == state.trials_done:
@@ -385,7 +401,7 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
 
 
 def _config_json(config: TuneConfig, database_dir: Path) -> dict:
-    return {"trials": config.trials, "trials_per_iteration": config.trials_per_iteration,
+    return {"trials": config.trials, "max_minutes": config.max_minutes, "trials_per_iteration": config.trials_per_iteration,
             "database": str(database_dir), "seed": config.seed,
             "measured_on": f"rpc {config.rpc}" if config.rpc else "this machine"}
 

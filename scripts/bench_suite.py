@@ -2,6 +2,7 @@
 
     python scripts/bench_suite.py --quick                       # CI: MLP + digits, untuned, few runs
     python scripts/bench_suite.py --tune-trials 1000            # full: five models, tuned too
+    python scripts/bench_suite.py --tune-minutes 20 mlp=3       # tuned for 20 minutes per model (MLP: 3)
     python scripts/bench_suite.py --models resnet18 --json-out r.json --markdown-out r.md
 
 Protocol (printed with the results): every engine runs at the same thread count (TVM_NUM_THREADS,
@@ -63,26 +64,30 @@ def flops_of(module, example) -> int:
     return int(counter.get_total_flops())
 
 
-def build_bundles(name: str, out: Path, tune_trials: int, database: Path) -> dict[str, Path]:
+def build_bundles(name: str, out: Path, tune_trials: int, database: Path, tune_minutes: float | None = None) -> tuple[dict[str, Path], dict]:
+    """The untuned bundle and, with a tuning budget, the tuned one; plus the tuning stage's report."""
     from edgepack.build import build
     from edgepack.compile import CompileConfig
     from edgepack.tune import TuneConfig
 
     path, factory, _ = MODELS[name]
     spec = f"{path}:{factory}"
-    bundles = {}
+    bundles, tuning = {}, {}
     started = time.perf_counter()
     result = build(spec, "x86_64", out / "untuned", name=name, force=True,
                    compile=CompileConfig(tuning_database=str(out / "no-records")))
     bundles["edgepack-untuned"] = result.bundle.path
     print(f"  built untuned in {time.perf_counter() - started:.0f} s", flush=True)
-    if tune_trials:
+    if tune_trials or tune_minutes:
         started = time.perf_counter()
         result = build(spec, "x86_64", out / "tuned", name=name, force=True,
-                       tune=TuneConfig(trials=tune_trials, database=database))
+                       tune=TuneConfig(trials=tune_trials or 100_000, database=database, max_minutes=tune_minutes))
         bundles["edgepack-tuned"] = result.bundle.path
-        print(f"  tuned ({tune_trials} trials) and built in {time.perf_counter() - started:.0f} s", flush=True)
-    return bundles
+        manifest = json.loads((result.bundle.path / "manifest.json").read_text())
+        tuning = next(s["report"] for s in manifest["provenance"]["stages"] if s["stage"] == "tune")
+        print(f"  tuned ({tuning.get('trials')} trials, {tuning.get('seconds')} s) and built in "
+              f"{time.perf_counter() - started:.0f} s", flush=True)
+    return bundles, tuning
 
 
 def bench_model(name: str, bundles: dict[str, Path], threads: int, warmup: int, runs: int, rounds: int) -> dict:
@@ -90,6 +95,7 @@ def bench_model(name: str, bundles: dict[str, Path], threads: int, warmup: int, 
 
     from edgepack.export import load_torch_model
     from edgepack.reference import onnxruntime_session
+    from edgepack.bench import timed_rounds
     from edgepack.runtime import loader
     from edgepack.runtime.loader import timing_summary
     from edgepack.sources import parse_source
@@ -123,17 +129,7 @@ def bench_model(name: str, bundles: dict[str, Path], threads: int, warmup: int, 
         elif bundle is not None:
             got = [g.numpy() for g in got]
         checks[label] = float(max(np.max(np.abs(np.asarray(g) - r)) for g, r in zip(got, reference)))
-    times = {label: [] for label in engines}
-    for call, _ in engines.values():
-        for _ in range(warmup):
-            call()
-    per_round = max(runs // rounds, 1)
-    for _ in range(rounds):
-        for label, (call, _) in engines.items():
-            for _ in range(per_round):
-                start = time.perf_counter()
-                call()
-                times[label].append((time.perf_counter() - start) * 1000.0)
+    times = timed_rounds({label: call for label, (call, _) in engines.items()}, warmup, max(runs // rounds, 1), rounds)
     with torch.no_grad():
         flops = flops_of(torch_model, tensors)
     rows = {}
@@ -147,6 +143,15 @@ def bench_model(name: str, bundles: dict[str, Path], threads: int, warmup: int, 
     return {"flops": flops, "engines": rows, "inputs": {n: list(a.shape) for n, a in zip(names, arrays)}}
 
 
+def _tuning_summary(name: str, tuning: dict) -> str:
+    text = f"{name} {tuning['trials']} trials over {tuning['kernels']} kernels in {tuning['seconds'] / 60:.1f} min"
+    if tuning.get("stopped_by_time_budget"):
+        text += " (time budget)"
+    if tuning.get("skipped"):
+        text += f", {len(tuning['skipped'])} kernels not searchable"
+    return text
+
+
 def markdown(results: dict) -> str:
     protocol = results["protocol"]
     lines = [f"Machine: {protocol['machine']}; {protocol['threads']} threads for every engine; measured fp32 peak "
@@ -158,7 +163,24 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | {model['flops'] / 1e9:.3f} | {label} | {row['median_ms']:.3f} | {row['p90_ms']:.3f} | "
                          f"{row['vs_onnxruntime']:.2f}x | {row['gflops']:.1f} | {100 * row['gflops'] / protocol['peak_gflops']:.0f}% | "
                          f"{row['max_abs_diff_vs_onnxruntime']:.1e} |")
+    tuned = [(name, model["tuning"]) for name, model in results["models"].items() if model.get("tuning")]
+    if tuned:
+        lines += ["", "Tuning per model: " + "; ".join(_tuning_summary(name, t) for name, t in tuned) + "."]
     return "\n".join(lines) + "\n"
+
+
+def tune_minutes(entries: list[str], parser: argparse.ArgumentParser) -> dict[str, float]:
+    """`["20", "mlp=3"]` -> `{"*": 20.0, "mlp": 3.0}`."""
+    minutes = {}
+    for entry in entries:
+        name, _, value = entry.rpartition("=")
+        if name and name not in MODELS:
+            parser.error(f"--tune-minutes: unknown model '{name}' (one of {', '.join(MODELS)})")
+        try:
+            minutes[name or "*"] = float(value)
+        except ValueError:
+            parser.error(f"--tune-minutes: '{entry}' is not MINUTES or MODEL=MINUTES")
+    return minutes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="MLP + digits CNN, untuned, few runs (CI)")
     parser.add_argument("--models", nargs="*", choices=sorted(MODELS), help="default: all (quick: the quick set)")
     parser.add_argument("--tune-trials", type=int, default=0, help="also build a tuned bundle per model (0: skip)")
+    parser.add_argument("--tune-minutes", nargs="+", default=None, metavar="MIN|MODEL=MIN",
+                        help="tuning time budget per model, e.g. `20 mlp=3` (alone: trials unbounded; "
+                             "with --tune-trials: whichever ends first)")
     parser.add_argument("--database", type=Path, help="tuning database (default: a fresh one under --work)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--runs", type=int, default=None, help="timed calls per engine (default 200, quick 20)")
@@ -173,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--markdown-out", type=Path, default=None)
     args = parser.parse_args(argv)
+    from edgepack.bench import SETTLE_S, TURN_WARMUP
+    minutes = tune_minutes(args.tune_minutes or [], parser)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     names = args.models or [n for n, (_, _, quick) in MODELS.items() if quick or not args.quick]
     runs = args.runs or (20 if args.quick else 200)
@@ -181,16 +208,21 @@ def main(argv: list[str] | None = None) -> int:
     results = {"protocol": {
         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} logical CPUs".strip(),
         "threads": args.threads, "runs": runs, "rounds": 5, "warmup": 5 if args.quick else 20,
-        "peak_gflops": measured_peak_gflops(args.threads), "tune_trials": args.tune_trials,
+        "peak_gflops": measured_peak_gflops(args.threads), "tune_trials": args.tune_trials, "tune_minutes": minutes,
         "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
         "timed": "OMP_WAIT_POLICY=PASSIVE (torch's pool does not spin between calls). One call on inputs already in memory (edgepack: TVM tensors; ORT/torch: numpy/torch); "
-                 "engines take turns in 5 rounds after warm-up; median and p90.",
+                 f"engines take turns in 5 rounds after warm-up, each turn after a {SETTLE_S} s pause and {TURN_WARMUP} untimed calls "
+                 "(the previous engine's spinning threads would otherwise share the cores); median and p90.",
     }, "models": {}}
     print(f"peak {results['protocol']['peak_gflops']:.1f} GFLOP/s, threads {args.threads}", flush=True)
     for name in names:
         print(f"{name}:", flush=True)
-        bundles = build_bundles(name, work / name, 0 if args.quick else args.tune_trials, database)
+        bundles, tuning = build_bundles(name, work / name, 0 if args.quick else args.tune_trials, database,
+                                        None if args.quick else minutes.get(name, minutes.get("*")))
         results["models"][name] = bench_model(name, bundles, args.threads, results["protocol"]["warmup"], runs, 5)
+        if tuning:
+            results["models"][name]["tuning"] = {key: tuning.get(key) for key in
+                                                 ("kernels", "trials", "seconds", "stopped_by_time_budget", "skipped")}
         for label, row in results["models"][name]["engines"].items():
             print(f"  {label:18s} {row['median_ms']:9.3f} ms  {row['vs_onnxruntime']:6.2f}x ORT  "
                   f"{row['gflops']:6.1f} GFLOP/s  diff {row['max_abs_diff_vs_onnxruntime']:.1e}", flush=True)

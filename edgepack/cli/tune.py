@@ -15,6 +15,8 @@ def tune_command(
     model: str = typer.Argument(..., help="model.onnx, program.pt2, or path/to/file.py:factory"),
     target: str = typer.Option("x86_64", "--target", "-t", help="target name (see `edgepack targets`) or a .toml path"),
     trials: int = typer.Option(64, "--trials", "-n", min=1, help="measured candidates over all kernels"),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="stop after this many minutes even if trials remain "
+                                            "(records kept); pair it with a large --trials"),
     database: Optional[Path] = typer.Option(None, "--database", help="database directory "
                                             "(default: $EDGEPACK_TUNING_DIR/<target>, else <cache>/tuning/<target>)"),
     inputs: List[str] = typer.Option([], "--input", "-i", help="name:1x3x224x224:float32, for dynamic or torch inputs"),
@@ -32,7 +34,7 @@ def tune_command(
     directory = database or tuning_dir(load_target(target))
     try:
         with err.status("tuning") as status:
-            record = tune(model, target, TuneConfig(trials=trials, database=directory, rpc=rpc), inputs,
+            record = tune(model, target, TuneConfig(trials=trials, database=directory, rpc=rpc, max_minutes=minutes), inputs,
                           progress=lambda state: status.update(f"tuning: {state.line()}"))
     except KeyboardInterrupt:
         err.print(f"interrupted: the records measured so far are kept in {directory}", highlight=False)
@@ -42,7 +44,8 @@ def tune_command(
         return
     report = record.report
     out.print(f"tuned {report.get('kernels', 0)} kernel(s) with {report.get('trials', 0)} trials "
-              f"({report.get('failed_trials', 0)} failed) in {report.get('seconds', 0)} s; "
+              f"({report.get('failed_trials', 0)} failed) in {report.get('seconds', 0)} s"
+              f"{' (time budget spent)' if report.get('stopped_by_time_budget') else ''}; "
               f"{report.get('new_records', 0)} new records in {directory}", highlight=False, soft_wrap=True)
     if report.get("skipped"):
         out.print(f"{len(report['skipped'])} kernel(s) MetaSchedule cannot search keep the heuristic schedule "

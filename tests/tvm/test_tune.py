@@ -94,3 +94,24 @@ def test_kernels_metaschedule_cannot_search_are_skipped_not_fatal(tmp_path):
     assert tuned.returncode == 0, tuned.stderr[-2000:]
     report = json.loads(tuned.stdout[tuned.stdout.index("{"):])["report"]
     assert any("reverse-compute-at" in why for why in report["skipped"].values())
+
+
+def test_time_budget_stops_tuning_and_keeps_records(tmp_path):
+    """--minutes ends tuning after the batch that spends it; the batches measured so far are in the database."""
+    model = _tiny_onnx(tmp_path / "tiny.onnx")
+    env = {**os.environ, "EDGEPACK_TUNING_DIR": str(tmp_path / "tuning")}
+    tuned = subprocess.run([str(EDGEPACK), "tune", str(model), "--trials", "10000", "--minutes", "0.001", "--json"],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    record = json.loads(tuned.stdout[tuned.stdout.index("{"):])
+    report = record["report"]
+    assert report["stopped_by_time_budget"] is True and record["config"]["max_minutes"] == 0.001
+    assert 1 <= report["trials"] < 10000 and report["new_records"] >= 1
+
+
+def test_non_positive_time_budget_is_refused(tmp_path):
+    model = _tiny_onnx(tmp_path / "tiny.onnx")
+    refused = subprocess.run([str(EDGEPACK), "tune", str(model), "--minutes", "0"], capture_output=True, text=True,
+                             timeout=600, env={**os.environ, "EDGEPACK_TUNING_DIR": str(tmp_path / "tuning")})
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "--minutes must be more than 0" in refused.stderr
