@@ -7,6 +7,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edgepack.artifacts import CompiledModule, OnnxModel, StageRecord
 from edgepack.errors import EdgepackError, first_line
 from edgepack.targets import TargetSpec
@@ -64,8 +66,27 @@ def import_relax(model: OnnxModel, integer_ops: bool = True, report=None):
         report.merge(integer)
     from edgepack.weight_layout import pretranspose_weights
 
-    module, weights, _ = pretranspose_weights(module, params.get("main", []))
+    module, weights = embed_scalar_params(module, params.get("main", []))
+    module, weights, _ = pretranspose_weights(module, weights)
     return module, {**params, "main": weights}
+
+
+def embed_scalar_params(module, params: list) -> tuple[object, list]:
+    """One-element params of `main` (a Clip's bounds, a quantizer's scale) become constants of the module.
+
+    As runtime params they cannot be folded: the ONNX frontend's NaN handling of Clip bounds
+    (`where(isnan(bound), ...)`) then stays in every fused convolution + ReLU6 kernel as scalar blocks,
+    on which MetaSchedule's rules fail (18 of MobileNetV2's 32 kernels could not be tuned)."""
+    from tvm import relax
+
+    function = module["main"]
+    n_inputs = int(function.attrs["num_input"]) if function.attrs and "num_input" in function.attrs else 0
+    weights = list(function.params[n_inputs:])
+    scalars = {var: value for var, value in zip(weights, params) if int(np.prod(value.shape)) == 1}
+    if not scalars:
+        return module, list(params)
+    bound = relax.transform.BindParams("main", {var: value for var, value in scalars.items()})(module)
+    return bound, [value for var, value in zip(weights, params) if var not in scalars]
 
 
 def _param_names(function, n_inputs: int) -> tuple[str, ...]:
