@@ -98,12 +98,11 @@ def bench_bundle(bundle_dir: Path, config: BenchConfig, arrays: list[np.ndarray]
     arrays = [np.asarray(a) for a in arrays] if arrays is not None else bundle.golden_cases()[0][0]
     loader.check_inputs(bundle.inputs, arrays)
     device_arrays = bundle.to_device(arrays)
-    engines: dict[str, tuple[Callable, object]] = {"edgepack": (bundle.invoke, device_arrays)}
+    calls: dict[str, Callable[[], object]] = {"edgepack": lambda: bundle.invoke(device_arrays)}
     builders = {"onnxruntime": _onnxruntime_runner, "torch": _torch_runner}
     for engine in config.compare:
-        engines[engine] = (builders[engine](bundle, config.threads), arrays)
+        calls[engine] = lambda run=builders[engine](bundle, config.threads): run(arrays)
     per_round = config.runs // config.rounds
-    calls = {name: (lambda run=run, inputs=inputs: run(inputs)) for name, (run, inputs) in engines.items()}
     times = timed_rounds(calls, config.warmup, per_round, config.rounds)
     rows = {name: timing_summary(samples) for name, samples in times.items()}
     baseline = rows.get("onnxruntime", {}).get("median_ms")

@@ -194,8 +194,7 @@ def run_build(plan: BuildPlan, progress: Callable[[str], None] = lambda stage: N
             records.append(record)
             (context.workdir / "preflight").mkdir()
             model, _ = preflight(changed.path, {}, context.workdir / "preflight")
-            if hasattr(stage_pass, "golden_config"):  # quantized graphs: golden tolerance in quantization steps
-                golden_config = stage_pass.golden_config(model, golden_config)
+            golden_config = stage_pass.golden_config(model, golden_config)
         if plan.tune is not None:
             progress("tune")
             records.append(tune_model(model, plan.target, plan.tune, progress=lambda state: progress(f"tune: {state.line()}")))

@@ -77,16 +77,11 @@ def embed_scalar_params(module, params: list) -> tuple[object, list]:
     As runtime params they cannot be folded: the ONNX frontend's NaN handling of Clip bounds
     (`where(isnan(bound), ...)`) then stays in every fused convolution + ReLU6 kernel as scalar blocks,
     on which MetaSchedule's rules fail (18 of MobileNetV2's 32 kernels could not be tuned)."""
-    from tvm import relax
+    from edgepack.relax_params import bind_as_constants, input_count
 
     function = module["main"]
-    n_inputs = int(function.attrs["num_input"]) if function.attrs and "num_input" in function.attrs else 0
-    weights = list(function.params[n_inputs:])
-    scalars = {var: value for var, value in zip(weights, params) if int(np.prod(value.shape)) == 1}
-    if not scalars:
-        return module, list(params)
-    bound = relax.transform.BindParams("main", {var: value for var, value in scalars.items()})(module)
-    return bound, [value for var, value in zip(weights, params) if var not in scalars]
+    weights = function.params[input_count(function):]
+    return bind_as_constants(module, params, {var for var, value in zip(weights, params) if int(np.prod(value.shape)) == 1})
 
 
 def _param_names(function, n_inputs: int) -> tuple[str, ...]:

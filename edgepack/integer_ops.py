@@ -125,21 +125,11 @@ def bind_quantization_params(module, params: dict):
     """Bind the parameters that are Q/DQ scales and zero points as constants; the others stay parameters.
 
     Returns (module, params, count bound)."""
-    func = module["main"]
-    n_inputs = int(func.attrs["num_input"]) if func.attrs is not None and "num_input" in func.attrs else 0
+    from edgepack.relax_params import bind_as_constants
+
     values = list(params.get("main", []))
-    targets = _quant_var_params(func)
-    binding, kept = {}, []
-    for index, var in enumerate(func.params[n_inputs:]):
-        if var in targets:
-            binding[var] = values[index]
-        else:
-            kept.append(values[index])
-    if not binding:
-        return module, params, 0
-    module = module.__class__(dict(module.functions_items()), attrs=module.attrs)
-    module["main"] = func.bind_params(binding)
-    return module, {**params, "main": kept}, len(binding)
+    module, kept = bind_as_constants(module, values, _quant_var_params(module["main"]))
+    return module, {**params, "main": kept}, len(values) - len(kept)
 
 
 class _Matcher:

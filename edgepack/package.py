@@ -16,7 +16,7 @@ from edgepack.golden import GoldenVectors, write_golden
 from edgepack.manifest import file_entries, new_manifest, tool_versions, write_manifest
 from edgepack.prune.sparse_params import manifest_fields as sparse_fields
 from edgepack.runtime_files import (
-    NATIVE_LOADER, PYTHON_LOADER, RUNTIME_LIBRARIES, SERVE_MODULE, device_requirements, native_loader, python_loader,
+    NATIVE_LOADER, PYTHON_LOADER, SERVE_MODULE, device_requirements, native_loader, python_loader,
     runtime_libraries, serve_module,
 )
 

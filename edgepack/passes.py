@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
 from edgepack.artifacts import OnnxModel, StageRecord
 from edgepack.targets import TargetSpec
+
+if TYPE_CHECKING:
+    from edgepack.golden import GoldenConfig
 
 
 @dataclass(frozen=True)
@@ -42,4 +45,8 @@ class OnnxPass(Protocol):
     stage: str
 
     def run(self, model: OnnxModel, context: PassContext) -> tuple[OnnxModel, StageRecord]:
+        ...
+
+    def golden_config(self, model: OnnxModel, golden: GoldenConfig) -> GoldenConfig:
+        """The golden-check tolerance for the pass's result `model` (quantized graphs: in quantization steps)."""
         ...

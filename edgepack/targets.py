@@ -109,9 +109,6 @@ def _string_list(value: Any, what: str, source: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-_HOST_TRIPLES = {"x86_64": "x86_64", "aarch64": "aarch64"}
-
-
 def _check_cuda_tvm(tvm: dict, arch: str, source: str) -> None:
     """A cuda target's [tvm]: kind cuda, arch sm_XY, and a [tvm.host] llvm table for the host `arch`."""
     if tvm.get("kind") != "cuda":
@@ -123,7 +120,7 @@ def _check_cuda_tvm(tvm: dict, arch: str, source: str) -> None:
     if not isinstance(host, dict) or host.get("kind") != "llvm":
         raise EdgepackError(f"target file {source}: a cuda target needs a [tvm.host] table with kind = \"llvm\"",
                             "add [tvm.host] with kind and mtriple for the host CPU (see targets/cuda.toml)")
-    if not str(host.get("mtriple", "")).startswith(_HOST_TRIPLES[arch]):
+    if not str(host.get("mtriple", "")).startswith(arch):
         raise EdgepackError(f"target file {source}: [tvm.host] mtriple '{host.get('mtriple', '')}' does not match arch '{arch}'",
                             f"set mtriple = \"{arch}-linux-gnu\"")
 

@@ -260,8 +260,8 @@ def _searchable(contexts, weights) -> tuple[list, list, dict]:
     """The tasks whose search space MetaSchedule can generate, and `{kernel: why}` for the others.
 
     TVM 0.27's default CPU rules raise (uncaught, ending the whole run) on some fused kernels, e.g. a
-    convolution whose clip epilogue reads scalar `where` blocks (ReLU6 as exported by torch); those
-    kernels keep their heuristic schedule."""
+    convolution whose clip epilogue reads scalar `where` blocks (ReLU6 whose bounds stay runtime params;
+    edgepack.compile.embed_scalar_params makes them constants); those kernels keep their heuristic schedule."""
     from edgepack.errors import first_line
 
     kept, kept_weights, skipped = [], [], {}

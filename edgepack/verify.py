@@ -35,13 +35,14 @@ def run_native_loader(bundle_dir: Path, *args: str, prefix: list[str] = (), time
     return subprocess.run(command, capture_output=True, text=True, env={}, timeout=timeout, check=False)
 
 
-def gpu_missing(bundle_dir: Path, target: dict) -> str | None:
+def gpu_missing(manifest: dict) -> str | None:
     """Why a CUDA bundle's GPU code cannot run here (None for CPU bundles and where a fit GPU is present).
 
     No emulator runs CUDA: a GPU bundle for another host arch is never run here."""
+    target = manifest["target"]
     if target.get("device") != "cuda":
         return None
-    need = loader.read_manifest(bundle_dir).get("requires", {}).get("cuda", {})
+    need = manifest.get("requires", {}).get("cuda", {})
     if target["arch"] != platform.machine():
         return f"no GPU: {target['arch']} + {need.get('gpu_arch')} code cannot run on this {platform.machine()} machine (no emulator runs CUDA)"
     return loader.cuda_problem(need)
@@ -49,8 +50,6 @@ def gpu_missing(bundle_dir: Path, target: dict) -> str | None:
 
 def verify_native(bundle_dir: Path, target: dict, emulate: bool, keyring: Path | None = None) -> dict:
     """Golden check with the native loader: directly on this arch, under the emulator on another."""
-    if (no_gpu := gpu_missing(bundle_dir, target)) is not None:
-        return {"ran": False, "reason": no_gpu, "gpu": True}
     prefix: list[str] = []
     if target["arch"] != platform.machine():
         if not emulate:
@@ -79,8 +78,6 @@ def keyring_args(keyring: Path | str | None) -> list[str]:
 
 def verify_python(bundle_dir: Path, target: dict, keyring: Path | None = None) -> dict:
     """Golden check with the Python loader, in this process, where the target's code can run here."""
-    if (no_gpu := gpu_missing(bundle_dir, target)) is not None:
-        return {"ran": False, "reason": no_gpu, "gpu": True}
     if target["arch"] != platform.machine():
         return {"ran": False, "reason": f"{target['arch']} libraries cannot be loaded on this {platform.machine()} machine"}
     return {"ran": True, **loader.load(bundle_dir, keyring).verify()}
@@ -96,8 +93,11 @@ def verify_bundle(bundle_dir: Path, emulate: bool = True, keyring: Path | None =
     loader.check_files(bundle_dir, manifest)
     target = manifest["target"]
     golden = manifest["golden"]
-    python = verify_python(bundle_dir, target, keyring)
-    native = verify_native(bundle_dir, target, emulate, keyring)
+    if (no_gpu := gpu_missing(manifest)) is not None:
+        python = native = {"ran": False, "reason": no_gpu, "gpu": True}
+    else:
+        python = verify_python(bundle_dir, target, keyring)
+        native = verify_native(bundle_dir, target, emulate, keyring)
     ran = [engine for engine in (python, native) if engine["ran"]]
     errors = [engine["max_abs_err"] for engine in ran if engine.get("max_abs_err") is not None]
     report = {

@@ -67,8 +67,10 @@ def pretranspose_weights(module, params: list) -> tuple[object, list, int]:
     import tvm
     from tvm import relax
 
+    from edgepack.relax_params import input_count
+
     function = module["main"]
-    n_inputs = int(function.attrs["num_input"]) if function.attrs and "num_input" in function.attrs else 0
+    n_inputs = input_count(function)
     rewrites = _weight_rewrites(function, n_inputs)
     if not rewrites:
         return module, params, 0

@@ -102,9 +102,11 @@ def _passes(pruning, quantization) -> dict:
     quantize = (quantization,) if quantization else ()
     if pruning is None:
         return {"torch_passes": (), "onnx_passes": quantize}
-    if hasattr(pruning, "criterion"):
-        return {"torch_passes": (pruning,), "onnx_passes": quantize}
-    return {"torch_passes": (), "onnx_passes": (pruning, *quantize)}
+    from edgepack.passes import OnnxPass
+
+    if isinstance(pruning, OnnxPass):
+        return {"torch_passes": (), "onnx_passes": (pruning, *quantize)}
+    return {"torch_passes": (pruning,), "onnx_passes": quantize}
 
 
 def register(app: typer.Typer) -> None:
