@@ -1,5 +1,5 @@
 // Decoding of params.sparse (docs/bundle-format.md, "Sparse params"): back to the exact params.bin
-// bytes, checked against the SHA-256 in its header. Mirrors edgepack/prune/sparse_params.py.
+// bytes, checked against the SHA-256 in its header. Mirrors edgepack/bundle/sparse_params.py.
 #ifndef EDGEPACK_NATIVE_SPARSE_PARAMS_H_
 #define EDGEPACK_NATIVE_SPARSE_PARAMS_H_
 

@@ -1,0 +1,80 @@
+// Shared by every part of edgepack-run: includes, exit codes, and the one-line Failure.
+// Part of edgepack-run (loader.cc includes every part once, in order, into one translation unit).
+#ifndef EDGEPACK_NATIVE_COMMON_H_
+#define EDGEPACK_NATIVE_COMMON_H_
+#include <dirent.h>
+#include <dlfcn.h>
+#include <dlpack/dlpack.h>
+#include <gnu/libc-version.h>
+#include <limits.h>
+#include <sys/auxv.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <tvm/ffi/any.h>
+#include <tvm/ffi/container/array.h>
+#include <tvm/ffi/container/map.h>
+#include <tvm/ffi/container/shape.h>
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/dtype.h>
+#include <tvm/ffi/error.h>
+#include <tvm/ffi/extra/json.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/function.h>
+#include <tvm/ffi/string.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sha256.h"
+#include "sparse_params.h"
+
+namespace ffi = tvm::ffi;
+namespace json = tvm::ffi::json;
+
+namespace {
+
+constexpr int64_t kSchemaVersion = 1;
+constexpr int kPooledAllocator = 2;
+enum ExitCode {
+  kExitUser = 1,
+  kExitUsage = 2,
+  kExitIntegrity = 3,
+  kExitVerify = 4,
+  kExitInternal = 70
+};
+
+const char kUsage[] =
+    "usage: edgepack-run run [--bundle DIR] --input X.npy [--input ...]\n"
+    "                        (-o OUT.npy | --output-dir DIR)\n"
+    "       edgepack-run verify [--bundle DIR]\n"
+    "       edgepack-run bench [--bundle DIR] [--warmup N] [--runs N] [--input X.npy ...]\n"
+    "Every command takes --device cpu|cuda (default: the bundle's target; cuda runs on GPU 0).\n"
+    "Every command takes --keyring PATH (default $EDGEPACK_KEYRING): trusted ed25519 .pub keys;\n"
+    "with one, only bundles whose manifest.sig.json verifies against them are loaded.\n"
+    "The bundle defaults to the directory above the one holding this program.\n";
+
+// A failure reported as one line; thrown anywhere, printed by main().
+struct Failure {
+  int code;
+  std::string problem;
+  std::string fix;
+};
+
+[[noreturn]] void Fail(int code, std::string problem, std::string fix) {
+  throw Failure{code, std::move(problem), std::move(fix)};
+}
+
+}  // namespace
+
+#endif  // EDGEPACK_NATIVE_COMMON_H_
