@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from edgepack.errors import EdgepackError
-from edgepack.package import REFERENCE_MODEL
+from edgepack.bundle.package import REFERENCE_MODEL
 from edgepack.runtime import loader
 from edgepack.runtime.loader import peak_rss_kb, timing_summary
 
@@ -30,7 +30,7 @@ class BenchConfig:
 
 
 def _onnxruntime_runner(bundle: loader.LoadedBundle, threads: int) -> Callable[[list[np.ndarray]], object]:
-    from edgepack.reference import onnxruntime_session
+    from edgepack.measure.reference import onnxruntime_session
 
     path = bundle.path / REFERENCE_MODEL
     if not path.is_file():
@@ -43,8 +43,8 @@ def _onnxruntime_runner(bundle: loader.LoadedBundle, threads: int) -> Callable[[
 def _torch_runner(bundle: loader.LoadedBundle, threads: int) -> Callable[[list[np.ndarray]], object]:
     import torch
 
-    from edgepack.export import load_torch_model
-    from edgepack.sources import parse_source
+    from edgepack.frontends.export import load_torch_model
+    from edgepack.frontends.sources import parse_source
 
     source = bundle.manifest["provenance"]["source"]
     if source["kind"] == "onnx":

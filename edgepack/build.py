@@ -8,20 +8,20 @@ from pathlib import Path
 from typing import Callable
 
 from edgepack.artifacts import Bundle, StageRecord
-from edgepack.compile import CompileConfig, check_toolchain, compile_model
+from edgepack.compiler.compile import CompileConfig, check_toolchain, compile_model
 from edgepack.errors import EdgepackError
-from edgepack.evaluation import EvalData, compare_quality, load_eval_data, onnx_predictor, predict, require_quality
-from edgepack.export import ExportConfig, export_to_onnx, load_torch_model
-from edgepack.golden import GoldenConfig, load_input_cases, make_golden
-from edgepack.passes import OnnxPass, PassContext, TorchPass
-from edgepack.package import PackageConfig, bundle_path, check_destination, write_bundle
-from edgepack.preflight import load_onnx, preflight
+from edgepack.measure.evaluation import EvalData, compare_quality, load_eval_data, onnx_predictor, predict, require_quality
+from edgepack.frontends.export import ExportConfig, export_to_onnx, load_torch_model
+from edgepack.bundle.golden import GoldenConfig, load_input_cases, make_golden
+from edgepack.compression.passes import OnnxPass, PassContext, TorchPass
+from edgepack.bundle.package import PackageConfig, bundle_path, check_destination, write_bundle
+from edgepack.frontends.preflight import load_onnx, preflight
 from edgepack.runtime.loader import TensorSpec
-from edgepack.signature import parse_input_specs
-from edgepack.sources import ExportedProgramSource, FactorySource, ModelSource, OnnxSource, describe, import_file, parse_source
+from edgepack.frontends.signature import parse_input_specs
+from edgepack.frontends.sources import ExportedProgramSource, FactorySource, ModelSource, OnnxSource, describe, import_file, parse_source
 from edgepack.targets import TargetSpec, load_target
-from edgepack.tune import TuneConfig, tune_model, tuning_dir
-from edgepack.verify import verify_bundle
+from edgepack.compiler.tune import TuneConfig, tune_model, tuning_dir
+from edgepack.bundle.verify import verify_bundle
 
 DEFAULT_VERSION = "0.1.0"
 
@@ -115,7 +115,7 @@ def plan_build(model: str, target: str, out_dir: Path, *, name: str | None = Non
     if extra_files:
         package = replace(package, extra_files=_check_extra_files(extra_files))
     if sign is not None:  # `--sign KEY`: a missing or bad key is refused before any work
-        from edgepack.signing import load_private_key
+        from edgepack.bundle.signing import load_private_key
 
         load_private_key(sign)
         package = replace(package, sign_key=Path(sign))

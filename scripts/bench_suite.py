@@ -67,8 +67,8 @@ def flops_of(module, example) -> int:
 def build_bundles(name: str, out: Path, tune_trials: int, database: Path, tune_minutes: float | None = None) -> tuple[dict[str, Path], dict]:
     """The untuned bundle and, with a tuning budget, the tuned one; plus the tuning stage's report."""
     from edgepack.build import build
-    from edgepack.compile import CompileConfig
-    from edgepack.tune import TuneConfig
+    from edgepack.compiler.compile import CompileConfig
+    from edgepack.compiler.tune import TuneConfig
 
     path, factory, _ = MODELS[name]
     spec = f"{path}:{factory}"
@@ -93,12 +93,12 @@ def build_bundles(name: str, out: Path, tune_trials: int, database: Path, tune_m
 def bench_model(name: str, bundles: dict[str, Path], threads: int, warmup: int, runs: int, rounds: int) -> dict:
     import torch
 
-    from edgepack.export import load_torch_model
-    from edgepack.reference import onnxruntime_session
+    from edgepack.frontends.export import load_torch_model
+    from edgepack.measure.reference import onnxruntime_session
     from edgepack.bench import timed_rounds
     from edgepack.runtime import loader
     from edgepack.runtime.loader import timing_summary
-    from edgepack.sources import parse_source
+    from edgepack.frontends.sources import parse_source
 
     path, factory, _ = MODELS[name]
     first = loader.load(next(iter(bundles.values())))

@@ -105,7 +105,7 @@ def torch_gpu_ms(spec: str, feeds: dict, warmup: int, runs: int) -> float | None
 
     if not torch.cuda.is_available():
         return None
-    from edgepack.sources import import_file
+    from edgepack.frontends.sources import import_file
 
     path, factory = spec.rsplit(":", 1)
     model = getattr(import_file(ROOT / path), factory)().eval().cuda()

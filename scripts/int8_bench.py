@@ -4,7 +4,7 @@
         [--activations int8|uint8] [--json out.json]
 
 Each model is exported from PyTorch, quantized with ONNX Runtime's quantize_static (QDQ, per-channel
-symmetric int8 weights), compiled with edgepack.compile.compile_model and timed in-process through the
+symmetric int8 weights), compiled with edgepack.compiler.compile.compile_model and timed in-process through the
 TVM runtime (median of rounds, all cores). For a target of another architecture it only compiles and
 reports the integer-op counts: timing under emulation says nothing about the device.
 """
@@ -65,8 +65,8 @@ def quantize_qdq(fp32: Path, out: Path, samples: np.ndarray, activations: str) -
 
 def compile_variant(onnx_path: Path, target_name: str, integer_ops: bool, workdir: Path) -> tuple[dict, object]:
     """Compile one variant; returns its report row and a zero-argument runner (None for a foreign target)."""
-    from edgepack.compile import CompileConfig, compile_model
-    from edgepack.preflight import preflight
+    from edgepack.compiler.compile import CompileConfig, compile_model
+    from edgepack.frontends.preflight import preflight
     from edgepack.targets import load_target
 
     target = load_target(target_name)

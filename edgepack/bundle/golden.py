@@ -9,9 +9,9 @@ import numpy as np
 
 from edgepack.artifacts import OnnxModel
 from edgepack.errors import EdgepackError
-from edgepack.reference import run_onnxruntime
+from edgepack.measure.reference import run_onnxruntime
 from edgepack.runtime.loader import check_inputs
-from edgepack.signature import random_inputs
+from edgepack.frontends.signature import random_inputs
 
 
 @dataclass(frozen=True)

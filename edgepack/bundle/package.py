@@ -12,10 +12,10 @@ from pathlib import Path
 
 from edgepack.artifacts import Bundle, CompiledModule, StageRecord
 from edgepack.errors import EdgepackError
-from edgepack.golden import GoldenVectors, write_golden
-from edgepack.manifest import file_entries, new_manifest, tool_versions, write_manifest
-from edgepack.prune.sparse_params import manifest_fields as sparse_fields
-from edgepack.runtime_files import (
+from edgepack.bundle.golden import GoldenVectors, write_golden
+from edgepack.bundle.manifest import file_entries, new_manifest, tool_versions, write_manifest
+from edgepack.bundle.sparse_params import manifest_fields as sparse_fields
+from edgepack.compiler.runtime_files import (
     NATIVE_LOADER, PYTHON_LOADER, SERVE_MODULE, device_requirements, native_loader, python_loader,
     runtime_libraries, serve_module,
 )
@@ -136,7 +136,7 @@ def write_bundle(compiled: CompiledModule, golden: GoldenVectors, config: Packag
             manifest["quality"] = assess(staging)
         write_manifest(staging, manifest)
         if config.sign_key is not None:
-            from edgepack.signing import sign_bundle
+            from edgepack.bundle.signing import sign_bundle
 
             sign_bundle(staging, config.sign_key)
         _replace(staging, destination)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgepack.errors import EdgepackError, VerificationError
 from edgepack.runtime import loader
-from edgepack.runtime_files import NATIVE_LOADER
+from edgepack.compiler.runtime_files import NATIVE_LOADER
 
 NATIVE_TIMEOUT_S = 600
 _CASE_ERROR = re.compile(r"max_abs_err (\S+) (PASS|FAIL)")

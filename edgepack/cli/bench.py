@@ -76,7 +76,7 @@ def _bench_remote(bundle: Path, device: Optional[str], rpc_tracker: Optional[str
             raise EdgepackError("--input is not sent to the device; --device benchmarks on the golden inputs", "drop --input")
         report = bench_on_device(bundle, device, DeviceBenchConfig(warmup=warmup, runs=runs, threads=threads, timeout_s=timeout))
     else:
-        from edgepack.rpc import RpcBenchConfig, bench_rpc
+        from edgepack.deploy.rpc_bench import RpcBenchConfig, bench_rpc
 
         if not rpc_tracker or not rpc_key:
             raise EdgepackError("RPC benchmarking needs both --rpc-tracker HOST:PORT and --rpc-key KEY", "pass both")

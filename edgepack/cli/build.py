@@ -54,11 +54,11 @@ def build_command(
 ) -> None:
     """Compile MODEL for a target and write a self-contained, verified bundle."""
     from edgepack.build import EvaluationConfig, plan_build, run_build
-    from edgepack.compile import CompileConfig
-    from edgepack.golden import GoldenConfig
+    from edgepack.compiler.compile import CompileConfig
+    from edgepack.bundle.golden import GoldenConfig
     from edgepack.errors import EdgepackError
-    from edgepack.evaluation import parse_max_drop
-    from edgepack.tune import RpcTracker, TuneConfig
+    from edgepack.measure.evaluation import parse_max_drop
+    from edgepack.compiler.tune import RpcTracker, TuneConfig
 
     if max_drop is not None and eval_data is None:
         raise EdgepackError("--max-drop needs --eval data to measure the drop on", "add --eval data.npz")
@@ -91,7 +91,7 @@ def build_command(
         return
     for record in result.stages:
         if record.stage == "prune":
-            from edgepack.prune.report import print_report
+            from edgepack.compression.prune.report import print_report
 
             print_report(record.report, out)
     print_summary(result.bundle.path, result.bundle.manifest)
@@ -102,7 +102,7 @@ def _passes(pruning, quantization) -> dict:
     quantize = (quantization,) if quantization else ()
     if pruning is None:
         return {"torch_passes": (), "onnx_passes": quantize}
-    from edgepack.passes import OnnxPass
+    from edgepack.compression.passes import OnnxPass
 
     if isinstance(pruning, OnnxPass):
         return {"torch_passes": (), "onnx_passes": (pruning, *quantize)}

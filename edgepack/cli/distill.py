@@ -68,9 +68,9 @@ def distill_command(
     as_json: bool = typer.Option(False, "--json", help="print the distill record and the table as JSON"),
 ) -> None:
     """Distill TEACHER into a smaller network or a decision tree, and build the student's bundles."""
-    from edgepack.distill import NetworkStudentConfig, TreeStudentConfig, plan_distill, run_distill
+    from edgepack.compression.distill import NetworkStudentConfig, TreeStudentConfig, plan_distill, run_distill
     from edgepack.errors import EdgepackError
-    from edgepack.evaluation import parse_max_drop
+    from edgepack.measure.evaluation import parse_max_drop
 
     if (student is None) == (not tree):
         raise EdgepackError("say which student to distill into", "pass either --student file.py:factory or --tree")

@@ -10,7 +10,7 @@ from edgepack.cli.console import out
 
 def doctor_command() -> None:
     """Report, per target, whether the compiler, runtime libraries and emulator are here."""
-    from edgepack.doctor import check_all
+    from edgepack.compiler.doctor import check_all
 
     table = Table("target", "arch", "build", "verify here", "runtime libraries", "to do")
     for row in check_all():

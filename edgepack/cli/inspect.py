@@ -41,7 +41,7 @@ def print_summary(path: Path, manifest: dict) -> None:
                   f"{quality['after'][quality['metric']]:.4f} (drop {quality['drop'] * 100:.2f} points)", highlight=False)
     for stage in manifest["provenance"]["stages"]:
         if stage["stage"] == "quantize":
-            from edgepack.quantize import summary_line
+            from edgepack.compression.quantize import summary_line
 
             params_file = manifest.get("params", {}).get("file", "params.bin")
             params = manifest["files"].get(params_file, {}).get("size")
@@ -64,7 +64,7 @@ def inspect_command(
     as_json: bool = typer.Option(False, "--json", help="print the raw manifest"),
 ) -> None:
     """Show a bundle's manifest, I/O signature, verification report and file sizes."""
-    from edgepack.archive import unpacked
+    from edgepack.bundle.archive import unpacked
     from edgepack.runtime.loader import read_manifest
 
     with unpacked(bundle) as directory:

@@ -14,7 +14,7 @@ def keygen_command(
     force: bool = typer.Option(False, "--force", help="replace an existing key pair"),
 ) -> None:
     """Make a signing key pair; NAME.pub goes into each device's keyring, NAME.key stays with the builder."""
-    from edgepack.signing import generate_keypair
+    from edgepack.bundle.signing import generate_keypair
 
     pair = generate_keypair(name, force=force)
     out.print(f"wrote {pair.private} (private: keep it secret, off devices) and {pair.public} "

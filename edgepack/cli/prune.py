@@ -32,10 +32,10 @@ def prune_config(model: str, granularity: Granularity, criterion: Criterion, spa
                  eval_data: Optional[Path], max_drop: Optional[str], bench: bool = False):
     """The pruning pass the options describe (shared by `edgepack prune` and `edgepack build --prune`)."""
     from edgepack.errors import EdgepackError
-    from edgepack.evaluation import parse_max_drop
-    from edgepack.prune import ChannelPrune, FineTune, Magnitude, OnnxWeightPrune, Taylor, WeightPrune, parse_sparsity
-    from edgepack.prune.data import parse_train_function
-    from edgepack.sources import OnnxSource, parse_source
+    from edgepack.measure.evaluation import parse_max_drop
+    from edgepack.compression.prune import ChannelPrune, FineTune, Magnitude, OnnxWeightPrune, Taylor, WeightPrune, parse_sparsity
+    from edgepack.compression.prune.data import parse_train_function
+    from edgepack.frontends.sources import OnnxSource, parse_source
 
     if max_drop is not None and eval_data is None:
         raise EdgepackError("--max-drop needs --eval data to measure the drop on", "add --eval data.npz")
@@ -80,9 +80,9 @@ def prune_command(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Prune MODEL and write the pruned model; prints what changed (a table) before and after."""
-    from edgepack.prune import prune
-    from edgepack.prune.api import check_output
-    from edgepack.prune.report import print_report
+    from edgepack.compression.prune import prune
+    from edgepack.compression.prune.api import check_output
+    from edgepack.compression.prune.report import print_report
 
     config = prune_config(model, granularity, criterion, sparsity, threshold, scope, calib, train, epochs, lr, eval_data, max_drop, bench)
     check_output(out_path, force)

@@ -28,8 +28,8 @@ class CalibrationMethod(str, Enum):
 def quantize_pass(mode: QuantizeMode, calib: Optional[str], method: CalibrationMethod, eval_data: Optional[Path],
                   max_drop: Optional[str], auto: bool, exclude: List[str] = (), group_size: int = 32):
     """The quantization config (an OnnxPass) for these options; shared by `quantize` and `build --quantize`."""
-    from edgepack.evaluation import parse_max_drop
-    from edgepack.quantize import QualityGate, quantization_config
+    from edgepack.measure.evaluation import parse_max_drop
+    from edgepack.compression.quantize import QualityGate, quantization_config
 
     gate = QualityGate(eval_data, parse_max_drop(max_drop) if max_drop else None, auto)
     return quantization_config(mode.value, calibration=calib, method=method.value, gate=gate, exclude=exclude,
@@ -52,7 +52,7 @@ def quantize_command(
     as_json: bool = typer.Option(False, "--json", help="print the stage report as JSON"),
 ) -> None:
     """Quantize MODEL into an ONNX file TVM can compile, with a size and quality report."""
-    from edgepack.quantize import quantize, summary_line
+    from edgepack.compression.quantize import quantize, summary_line
 
     config = quantize_pass(mode, calib, calib_method, eval_data, max_drop, auto, exclude, group_size)
     with err.status("quantizing") as status:

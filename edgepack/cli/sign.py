@@ -15,7 +15,7 @@ def sign_command(
 ) -> None:
     """Check every file of BUNDLE against its manifest, then sign the manifest with KEY."""
     from edgepack.runtime.loader import SIGNATURE
-    from edgepack.signing import sign_bundle
+    from edgepack.bundle.signing import sign_bundle
 
     keyid = sign_bundle(bundle, key)
     out.print(f"signed {bundle} with key {keyid} ({bundle / SIGNATURE})", highlight=False, soft_wrap=True)

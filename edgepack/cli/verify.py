@@ -35,8 +35,8 @@ def verify_command(
                                            help="trusted public keys (.pub file or directory): refuse unsigned or wrongly signed bundles"),
 ) -> None:
     """Check the signature (with --keyring) and digests, then run the golden vectors with every loader that can run here."""
-    from edgepack.archive import unpacked
-    from edgepack.verify import require_verified, verify_bundle
+    from edgepack.bundle.archive import unpacked
+    from edgepack.bundle.verify import require_verified, verify_bundle
 
     with unpacked(bundle) as directory:
         report = verify_bundle(directory, emulate=emulate, keyring=keyring)

@@ -22,13 +22,13 @@ class CompileConfig:
     """How TVM compiles: the Relax pipeline, the schedules of the kernels, the tuning records applied."""
 
     pipeline: str = "default"  # relax.get_default_pipeline(target)'s passes: folds constants and fuses ops
-    # kernels without tuning records get edgepack.schedules' register-tiled, multi-threaded schedules
+    # kernels without tuning records get edgepack.compiler.schedules' register-tiled, multi-threaded schedules
     # (ResNet-18 here: 2.4 s naive -> ~0.1 s); False keeps TVM's naive single-threaded loops
     cpu_schedule: bool = True
-    # MetaSchedule database (edgepack.tune) whose records replace the heuristic where workloads match;
+    # MetaSchedule database (edgepack.compiler.tune) whose records replace the heuristic where workloads match;
     # None applies none
     tuning_database: str | None = None
-    # QDQ conv2d/matmul run as int8 ops with int32 accumulation + requantize (edgepack.integer_ops); CPU targets
+    # QDQ conv2d/matmul run as int8 ops with int32 accumulation + requantize (edgepack.compiler.integer_ops); CPU targets
     integer_ops: bool = True
 
 
@@ -40,7 +40,7 @@ def check_toolchain(target: TargetSpec) -> str:
         raise EdgepackError(f"target '{target.name}' needs the compiler '{target.toolchain.cxx}', which is not installed",
                             f"install it: apt-get install {packages}")
     if target.device == "cuda":  # NVRTC, CUDA headers, the driver stub's C compiler
-        from edgepack.cuda import check_build_tools
+        from edgepack.compiler.cuda import check_build_tools
 
         check_build_tools(target)
     return found
@@ -48,7 +48,7 @@ def check_toolchain(target: TargetSpec) -> str:
 
 def import_relax(model: OnnxModel, integer_ops: bool = True, report=None):
     """The model as a Relax module with detached params; with `integer_ops`, QDQ chains rewritten to integer ops
-    (edgepack.integer_ops), filling `report` (an IntegerReport) when given. Tuning and compiling both import here."""
+    (edgepack.compiler.integer_ops), filling `report` (an IntegerReport) when given. Tuning and compiling both import here."""
     import onnx
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -59,12 +59,12 @@ def import_relax(model: OnnxModel, integer_ops: bool = True, report=None):
     except Exception as exc:  # the frontend raises many types for ops it cannot convert
         raise EdgepackError(f"TVM cannot import the model: {first_line(exc)}", "simplify or re-export the model") from None
     module, params = relax.frontend.detach_params(module)
-    from edgepack.integer_ops import integerize, survey
+    from edgepack.compiler.integer_ops import integerize, survey
 
     module, params, integer = integerize(module, params) if integer_ops else (module, params, survey(module))
     if report is not None:
         report.merge(integer)
-    from edgepack.weight_layout import pretranspose_weights
+    from edgepack.compiler.weight_layout import pretranspose_weights
 
     module, weights = embed_scalar_params(module, params.get("main", []))
     module, weights, _ = pretranspose_weights(module, weights)
@@ -77,7 +77,7 @@ def embed_scalar_params(module, params: list) -> tuple[object, list]:
     As runtime params they cannot be folded: the ONNX frontend's NaN handling of Clip bounds
     (`where(isnan(bound), ...)`) then stays in every fused convolution + ReLU6 kernel as scalar blocks,
     on which MetaSchedule's rules fail (18 of MobileNetV2's 32 kernels could not be tuned)."""
-    from edgepack.relax_params import bind_as_constants, input_count
+    from edgepack.compiler.relax_params import bind_as_constants, input_count
 
     function = module["main"]
     weights = function.params[input_count(function):]
@@ -98,7 +98,7 @@ def _param_names(function, n_inputs: int) -> tuple[str, ...]:
 def lower_to_tir(module, tvm_target):
     """Legalize and fuse the imported Relax module into TIR kernels (the default CPU pipeline's first half).
 
-    Tuning (edgepack.tune) extracts its tasks from this module, so records match what compile sees."""
+    Tuning (edgepack.compiler.tune) extracts its tasks from this module, so records match what compile sees."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
@@ -110,12 +110,12 @@ def schedule_kernels(module, tvm_target, config: CompileConfig):
     """Apply tuning records where they match, then the heuristic CPU schedules to the other kernels."""
     from tvm import relax
 
-    from edgepack.schedules import ScheduleReport, cpu_schedule_pass, vector_lanes
+    from edgepack.compiler.schedules import ScheduleReport, cpu_schedule_pass, vector_lanes
 
     report = ScheduleReport()
     with tvm_target:
         if config.tuning_database and (Path(config.tuning_database) / "database_tuning_record.json").is_file():
-            from edgepack.tune import open_database
+            from edgepack.compiler.tune import open_database
 
             with open_database(Path(config.tuning_database)):
                 module = relax.transform.MetaScheduleApplyDatabase()(module)
@@ -144,7 +144,7 @@ def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: C
 
     cxx = check_toolchain(target)
     started = time.perf_counter()
-    from edgepack.integer_ops import IntegerReport, speed_warnings
+    from edgepack.compiler.integer_ops import IntegerReport, speed_warnings
 
     integer_report = IntegerReport()
     module, params = import_relax(model, config.integer_ops and target.device == "cpu", integer_report)
@@ -155,8 +155,8 @@ def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: C
     tvm_target = target.tvm_target()
     schedule_report = None
     try:
-        if target.device == "cuda":  # GPU: the default CUDA pipeline with dlight schedules (edgepack.cuda)
-            from edgepack.cuda import build_for_gpu
+        if target.device == "cuda":  # GPU: the default CUDA pipeline with dlight schedules (edgepack.compiler.cuda)
+            from edgepack.compiler.cuda import build_for_gpu
 
             executable, gpu_report = build_for_gpu(module, tvm_target, target)
         else:
@@ -172,10 +172,10 @@ def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: C
     library = Path(workdir) / LIBRARY_NAME
     executable.export_library(str(library), cc=cxx)
     if target.device == "cuda":
-        from edgepack.cuda import require_gpu_code
+        from edgepack.compiler.cuda import require_gpu_code
 
         gpu_report.update(require_gpu_code(library, target))
-    from edgepack.prune.sparse_params import write_params  # params.sparse when zeros make it >10% smaller
+    from edgepack.bundle.sparse_params import write_params  # params.sparse when zeros make it >10% smaller
 
     param_file, param_encoding = write_params(Path(workdir), tvm.runtime.save_param_dict(dict(zip(names, params.get("main", [])))))
     report = {

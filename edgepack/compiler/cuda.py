@@ -38,7 +38,7 @@ from edgepack.errors import EdgepackError, first_line
 from edgepack.targets import TargetSpec
 
 TVM_CUDA_RUNTIME = "libtvm_runtime_cuda.so"
-STUB_SOURCE = Path(__file__).parent / "native" / "cuda_stub.c"
+STUB_SOURCE = Path(__file__).parent.parent / "native" / "cuda_stub.c"
 EM_CUDA = 190  # ELF e_machine of a cubin
 # the pip packages a CUDA build needs (pinned in pyproject.toml)
 PIP_PACKAGES = ("cuda-bindings", "nvidia-cuda-nvrtc", "nvidia-cuda-runtime", "nvidia-cuda-cccl")
@@ -130,7 +130,7 @@ def _c_compiler() -> str | None:
 
 def stub_driver(cache: Path | None = None) -> Path:
     """The build-only stub libcuda.so.1, compiled from cuda_stub.c into the cache once."""
-    from edgepack.runtime_files import cache_dir
+    from edgepack.compiler.runtime_files import cache_dir
 
     source = STUB_SOURCE.read_bytes()
     compiler = _c_compiler()
@@ -303,7 +303,7 @@ def require_gpu_code(library: Path, target: TargetSpec) -> dict:
 
 def foreign_cuda_dir(arch: str) -> Path:
     """Cache folder for another architecture's CUDA runtime libraries, keyed by the installed versions."""
-    from edgepack.runtime_files import cache_dir
+    from edgepack.compiler.runtime_files import cache_dir
 
     versions = f"tvm-{metadata.version('apache-tvm')}-cudart-{find_toolkit().runtime_version}"
     return cache_dir() / "runtime" / arch / f"cuda-{versions}"
@@ -311,7 +311,7 @@ def foreign_cuda_dir(arch: str) -> Path:
 
 def _fetch_foreign(arch: str, destination: Path, soname: str) -> None:
     """TVM's CUDA runtime module and libcudart for `arch`, from its apache-tvm and nvidia-cuda-runtime wheels."""
-    from edgepack.runtime_files import fetch_wheel_files
+    from edgepack.compiler.runtime_files import fetch_wheel_files
 
     fetch_wheel_files(arch, destination,
                       [f"apache-tvm=={metadata.version('apache-tvm')}", f"nvidia-cuda-runtime=={find_toolkit().runtime_version}"],

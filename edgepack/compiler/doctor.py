@@ -6,7 +6,7 @@ import platform
 import shutil
 from dataclasses import dataclass
 
-from edgepack.runtime_files import RUNTIME_LIBRARIES, foreign_runtime_dir
+from edgepack.compiler.runtime_files import RUNTIME_LIBRARIES, foreign_runtime_dir
 from edgepack.targets import TargetSpec, load_target, target_names
 
 

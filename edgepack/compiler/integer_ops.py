@@ -125,7 +125,7 @@ def bind_quantization_params(module, params: dict):
     """Bind the parameters that are Q/DQ scales and zero points as constants; the others stay parameters.
 
     Returns (module, params, count bound)."""
-    from edgepack.relax_params import bind_as_constants
+    from edgepack.compiler.relax_params import bind_as_constants
 
     values = list(params.get("main", []))
     module, kept = bind_as_constants(module, values, _quant_var_params(module["main"]))

@@ -119,7 +119,7 @@ def runtime_libraries(target: TargetSpec) -> list[Path]:
         raise EdgepackError(f"runtime libraries {', '.join(missing)} for {target.arch} were not found",
                             "reinstall apache-tvm and apache-tvm-ffi")
     if target.device == "cuda":  # + TVM's CUDA runtime module and libcudart of the host arch
-        from edgepack.cuda import runtime_libraries as cuda_libraries
+        from edgepack.compiler.cuda import runtime_libraries as cuda_libraries
 
         return [found[name] for name in RUNTIME_LIBRARIES] + cuda_libraries(target)
     return [found[name] for name in RUNTIME_LIBRARIES]
@@ -127,7 +127,7 @@ def runtime_libraries(target: TargetSpec) -> list[Path]:
 
 def native_loader(target: TargetSpec) -> Path:
     """The native loader built (or taken from the cache) with the target's toolchain."""
-    from edgepack.compile import check_toolchain
+    from edgepack.compiler.compile import check_toolchain
     from edgepack.native import build_native_loader
 
     cxx = check_toolchain(target)
@@ -174,8 +174,8 @@ def device_requirements(target: TargetSpec, elf_files: list[Path]) -> dict:
         raise EdgepackError(f"the built code needs glibc {needed}, but target '{target.name}' promises {target.toolchain.glibc}",
                             "raise [toolchain] glibc in the target file, or use a toolchain for an older glibc")
     requires = {"arch": target.arch, "cpu_features": list(target.cpu_features), "glibc": needed}
-    if target.device == "cuda":  # GPU arch, CUDA driver floor, shipped CUDA runtime (edgepack.cuda)
-        from edgepack.cuda import requirements
+    if target.device == "cuda":  # GPU arch, CUDA driver floor, shipped CUDA runtime (edgepack.compiler.cuda)
+        from edgepack.compiler.cuda import requirements
 
         requires["cuda"] = requirements(target)
     return requires

@@ -239,7 +239,7 @@ def schedule_function(func, lanes: int = 8):
 
 def heuristic_schedule(func, lanes: int = 8):
     """The traced `s_tir.Schedule` of the heuristic for one PrimFunc (or an IRModule holding `main`);
-    its trace replays like a tuning record (edgepack.tune seeds the database with it)."""
+    its trace replays like a tuning record (edgepack.compiler.tune seeds the database with it)."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)

@@ -1,7 +1,7 @@
 """Stage: tune a model's kernels with MetaSchedule into a tuning database that later builds apply.
 
 The database is two JSON-lines files (MetaSchedule's `JSONDatabase`) in one directory per target:
-`<cache>/tuning/<target-name>/` where `<cache>` is `edgepack.runtime_files.cache_dir()`
+`<cache>/tuning/<target-name>/` where `<cache>` is `edgepack.compiler.runtime_files.cache_dir()`
 (`$EDGEPACK_CACHE`, else `~/.cache/edgepack`). `$EDGEPACK_TUNING_DIR` moves the root (the target name is
 still appended); `--database DIR` names one directory exactly. Records are keyed by the kernel's
 structure (shapes included), so a build of *any* model with the same workloads reuses them. Every
@@ -97,7 +97,7 @@ class TuneProgress:
 
 def tuning_dir(target: TargetSpec) -> Path:
     """The tuning database of a target: $EDGEPACK_TUNING_DIR/<name>, else <cache>/tuning/<name>."""
-    from edgepack.runtime_files import cache_dir
+    from edgepack.compiler.runtime_files import cache_dir
 
     root = os.environ.get("EDGEPACK_TUNING_DIR")
     return (Path(root) if root else cache_dir() / "tuning") / target.name
@@ -234,7 +234,7 @@ def _seed_with_heuristic(contexts, database, runner, target, builder) -> int:
     best is then never worse than an untuned build, and the search starts from it. Returns records added."""
     from tvm.s_tir import meta_schedule as ms
 
-    from edgepack.schedules import heuristic_schedule, vector_lanes
+    from edgepack.compiler.schedules import heuristic_schedule, vector_lanes
 
     added = 0
     for context in contexts:
@@ -261,7 +261,7 @@ def _searchable(contexts, weights) -> tuple[list, list, dict]:
 
     TVM 0.27's default CPU rules raise (uncaught, ending the whole run) on some fused kernels, e.g. a
     convolution whose clip epilogue reads scalar `where` blocks (ReLU6 whose bounds stay runtime params;
-    edgepack.compile.embed_scalar_params makes them constants); those kernels keep their heuristic schedule."""
+    edgepack.compiler.compile.embed_scalar_params makes them constants); those kernels keep their heuristic schedule."""
     from edgepack.errors import first_line
 
     kept, kept_weights, skipped = [], [], {}
@@ -314,7 +314,7 @@ def extract_kernels(model: OnnxModel, target: TargetSpec, cores: int | None = No
     """The kernels a build of `model` for `target` compiles, as MetaSchedule tasks (deduplicated)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from edgepack.compile import import_relax, lower_to_tir
+    from edgepack.compiler.compile import import_relax, lower_to_tir
 
     tvm_target = tuning_target(target, cores)
     module, _ = import_relax(model)
@@ -426,10 +426,10 @@ def tune(model: str, target: str, config: TuneConfig = TuneConfig(), inputs: lis
     behind `edgepack tune`. Records go to `config.database`, else to the target's tuning directory."""
     import tempfile
 
-    from edgepack.export import ExportConfig, export_to_onnx, load_torch_model
-    from edgepack.preflight import preflight
-    from edgepack.signature import parse_input_specs
-    from edgepack.sources import OnnxSource, parse_source
+    from edgepack.frontends.export import ExportConfig, export_to_onnx, load_torch_model
+    from edgepack.frontends.preflight import preflight
+    from edgepack.frontends.signature import parse_input_specs
+    from edgepack.frontends.sources import OnnxSource, parse_source
     from edgepack.targets import load_target
 
     source = parse_source(model)

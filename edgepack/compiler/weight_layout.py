@@ -7,7 +7,7 @@ each for a weight used only by the op rewritten, dtype unchanged (int8 weights s
 - `permute_dims(W)` (ONNX `Gemm(transB=1)`, i.e. every exported `nn.Linear`): params.bin holds the
   transposed weight and the transpose leaves the graph (an MLP ran ~3-10x faster);
 - `conv2d(x, W)` in NCHW with an OIHW kernel and one group: params.bin holds W as IHWO, output
-  channels innermost, so the heuristic schedule (edgepack.schedules) loads the weight as vectors along
+  channels innermost, so the heuristic schedule (edgepack.compiler.schedules) loads the weight as vectors along
   the output channels and broadcasts the input (1x1 convolutions at 14x14 and 28x28 ran 6-16x faster).
 """
 
@@ -67,7 +67,7 @@ def pretranspose_weights(module, params: list) -> tuple[object, list, int]:
     import tvm
     from tvm import relax
 
-    from edgepack.relax_params import input_count
+    from edgepack.compiler.relax_params import input_count
 
     function = module["main"]
     n_inputs = input_count(function)

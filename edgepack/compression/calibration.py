@@ -58,7 +58,7 @@ def _as_samples(array, spec: TensorSpec, where: str) -> np.ndarray:
 
 
 def _from_npz(path: Path, specs: Sequence[TensorSpec], limit: int | None) -> CalibrationSamples:
-    from edgepack.evaluation import load_eval_data
+    from edgepack.measure.evaluation import load_eval_data
 
     data = load_eval_data(path, specs, limit)
     return CalibrationSamples(data.inputs, str(path))
@@ -88,7 +88,7 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def _from_function(text: str, specs: Sequence[TensorSpec], limit: int | None) -> CalibrationSamples:
-    from edgepack.sources import import_file
+    from edgepack.frontends.sources import import_file
 
     file_text, _, function_name = text.rpartition(":")
     module = import_file(Path(file_text))

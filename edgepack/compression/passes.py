@@ -16,7 +16,7 @@ from edgepack.artifacts import OnnxModel, StageRecord
 from edgepack.targets import TargetSpec
 
 if TYPE_CHECKING:
-    from edgepack.golden import GoldenConfig
+    from edgepack.bundle.golden import GoldenConfig
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ import numpy as np
 
 from edgepack.artifacts import OnnxModel, StageRecord
 from edgepack.errors import EdgepackError, InternalError, VerificationError, first_line
-from edgepack.evaluation import EvalData, QualityComparison, compare_quality, load_eval_data, onnx_predictor, predict
-from edgepack.golden import GoldenConfig
-from edgepack.passes import PassContext
+from edgepack.measure.evaluation import EvalData, QualityComparison, compare_quality, load_eval_data, onnx_predictor, predict
+from edgepack.bundle.golden import GoldenConfig
+from edgepack.compression.passes import PassContext
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")  # the layers whose weights are quantized, and the unit of --auto
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -78,7 +78,7 @@ class Int8Static(_Quantization):
     ONNX Runtime's quantize_static (QDQ format) with its MinMax / Percentile / Entropy calibrators."""
 
     mode: ClassVar[str] = "int8"
-    calibration: str  # .npz, folder of .npy, or file.py:function (see edgepack.calibration)
+    calibration: str  # .npz, folder of .npy, or file.py:function (see edgepack.compression.calibration)
     method: str = "minmax"
     calibration_limit: int | None = 512
     per_channel: bool = True
@@ -92,7 +92,7 @@ class Int8Static(_Quantization):
     def _write(self, source, out: Path, exclude: Sequence[str], context: PassContext) -> list[dict]:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        from edgepack.calibration import calibration_reader
+        from edgepack.compression.calibration import calibration_reader
 
         samples = _calibration(self, source.spec, context)
         method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -343,7 +343,7 @@ def _quality_data(config: _Quantization, source: _Source, context: PassContext) 
     if isinstance(config, Int8Static):
         samples = _calibration(config, source.spec, context)
         return EvalData(samples.inputs, None, f"calibration data {samples.origin}")
-    from edgepack.signature import random_inputs
+    from edgepack.frontends.signature import random_inputs
 
     sample_specs = [replace(spec, shape=spec.shape[1:]) for spec in source.spec.inputs]
     cases = [random_inputs(sample_specs, seed) for seed in range(RANDOM_SAMPLES)]
@@ -354,7 +354,7 @@ _CALIBRATION_CACHE: dict = {}
 
 
 def _calibration(config: Int8Static, model: OnnxModel, context: PassContext):
-    from edgepack.calibration import load_calibration
+    from edgepack.compression.calibration import load_calibration
 
     path = Path(config.calibration.rpartition(":")[0] if ".py:" in config.calibration else config.calibration)
     key = (config.calibration, path.stat().st_mtime_ns if path.exists() else None, model.inputs, config.calibration_limit)
@@ -366,7 +366,7 @@ def _calibration(config: Int8Static, model: OnnxModel, context: PassContext):
 
 def _graph_predictor(path: Path):
     """ONNX Runtime running the quantized graph as written (basic optimizations, no int8 kernel fusion)."""
-    from edgepack.reference import onnxruntime_session
+    from edgepack.measure.reference import onnxruntime_session
 
     session = onnxruntime_session(path, fuse=False)
     names = [value.name for value in session.get_inputs()]
@@ -377,7 +377,7 @@ def _check_importable(path: Path, mode: str) -> None:
     """The result must hold only ops the pre-flight accepts (never QOperator / ConvInteger)."""
     import onnx
 
-    from edgepack.preflight import op_report
+    from edgepack.frontends.preflight import op_report
 
     unsupported = op_report(onnx.load(str(path))).unsupported
     if unsupported:
@@ -453,8 +453,8 @@ def output_step(path: Path) -> float:
 
 def output_magnitude(model: OnnxModel, cases: int = 3) -> float:
     """The largest |output| on a few random inputs (scales fp16's relative rounding into an absolute step)."""
-    from edgepack.reference import run_onnxruntime
-    from edgepack.signature import random_inputs
+    from edgepack.measure.reference import run_onnxruntime
+    from edgepack.frontends.signature import random_inputs
 
     return max(float(np.max(np.abs(out))) for seed in range(cases)
                for out in run_onnxruntime(model.path, model.inputs, random_inputs(model.inputs, seed)))
@@ -645,10 +645,10 @@ def quantize(model: str | Path, out: Path, config: _Quantization, *, inputs: Seq
     import os
     import tempfile
 
-    from edgepack.export import ExportConfig, export_to_onnx, load_torch_model
-    from edgepack.preflight import preflight
-    from edgepack.signature import parse_input_specs
-    from edgepack.sources import OnnxSource, parse_source
+    from edgepack.frontends.export import ExportConfig, export_to_onnx, load_torch_model
+    from edgepack.frontends.preflight import preflight
+    from edgepack.frontends.signature import parse_input_specs
+    from edgepack.frontends.sources import OnnxSource, parse_source
     from edgepack.targets import load_target
 
     source = parse_source(str(model))

@@ -19,7 +19,7 @@ from typing import Iterator
 from edgepack.deploy.faults import fault_point
 from edgepack.errors import EdgepackError
 from edgepack.runtime.loader import MANIFEST, SCHEMA_VERSION, IntegrityError
-from edgepack.runtime_files import NATIVE_LOADER
+from edgepack.compiler.runtime_files import NATIVE_LOADER
 
 _MISSING = 10  # exit status our remote scripts use for "no such file"
 _SSH_FAILED = 255

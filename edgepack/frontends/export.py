@@ -13,10 +13,10 @@ import numpy as np
 
 from edgepack.artifacts import StageRecord
 from edgepack.errors import EdgepackError, first_line
-from edgepack.reference import run_onnxruntime
+from edgepack.measure.reference import run_onnxruntime
 from edgepack.runtime.loader import TensorSpec, compare
-from edgepack.signature import random_inputs
-from edgepack.sources import ExportedProgramSource, FactorySource, call_factory
+from edgepack.frontends.signature import random_inputs
+from edgepack.frontends.sources import ExportedProgramSource, FactorySource, call_factory
 
 
 @dataclass(frozen=True)

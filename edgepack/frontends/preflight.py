@@ -11,7 +11,7 @@ import numpy as np
 from edgepack.artifacts import OnnxModel, StageRecord
 from edgepack.errors import EdgepackError, first_line
 from edgepack.runtime.loader import TensorSpec
-from edgepack.signature import numpy_dtype
+from edgepack.frontends.signature import numpy_dtype
 
 _ALWAYS_SUPPORTED = {"Constant", "If"}  # handled by the TVM frontend outside its converter map
 
@@ -114,7 +114,7 @@ def op_report(model) -> PreflightReport:
 
 def output_specs(path: Path, inputs: list[TensorSpec]) -> list[TensorSpec]:
     """Output names, dtypes and shapes, read by running the model once in ONNX Runtime."""
-    from edgepack.reference import run_onnxruntime
+    from edgepack.measure.reference import run_onnxruntime
 
     arrays = [np.zeros(spec.shape, spec.dtype) for spec in inputs]
     names, outputs = run_onnxruntime(path, inputs, arrays, with_names=True)

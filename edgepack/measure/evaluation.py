@@ -89,7 +89,7 @@ def predict(run: Predictor, inputs: Sequence[TensorSpec], data: EvalData) -> lis
 
 def onnx_predictor(path: Path, fuse: bool = True) -> Predictor:
     """A predictor running an ONNX file in ONNX Runtime (`fuse=False`: the graph as written, see reference)."""
-    from edgepack.reference import onnxruntime_session
+    from edgepack.measure.reference import onnxruntime_session
 
     session = onnxruntime_session(path, fuse=fuse)
     names = [value.name for value in session.get_inputs()]

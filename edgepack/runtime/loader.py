@@ -417,7 +417,7 @@ def read_checked(bundle: Path, rel: str, entry: Mapping) -> bytes:
     return data
 
 
-SPARSE_PARAMS_ENCODING = "sparse-words-v1"  # params.sparse (docs/bundle-format.md); mirrors edgepack/prune/sparse_params.py
+SPARSE_PARAMS_ENCODING = "sparse-words-v1"  # params.sparse (docs/bundle-format.md); mirrors edgepack/bundle/sparse_params.py
 
 
 def decode_params(data: bytes, params: Mapping) -> bytes:

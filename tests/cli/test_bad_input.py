@@ -162,7 +162,7 @@ def test_bad_archive_and_envelope(edgepack_cli, work):
     run_row(edgepack_cli, work, ["verify", "missing.tar.gz"], 3, "does not exist")
     bundle = _fake_bundle(work, json.dumps(VALID).encode())
     (bundle / "manifest.sig.json").write_text('{"payloadType": 1}')
-    from edgepack.signing import generate_keypair
+    from edgepack.bundle.signing import generate_keypair
 
     generate_keypair(work / "k")
     run_row(edgepack_cli, work, ["verify", bundle, "--keyring", "k.pub"], 3, "manifest.sig.json: not an envelope")

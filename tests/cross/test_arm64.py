@@ -13,7 +13,7 @@ import pytest
 
 from edgepack.build import build
 from edgepack.runtime.loader import elf_arch, load_npy
-from edgepack.verify import emulator_command, run_native_loader
+from edgepack.bundle.verify import emulator_command, run_native_loader
 
 pytestmark = [pytest.mark.cross, pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or shutil.which("qemu-aarch64") is None,
                                                     reason="needs g++-aarch64-linux-gnu and qemu-user (scripts/setup.sh installs them)")]

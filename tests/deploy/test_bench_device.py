@@ -17,7 +17,7 @@ import pytest
 from edgepack.deploy import deploy
 from edgepack.deploy.bench_device import DeviceBenchConfig, bench_on_device
 from edgepack.errors import EdgepackError
-from edgepack.rpc import RpcBenchConfig, bench_rpc
+from edgepack.deploy.rpc_bench import RpcBenchConfig, bench_rpc
 from deploy_helpers import leftovers, model_dir
 
 pytestmark = pytest.mark.tvm

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from edgepack.build import build, plan_build, run_build
-from edgepack.compile import CompileConfig
+from edgepack.compiler.compile import CompileConfig
 from edgepack.errors import EdgepackError, VerificationError
-from edgepack.export import ExportConfig
+from edgepack.frontends.export import ExportConfig
 from edgepack.runtime.loader import BundleError, TensorSpec, load, read_manifest
 from edgepack.targets import load_target
 
@@ -266,8 +266,8 @@ def test_force_replaces_the_bundle_and_a_failed_build_keeps_it(onnx_models, mlp_
 def test_failure_inside_staging_leaves_the_old_bundle(mlp_bundle, copy_bundle, tmp_path):
     """write_bundle with a verify step that fails after every file was staged: nothing changes, nothing is left."""
     from edgepack.artifacts import CompiledModule, OnnxModel
-    from edgepack.golden import GoldenVectors
-    from edgepack.package import PackageConfig, write_bundle
+    from edgepack.bundle.golden import GoldenVectors
+    from edgepack.bundle.package import PackageConfig, write_bundle
 
     out = tmp_path / "dist"
     old = copy_bundle(mlp_bundle, out)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgepack.cuda import cubins
+from edgepack.compiler.cuda import cubins
 from edgepack.runtime.loader import elf_arch
 
 pytestmark = [pytest.mark.tvm, pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")]

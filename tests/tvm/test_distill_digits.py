@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepack.distill import NetworkStudentConfig, TreeStudentConfig, distill
+from edgepack.compression.distill import NetworkStudentConfig, TreeStudentConfig, distill
 
 pytestmark = pytest.mark.tvm
 
@@ -28,8 +28,8 @@ TREE = TreeStudentConfig(max_depth=8)
 def digits_files(tmp_path_factory) -> dict[str, Path]:
     """The digits CNN teacher as ONNX, and the train/test splits as .npz files."""
     from edgepack.examples.digits import digits_cnn, digits_split
-    from edgepack.export import ExportConfig, load_torch_model, export_to_onnx
-    from edgepack.sources import parse_source
+    from edgepack.frontends.export import ExportConfig, load_torch_model, export_to_onnx
+    from edgepack.frontends.sources import parse_source
 
     directory = tmp_path_factory.mktemp("digits-distill")
     train_x, test_x, train_y, test_y = digits_split()
@@ -82,8 +82,8 @@ def test_network_bundle_records_distill_and_its_quality_against_the_teacher(netw
 
 
 def test_tree_bundle_predicts_exactly_as_the_tree_on_the_test_split(tree, digits_files):
-    from edgepack.distill.tree import fit_tree, flatten_samples, tree_predict
-    from edgepack.evaluation import EvalData, onnx_predictor, predict, top1
+    from edgepack.compression.distill.tree import fit_tree, flatten_samples, tree_predict
+    from edgepack.measure.evaluation import EvalData, onnx_predictor, predict, top1
     from edgepack.examples.digits import digits_split
     from edgepack.runtime.loader import TensorSpec, load
 

@@ -1,4 +1,4 @@
-"""Integer execution of QDQ models (edgepack.integer_ops) against ONNX Runtime, within one quantization step.
+"""Integer execution of QDQ models (edgepack.compiler.integer_ops) against ONNX Runtime, within one quantization step.
 
 The fp32 graphs are written with onnx.helper and quantized by ONNX Runtime's quantize_static (QDQ,
 per-channel symmetric int8 weights, uint8 or int8 activations), so nothing is exported from torch here.
@@ -13,9 +13,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgepack.compile import CompileConfig, compile_model, import_relax
-from edgepack.integer_ops import IntegerReport
-from edgepack.preflight import preflight
+from edgepack.compiler.compile import CompileConfig, compile_model, import_relax
+from edgepack.compiler.integer_ops import IntegerReport
+from edgepack.frontends.preflight import preflight
 from edgepack.targets import load_target
 
 pytestmark = pytest.mark.tvm
@@ -115,8 +115,8 @@ def compiled_outputs(path: Path, workdir: Path, inputs: list[np.ndarray], intege
     compiled, record = compile_model(model, load_target("x86_64"), workdir, CompileConfig(integer_ops=integer_ops))
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(compiled.library)), tvm.cpu())
     data = compiled.params.read_bytes()
-    if compiled.params.suffix == ".sparse":  # written by edgepack.prune.sparse_params when zeros make it smaller
-        from edgepack.prune.sparse_params import decode
+    if compiled.params.suffix == ".sparse":  # written by edgepack.bundle.sparse_params when zeros make it smaller
+        from edgepack.bundle.sparse_params import decode
 
         data = decode(data)
     params = tvm.runtime.load_param_dict(data)
@@ -210,7 +210,7 @@ def test_integer_ops_off_keeps_dequantize_then_float(models, tmp_path):
 
 
 def test_fp32_model_is_untouched_and_not_warned(tmp_path):
-    from edgepack.integer_ops import speed_warnings
+    from edgepack.compiler.integer_ops import speed_warnings
 
     report = IntegerReport()
     model = _model(conv_model(tmp_path / "fp32.onnx"), tmp_path)

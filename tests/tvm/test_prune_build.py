@@ -19,7 +19,7 @@ def test_channel_pruned_digits_bundle(tmp_path):
 
     from edgepack.build import EvaluationConfig, build
     from edgepack.examples import digits
-    from edgepack.prune import ChannelPrune, FineTune
+    from edgepack.compression.prune import ChannelPrune, FineTune
 
     torch.set_num_threads(1)
     (tmp_path / "train.py").write_text("from edgepack.examples.digits import digits_split\n\ndef train():\n"
@@ -48,7 +48,7 @@ def sparse_bundle(tmp_path_factory):
     from onnx import TensorProto, helper, numpy_helper
 
     from edgepack.build import build
-    from edgepack.prune import OnnxWeightPrune
+    from edgepack.compression.prune import OnnxWeightPrune
 
     folder = tmp_path_factory.mktemp("sparse")
     rng = np.random.default_rng(0)

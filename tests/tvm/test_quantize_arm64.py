@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.cross, pytest.mark.skipif(shutil.which("aarch64-linux-
 def test_int8_digits_bundle_for_arm64_passes_under_qemu(tmp_path):
     from edgepack.build import build
     from edgepack.examples import digits
-    from edgepack.quantize import QualityGate, quantization_config
+    from edgepack.compression.quantize import QualityGate, quantization_config
 
     train_x, _, _, _ = digits.digits_split()
     np.savez(tmp_path / "calib.npz", image=train_x[:128])

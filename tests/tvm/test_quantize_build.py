@@ -13,8 +13,8 @@ pytestmark = pytest.mark.tvm
 def digits(tmp_path_factory):
     """The digits CNN exported once to ONNX, with calibration (train split) and evaluation (test split) data."""
     from edgepack.examples import digits
-    from edgepack.export import ExportConfig, export_to_onnx, load_torch_model
-    from edgepack.sources import parse_source
+    from edgepack.frontends.export import ExportConfig, export_to_onnx, load_torch_model
+    from edgepack.frontends.sources import parse_source
 
     directory = tmp_path_factory.mktemp("quantized-digits")
     model = load_torch_model(parse_source(f"{digits.__file__}:digits_cnn"), {})
@@ -27,7 +27,7 @@ def digits(tmp_path_factory):
 
 def _build(digits, mode: str, **options):
     from edgepack.build import EvaluationConfig, build
-    from edgepack.quantize import QualityGate, quantization_config
+    from edgepack.compression.quantize import QualityGate, quantization_config
 
     gate = QualityGate(digits / "eval.npz", max_drop=0.01)
     config = quantization_config(mode, calibration=str(digits / "calib.npz") if mode == "int8" else None, gate=gate)

@@ -18,7 +18,7 @@ import pytest
 
 from edgepack.runtime import loader
 from edgepack.runtime.loader import MANIFEST, SIGNATURE, BundleError, IntegrityError
-from edgepack.signing import generate_keypair, sign_bundle
+from edgepack.bundle.signing import generate_keypair, sign_bundle
 
 pytestmark = pytest.mark.tvm
 

@@ -40,7 +40,7 @@ def _kernels(manifest: dict) -> dict:
 
 def test_tuning_directory_follows_environment(tmp_path, monkeypatch):
     from edgepack.targets import load_target
-    from edgepack.tune import tuning_dir
+    from edgepack.compiler.tune import tuning_dir
 
     monkeypatch.setenv("EDGEPACK_TUNING_DIR", str(tmp_path / "shared"))
     assert tuning_dir(load_target("x86_64")) == tmp_path / "shared" / "x86_64"
@@ -109,9 +109,9 @@ def test_kernels_metaschedule_cannot_search_are_skipped_not_fatal(tmp_path):
     from tvm.relax.frontend.onnx import from_onnx
     from tvm.s_tir import meta_schedule as ms
 
-    from edgepack.compile import lower_to_tir
+    from edgepack.compiler.compile import lower_to_tir
     from edgepack.targets import load_target
-    from edgepack.tune import _searchable, _skip_tensor_intrinsics, tuning_target
+    from edgepack.compiler.tune import _searchable, _skip_tensor_intrinsics, tuning_target
 
     _skip_tensor_intrinsics()  # as tune_model does: importing TVM's tensor intrinsics takes ~90 s here
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6()).eval()

@@ -27,8 +27,8 @@ def _gemm_onnx(path: Path) -> Path:
 
 
 def test_transposed_weight_is_stored_transposed(tmp_path):
-    from edgepack.compile import import_relax
-    from edgepack.preflight import preflight
+    from edgepack.compiler.compile import import_relax
+    from edgepack.frontends.preflight import preflight
 
     model, _ = preflight(_gemm_onnx(tmp_path / "gemm.onnx"), {}, tmp_path)
     module, params = import_relax(model)
@@ -44,8 +44,8 @@ def test_pretransposed_build_matches_onnxruntime(tmp_path):
 
 
 def test_conv_weights_are_stored_output_channels_last(tmp_path):
-    from edgepack.compile import import_relax
-    from edgepack.preflight import preflight
+    from edgepack.compiler.compile import import_relax
+    from edgepack.frontends.preflight import preflight
     from tests.models import export_onnx, small_cnn
 
     model, _ = preflight(export_onnx(small_cnn(), tmp_path / "cnn.onnx"), {}, tmp_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepack.manifest import file_entries, new_manifest, write_manifest
+from edgepack.bundle.manifest import file_entries, new_manifest, write_manifest
 
 
 @pytest.fixture()

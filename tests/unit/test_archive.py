@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgepack.archive import ArchiveError, ArchiveLimits, extract_archive, unpacked
+from edgepack.bundle.archive import ArchiveError, ArchiveLimits, extract_archive, unpacked
 
 _FIX = "unpack only archives written by `edgepack build --archive`"
 

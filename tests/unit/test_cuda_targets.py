@@ -73,7 +73,7 @@ def _symbols(path: Path, which: str) -> set[str]:
 
 
 def test_stub_exports_every_driver_symbol_tvm_imports_and_no_cuinit(tmp_path):
-    from edgepack.cuda import stub_driver, tvm_cuda_runtime
+    from edgepack.compiler.cuda import stub_driver, tvm_cuda_runtime
 
     stub = stub_driver(tmp_path)
     assert stub == stub_driver(tmp_path)  # cached
@@ -86,7 +86,7 @@ def test_stub_exports_every_driver_symbol_tvm_imports_and_no_cuinit(tmp_path):
 
 
 def test_cudart_soname_matches_the_wheel():
-    from edgepack.cuda import cudart_soname
+    from edgepack.compiler.cuda import cudart_soname
 
     assert cudart_soname() == "libcudart.so.13"
 
@@ -102,7 +102,7 @@ def _fake_cubin(abi_version: int, flags: int) -> bytes:
 
 
 def test_cubin_arch_is_read_from_both_elf_abi_layouts(tmp_path):
-    from edgepack.cuda import cubin_archs
+    from edgepack.compiler.cuda import cubin_archs
 
     library = tmp_path / "lib.so"
     library.write_bytes(b"\x7fELF\x02\x01host" + b"\0" * 100 + _fake_cubin(8, 0x6005704) + b"pad" + _fake_cubin(7, 0x500056))
@@ -130,7 +130,7 @@ def test_loader_says_there_is_no_gpu_here():
 
 
 def test_nvrtc_environment_is_set_for_the_build_only(monkeypatch):
-    from edgepack.cuda import find_toolkit, nvrtc_environment
+    from edgepack.compiler.cuda import find_toolkit, nvrtc_environment
 
     monkeypatch.delenv("CUDA_PATH", raising=False)
     monkeypatch.setenv("TVM_CUDA_NVRTC_EXTRA_OPTS", "--ftz=false")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepack.distill import NetworkStudentConfig, TreeStudentConfig, plan_distill, run_distill
-from edgepack.distill.tree import fit_tree, flatten_samples, rule_listing, tree_matrices, tree_predict, tree_to_onnx
+from edgepack.compression.distill import NetworkStudentConfig, TreeStudentConfig, plan_distill, run_distill
+from edgepack.compression.distill.tree import fit_tree, flatten_samples, rule_listing, tree_matrices, tree_predict, tree_to_onnx
 from edgepack.errors import EdgepackError
 from edgepack.runtime.loader import TensorSpec
 
@@ -17,7 +17,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "edgepack" / "examples"
 
 
 def _onnx_run(path: Path, name: str, samples: np.ndarray, batch: int = 1) -> np.ndarray:
-    from edgepack.reference import onnxruntime_session
+    from edgepack.measure.reference import onnxruntime_session
 
     session = onnxruntime_session(path)
     return np.concatenate([session.run(None, {name: samples[i:i + batch]})[0] for i in range(0, len(samples), batch)])
@@ -59,7 +59,7 @@ def _softmax(z):
 def test_kd_loss_is_the_hinton_formula(alpha):
     import torch
 
-    from edgepack.distill import kd_loss
+    from edgepack.compression.distill import kd_loss
 
     rng = np.random.default_rng(1)
     student, teacher = rng.standard_normal((5, 4)), rng.standard_normal((5, 4)) * 3
@@ -86,7 +86,7 @@ def test_alpha_defaults_and_unlabelled_data():
 # -- the tree as a tensor program ------------------------------------------------------------------
 
 def test_tree_program_predicts_exactly_as_the_tree_on_digits(digits, tmp_path):
-    from edgepack.preflight import load_onnx, op_report
+    from edgepack.frontends.preflight import load_onnx, op_report
 
     train_x, test_x, train_y, _ = digits
     tree = fit_tree(flatten_samples((train_x,)), train_y, TreeStudentConfig(max_depth=7))
@@ -119,7 +119,7 @@ def test_thresholds_between_adjacent_float32_values_split_exactly(tmp_path):
 
 
 def test_leaf_with_float32_tie_keeps_the_trees_class(tmp_path):
-    from edgepack.distill.tree import TreeMatrices
+    from edgepack.compression.distill.tree import TreeMatrices
 
     tree = fit_tree(np.array([[0.0], [0.0], [1.0]], np.float32), np.array([0, 1, 1]), TreeStudentConfig(max_depth=1))
     tree.tree_.value[1, 0, :] = [0.5, 0.5 + 1e-12]  # distinct in float64, equal in float32
@@ -145,7 +145,7 @@ def _matches(rule: str, sample: np.ndarray, names: list[str]) -> bool:
 
 
 def test_rule_listing_matches_each_sample_with_exactly_one_rule_of_the_trees_class(digits):
-    from edgepack.distill.tree import feature_names
+    from edgepack.compression.distill.tree import feature_names
 
     train_x, test_x, train_y, _ = digits
     tree = fit_tree(flatten_samples((train_x,)), train_y, TreeStudentConfig(max_depth=5))
@@ -167,7 +167,7 @@ def test_pure_distillation_keeps_the_best_epoch():
     import torch
     from torch import nn
 
-    from edgepack.distill.network import EpochReport, train_student
+    from edgepack.compression.distill.network import EpochReport, train_student
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((256, 6)).astype(np.float32)
@@ -230,7 +230,7 @@ def test_run_distill_network_from_a_torch_teacher(tmp_path):
     assert student["export"]["passed"] is True and student["samples"] == 100
     assert (tmp_path / "out" / "teacher_student.pt2").is_file()
     onnx_student = tmp_path / "out" / "teacher_student.onnx"
-    from edgepack.preflight import load_onnx
+    from edgepack.frontends.preflight import load_onnx
 
     assert [value.name for value in load_onnx(onnx_student).graph.input] == ["features"]  # the teacher's input name
 
@@ -305,7 +305,7 @@ def test_augmented_tree_is_fitted_on_teacher_labelled_noisy_copies(tmp_path):
 
 def test_a_student_below_max_drop_is_refused_before_anything_is_written(tmp_path):
     from edgepack.errors import VerificationError
-    from edgepack.evaluation import onnx_predictor
+    from edgepack.measure.evaluation import onnx_predictor
 
     teacher = _linear_teacher(tmp_path / "linear.onnx", features=8, classes=3)
     x = np.random.default_rng(5).standard_normal((300, 8)).astype(np.float32)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgepack.errors import EdgepackError, VerificationError
-from edgepack.evaluation import EvalData, compare_quality, load_eval_data, measure, parse_max_drop, predict, require_quality
+from edgepack.measure.evaluation import EvalData, compare_quality, load_eval_data, measure, parse_max_drop, predict, require_quality
 from edgepack.runtime.loader import TensorSpec
 
 IMAGE = TensorSpec("image", "float32", (1, 1, 8, 8))

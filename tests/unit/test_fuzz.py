@@ -22,14 +22,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgepack.archive import ArchiveError, ArchiveLimits, extract_archive
+from edgepack.bundle.archive import ArchiveError, ArchiveLimits, extract_archive
 from edgepack.errors import BundleError
-from edgepack.manifest import file_entries, new_manifest, write_manifest
+from edgepack.bundle.manifest import file_entries, new_manifest, write_manifest
 from edgepack.runtime.loader import (
     MANIFEST, PAYLOAD_TYPE, SIGNATURE, check_manifest_fields, load_keyring, parse_envelope, parse_manifest,
     read_signed_manifest,
 )
-from edgepack.signing import generate_keypair, sign_bundle
+from edgepack.bundle.signing import generate_keypair, sign_bundle
 from edgepack.targets import parse_target
 
 from hypothesis.configuration import set_hypothesis_home_dir  # noqa: E402
@@ -276,7 +276,7 @@ def test_target_parser_on_mutated_targets(data):
 @FUZZ
 @given(st.data())
 def test_verify_on_mutated_bundles(fake_bundle, data):
-    from edgepack.verify import verify_bundle
+    from edgepack.bundle.verify import verify_bundle
 
     manifest = mutate(json.loads((fake_bundle / MANIFEST).read_text()), data)
     with tempfile.TemporaryDirectory() as scratch:

@@ -8,9 +8,9 @@ import pytest
 
 from edgepack.build import plan_build
 from edgepack.errors import EdgepackError
-from edgepack.golden import GoldenConfig
+from edgepack.bundle.golden import GoldenConfig
 from edgepack.runtime.loader import TensorSpec
-from edgepack.sources import FactorySource, OnnxSource, parse_source
+from edgepack.frontends.sources import FactorySource, OnnxSource, parse_source
 
 
 def write_onnx(path: Path, version: str | None = None, model_version: int = 0) -> Path:
@@ -128,7 +128,7 @@ def test_model_argument_forms(text, message):
 def test_pruning_a_pt2_program_is_refused_before_work(tmp_path):
     import torch
 
-    from edgepack.prune.config import ChannelPrune
+    from edgepack.compression.prune.config import ChannelPrune
 
     program = torch.export.export(torch.nn.Sequential(torch.nn.Linear(4, 2)).eval(), (torch.zeros(1, 4),))
     torch.export.save(program, str(tmp_path / "net.pt2"))

@@ -13,10 +13,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgepack.errors import EdgepackError, IntegrityError, VerificationError  # noqa: E402
-from edgepack.export import TorchModel  # noqa: E402
-from edgepack.passes import PassContext  # noqa: E402
-from edgepack.prune import ChannelPrune, FineTune, Magnitude, OnnxWeightPrune, Taylor, WeightPrune, parse_sparsity  # noqa: E402
-from edgepack.prune import sparse_params  # noqa: E402
+from edgepack.frontends.export import TorchModel  # noqa: E402
+from edgepack.compression.passes import PassContext  # noqa: E402
+from edgepack.compression.prune import ChannelPrune, FineTune, Magnitude, OnnxWeightPrune, Taylor, WeightPrune, parse_sparsity  # noqa: E402
+from edgepack.bundle import sparse_params  # noqa: E402
 from edgepack.runtime import loader  # noqa: E402
 from edgepack.runtime.loader import TensorSpec  # noqa: E402
 from edgepack.targets import load_target  # noqa: E402
@@ -66,8 +66,8 @@ def test_half_the_channels_of_the_digits_cnn_with_fine_tuning_keep_accuracy(digi
 
 
 def test_taylor_and_magnitude_rank_channels_differently(digits):
-    from edgepack.prune.criteria import element_scores
-    from edgepack.prune.data import calibration_batches
+    from edgepack.compression.prune.criteria import element_scores
+    from edgepack.compression.prune.data import calibration_batches
 
     batches, labelled = calibration_batches(digits["eval"], DIGITS_INPUT, 64, 4)
     module = digits["model"]
@@ -168,7 +168,7 @@ def test_onnx_magnitude_pruning_of_initializers(tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from edgepack.preflight import preflight
+    from edgepack.frontends.preflight import preflight
 
     model, _ = preflight(_gemm_onnx(tmp_path / "gemm.onnx"), {}, tmp_path)
     np.savez(tmp_path / "eval.npz", x=np.random.default_rng(1).normal(size=(20, 64)).astype(np.float32))

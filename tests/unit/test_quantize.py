@@ -11,10 +11,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgepack.calibration import calibration_reader, load_calibration
+from edgepack.compression.calibration import calibration_reader, load_calibration
 from edgepack.errors import EdgepackError, VerificationError
-from edgepack.preflight import op_report
-from edgepack.quantize import (Float16, Int4WeightOnly, Int8Dynamic, Int8Static, QualityGate, output_step, quantization_config,
+from edgepack.frontends.preflight import op_report
+from edgepack.compression.quantize import (Float16, Int4WeightOnly, Int8Dynamic, Int8Static, QualityGate, output_step, quantization_config,
                                quantize, weight_bytes)
 from edgepack.runtime.loader import TensorSpec
 
@@ -122,7 +122,7 @@ def test_config_errors(kwargs, message):
 
 
 def test_modes_are_onnx_passes_with_their_own_config_classes(tiny):
-    from edgepack.passes import OnnxPass
+    from edgepack.compression.passes import OnnxPass
 
     configs = [quantization_config("int8", calibration=str(tiny / "calib.npz")), quantization_config("int8-dynamic"),
                quantization_config("fp16"), quantization_config("int4")]

@@ -7,7 +7,7 @@ import pytest
 
 from edgepack.errors import EdgepackError
 from edgepack.runtime.loader import TensorSpec
-from edgepack.signature import SUPPORTED_DTYPES, numpy_dtype, parse_input_spec, parse_input_specs, random_inputs
+from edgepack.frontends.signature import SUPPORTED_DTYPES, numpy_dtype, parse_input_spec, parse_input_specs, random_inputs
 
 FIX = "write it as name:1x3x224x224:float32"
 

@@ -15,7 +15,7 @@ from edgepack.runtime.loader import (
     MANIFEST, PAYLOAD_TYPE, SIGNATURE, check_files, load_keyring, pae, parse_envelope, read_signed_manifest,
     read_trusted_manifest,
 )
-from edgepack.signing import generate_keypair, load_private_key, sign_bundle
+from edgepack.bundle.signing import generate_keypair, load_private_key, sign_bundle
 
 
 @pytest.fixture()

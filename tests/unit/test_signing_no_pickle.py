@@ -17,9 +17,8 @@ from edgepack.runtime.loader import load_npy
 
 PACKAGE = Path(__file__).resolve().parents[2] / "edgepack"
 DEPLOYMENT_PATH = sorted(
-    [*(PACKAGE / "runtime").glob("*.py"), *(PACKAGE / "deploy").glob("*.py"),
-     *(PACKAGE / name for name in ("package.py", "manifest.py", "golden.py", "signing.py", "archive.py",
-                                   "runtime_files.py", "verify.py", "native/__init__.py"))])
+    [*(PACKAGE / "runtime").glob("*.py"), *(PACKAGE / "deploy").glob("*.py"), *(PACKAGE / "bundle").glob("*.py"),
+     *(PACKAGE / name for name in ("compiler/runtime_files.py", "native/__init__.py"))])
 PICKLERS = {"pickle", "cPickle", "_pickle", "cloudpickle", "dill", "joblib", "shelve", "marshal", "jsonpickle"}
 
 

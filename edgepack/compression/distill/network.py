@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from edgepack.errors import EdgepackError, first_line
-from edgepack.evaluation import top1
+from edgepack.measure.evaluation import top1
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: f
 
 def load_student(spec: str):
     """Import and call the student factory (an untrained nn.Module)."""
-    from edgepack.sources import FactorySource, call_factory, parse_source
+    from edgepack.frontends.sources import FactorySource, call_factory, parse_source
 
     source = parse_source(spec)
     if not isinstance(source, FactorySource):

@@ -19,13 +19,13 @@ from typing import Callable
 import numpy as np
 
 from edgepack.artifacts import Bundle, StageRecord
-from edgepack.distill.network import NetworkStudentConfig, TrainingProgress
-from edgepack.distill.teacher import Teacher, check_classifier, load_data, load_teacher
-from edgepack.distill.tree import TreeStudentConfig
+from edgepack.compression.distill.network import NetworkStudentConfig, TrainingProgress
+from edgepack.compression.distill.teacher import Teacher, check_classifier, load_data, load_teacher
+from edgepack.compression.distill.tree import TreeStudentConfig
 from edgepack.errors import EdgepackError, InternalError, VerificationError
-from edgepack.evaluation import EvalData, measure, onnx_predictor, predict, top1
-from edgepack.package import PackageConfig, check_destination
-from edgepack.sources import OnnxSource, describe, parse_source
+from edgepack.measure.evaluation import EvalData, measure, onnx_predictor, predict, top1
+from edgepack.bundle.package import PackageConfig, check_destination
+from edgepack.frontends.sources import OnnxSource, describe, parse_source
 
 StudentConfig = NetworkStudentConfig | TreeStudentConfig
 DEFAULT_VERSION = "0.1.0"
@@ -78,7 +78,7 @@ def plan_distill(teacher: str, student: StudentConfig, data: Path, out_dir: Path
                  version: str | None = None, targets: tuple[str, ...] = (), force: bool = False,
                  max_drop: float | None = None, latency_runs: int = 50, teacher_bundle: Path | None = None) -> DistillPlan:
     """Resolve the teacher, student, data, targets and destinations; refuse anything wrong before work."""
-    from edgepack.compile import check_toolchain
+    from edgepack.compiler.compile import check_toolchain
     from edgepack.targets import load_target
 
     student.check()
@@ -133,8 +133,8 @@ def _train_network(plan: DistillPlan, teacher: Teacher, train: EvalData, train_l
                    held_logits: np.ndarray, held_is_eval: bool, work: Path, training) -> tuple[dict, list[tuple[Path, Path]]]:
     import torch
 
-    from edgepack.distill.network import epoch_evaluator, load_student, train_student
-    from edgepack.export import ExportConfig, TorchModel, export_to_onnx
+    from edgepack.compression.distill.network import epoch_evaluator, load_student, train_student
+    from edgepack.frontends.export import ExportConfig, TorchModel, export_to_onnx
 
     config: NetworkStudentConfig = plan.student
     alpha = config.resolved_alpha(train.labels is not None)
@@ -164,7 +164,7 @@ def _train_network(plan: DistillPlan, teacher: Teacher, train: EvalData, train_l
 
 def _fit_tree(plan: DistillPlan, teacher: Teacher, train: EvalData, train_logits: np.ndarray, held: EvalData,
               work: Path, n_classes: int) -> tuple[dict, list[tuple[Path, Path]]]:
-    from edgepack.distill.tree import augmented, flatten_samples, fit_tree, rule_listing, tree_matrices, tree_predict, tree_to_onnx
+    from edgepack.compression.distill.tree import augmented, flatten_samples, fit_tree, rule_listing, tree_matrices, tree_predict, tree_to_onnx
 
     config: TreeStudentConfig = plan.student
     features, classes = flatten_samples(train.inputs), top1(train_logits)
@@ -197,8 +197,8 @@ def _fit_tree(plan: DistillPlan, teacher: Teacher, train: EvalData, train_logits
 
 def _teacher_onnx(plan: DistillPlan, teacher: Teacher, work: Path) -> Path:
     """The teacher as ONNX for measuring bundles against it (a PyTorch teacher is exported once)."""
-    from edgepack.export import ExportConfig, export_to_onnx
-    from edgepack.sources import OnnxSource
+    from edgepack.frontends.export import ExportConfig, export_to_onnx
+    from edgepack.frontends.sources import OnnxSource
 
     if isinstance(teacher.source, OnnxSource):
         return teacher.source.path

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import EdgepackError
-from edgepack.evaluation import EvalData, Predictor, onnx_predictor, predict
+from edgepack.measure.evaluation import EvalData, Predictor, onnx_predictor, predict
 from edgepack.runtime.loader import TensorSpec
-from edgepack.signature import parse_input_specs
-from edgepack.sources import ModelSource, OnnxSource, parse_source
+from edgepack.frontends.signature import parse_input_specs
+from edgepack.frontends.sources import ModelSource, OnnxSource, parse_source
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Teacher:
 def _onnx_teacher(source: OnnxSource, overrides: dict[str, TensorSpec]) -> Teacher:
     from onnx import numpy_helper
 
-    from edgepack.preflight import fix_input_shapes, load_onnx
+    from edgepack.frontends.preflight import fix_input_shapes, load_onnx
 
     model = load_onnx(source.path)
     inputs = tuple(fix_input_shapes(model, overrides))
@@ -47,7 +47,7 @@ def _onnx_teacher(source: OnnxSource, overrides: dict[str, TensorSpec]) -> Teach
 
 
 def _torch_teacher(source: ModelSource, overrides: dict[str, TensorSpec]) -> Teacher:
-    from edgepack.export import load_torch_model
+    from edgepack.frontends.export import load_torch_model
 
     model = load_torch_model(source, overrides)
     module = model.module
@@ -78,7 +78,7 @@ def check_classifier(logits: np.ndarray, what: str) -> int:
 
 def load_data(path: Path, teacher: Teacher, what: str) -> EvalData:
     """Samples for the teacher's inputs from an .npz (one array per input name or `x`, optional `labels`)."""
-    from edgepack.evaluation import load_eval_data
+    from edgepack.measure.evaluation import load_eval_data
 
     path = Path(path)
     if not path.is_file():

@@ -173,7 +173,7 @@ def tree_to_onnx(matrices: TreeMatrices, spec: TensorSpec, path: Path, doc: str 
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [batch, n_classes])],
         initializer=[numpy_helper.from_array(value, name) for name, value in constants.items()],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgepack.distill",
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgepack.compression.distill",
                               doc_string=doc)
     model.ir_version = 8
     if version:

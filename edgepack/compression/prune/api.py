@@ -35,12 +35,12 @@ def check_output(out: Path | None, force: bool) -> None:
 def prune(model: str, config, target: str = "x86_64", out: Path | None = None, inputs: list[str] = (),
           force: bool = False, progress: Callable[[str], None] = lambda line: None) -> PruneResult:
     """Prune MODEL with `config` (ChannelPrune, WeightPrune or OnnxWeightPrune) and write it to `out`."""
-    from edgepack.export import ExportConfig, export_to_onnx, load_torch_model
-    from edgepack.passes import PassContext
-    from edgepack.preflight import preflight
-    from edgepack.prune.config import OnnxWeightPrune
-    from edgepack.signature import parse_input_specs
-    from edgepack.sources import OnnxSource, parse_source
+    from edgepack.frontends.export import ExportConfig, export_to_onnx, load_torch_model
+    from edgepack.compression.passes import PassContext
+    from edgepack.frontends.preflight import preflight
+    from edgepack.compression.prune.config import OnnxWeightPrune
+    from edgepack.frontends.signature import parse_input_specs
+    from edgepack.frontends.sources import OnnxSource, parse_source
     from edgepack.targets import load_target
 
     source = parse_source(model)
@@ -81,7 +81,7 @@ def prune(model: str, config, target: str = "x86_64", out: Path | None = None, i
 def _save_program(model, path: Path) -> None:
     import torch
 
-    from edgepack.signature import random_inputs
+    from edgepack.frontends.signature import random_inputs
 
     examples = tuple(torch.from_numpy(array) for array in random_inputs(model.inputs, 0))
     try:

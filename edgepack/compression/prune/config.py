@@ -1,4 +1,4 @@
-"""The pruning passes: one frozen config class per mode, each a TorchPass or OnnxPass (edgepack.passes).
+"""The pruning passes: one frozen config class per mode, each a TorchPass or OnnxPass (edgepack.compression.passes).
 
 - ChannelPrune: structured, removes whole conv filters / linear neurons (the graph gets smaller);
 - WeightPrune: unstructured, zeroes single weights (the bundle gets smaller through params.sparse);
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgepack.errors import EdgepackError
-from edgepack.prune.criteria import Magnitude, Taylor
-from edgepack.prune.finetune import FineTune
+from edgepack.compression.prune.criteria import Magnitude, Taylor
+from edgepack.compression.prune.finetune import FineTune
 
 SCOPES = ("layer", "global")
 
@@ -33,7 +33,7 @@ def _check(config) -> None:
 
 def parse_sparsity(text: str) -> float:
     """`50%` or `0.5` → 0.5."""
-    from edgepack.evaluation import parse_percent
+    from edgepack.measure.evaluation import parse_percent
 
     return parse_percent(text, "--sparsity", "50% or 0.5", allow_zero=False)
 
@@ -60,7 +60,7 @@ class _TorchPrune:
                 "eval": None if self.eval is None else str(self.eval), "max_drop": self.max_drop, "bench": self.bench}
 
     def run(self, model, context):
-        from edgepack.prune.torch_prune import prune_torch
+        from edgepack.compression.prune.torch_prune import prune_torch
 
         return prune_torch(model, self, context)
 
@@ -102,7 +102,7 @@ class OnnxWeightPrune:
                 "min_elements": self.min_elements}
 
     def run(self, model, context):
-        from edgepack.prune.onnx_magnitude import prune_onnx
+        from edgepack.compression.prune.onnx_magnitude import prune_onnx
 
         return prune_onnx(model, self, context)
 

@@ -9,7 +9,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from edgepack.errors import EdgepackError
-from edgepack.evaluation import load_eval_data
+from edgepack.measure.evaluation import load_eval_data
 from edgepack.runtime.loader import TensorSpec
 
 Batch = tuple[list[np.ndarray], np.ndarray | None]  # inputs (one array per model input), labels or None
@@ -29,7 +29,7 @@ def calibration_batches(path: Path, inputs: Sequence[TensorSpec], batch_size: in
 
 def parse_train_function(text: str):
     """`file.py:function` → the callable (checked before any work)."""
-    from edgepack.sources import import_file
+    from edgepack.frontends.sources import import_file
 
     path, sep, name = text.rpartition(":")
     if not sep or not path.endswith(".py") or not name.isidentifier():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgepack.errors import EdgepackError
-from edgepack.prune.data import training_batches
+from edgepack.compression.prune.data import training_batches
 
 
 @dataclass(frozen=True)

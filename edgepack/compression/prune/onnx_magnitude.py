@@ -73,7 +73,7 @@ def prune_onnx(model: OnnxModel, config, context) -> tuple[OnnxModel, StageRecor
     pruned_model = OnnxModel.at(path, model.inputs, model.outputs)
     comparison = None
     if config.eval is not None:
-        from edgepack.evaluation import compare_quality, load_eval_data, onnx_predictor, predict
+        from edgepack.measure.evaluation import compare_quality, load_eval_data, onnx_predictor, predict
 
         data = load_eval_data(config.eval, model.inputs)
         comparison = compare_quality(predict(onnx_predictor(model.path), model.inputs, data)[0],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack.prune.criteria import prunable_layers
+from edgepack.compression.prune.criteria import prunable_layers
 
 
 def layer_shapes(module) -> dict[str, dict]:
@@ -48,10 +48,10 @@ def compiled_latency(onnx_path: Path, inputs, target, workdir: Path, runs: int =
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
-    from edgepack.compile import compile_model
-    from edgepack.preflight import preflight
-    from edgepack.prune.sparse_params import decode
-    from edgepack.signature import random_inputs
+    from edgepack.compiler.compile import compile_model
+    from edgepack.frontends.preflight import preflight
+    from edgepack.bundle.sparse_params import decode
+    from edgepack.frontends.signature import random_inputs
 
     workdir.mkdir(parents=True, exist_ok=True)
     model, _ = preflight(onnx_path, {spec.name: spec for spec in inputs}, workdir)

@@ -6,9 +6,9 @@ import copy
 
 from edgepack.artifacts import StageRecord
 from edgepack.errors import EdgepackError, VerificationError
-from edgepack.prune import report as measure
-from edgepack.prune.criteria import Taylor, element_scores
-from edgepack.prune.data import calibration_batches, training_batches
+from edgepack.compression.prune import report as measure
+from edgepack.compression.prune.criteria import Taylor, element_scores
+from edgepack.compression.prune.data import calibration_batches, training_batches
 
 
 def _calibration(config, model) -> tuple[list, bool, list[str]]:
@@ -30,8 +30,8 @@ def _calibration(config, model) -> tuple[list, bool, list[str]]:
 
 
 def _quality(config, model, before_module, after_module):
-    from edgepack.evaluation import compare_quality, load_eval_data, predict
-    from edgepack.export import TorchModel
+    from edgepack.measure.evaluation import compare_quality, load_eval_data, predict
+    from edgepack.frontends.export import TorchModel
 
     data = load_eval_data(config.eval, model.inputs)
     run = lambda module: predict(TorchModel(module, module, model.inputs, None), model.inputs, data)[0]  # noqa: E731
@@ -39,7 +39,7 @@ def _quality(config, model, before_module, after_module):
 
 
 def _latency(model, module, context, name: str) -> dict:
-    from edgepack.export import ExportConfig, TorchModel, export_to_onnx
+    from edgepack.frontends.export import ExportConfig, TorchModel, export_to_onnx
 
     folder = context.workdir / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -51,11 +51,11 @@ def prune_torch(model, config, context):
     """The TorchPass body shared by ChannelPrune and WeightPrune; returns the pruned TorchModel and its record."""
     import torch
 
-    from edgepack.export import TorchModel
-    from edgepack.prune.finetune import fine_tune
-    from edgepack.prune.structured import prune_channels
-    from edgepack.prune.unstructured import make_permanent, prune_weights
-    from edgepack.signature import random_inputs
+    from edgepack.frontends.export import TorchModel
+    from edgepack.compression.prune.finetune import fine_tune
+    from edgepack.compression.prune.structured import prune_channels
+    from edgepack.compression.prune.unstructured import make_permanent, prune_weights
+    from edgepack.frontends.signature import random_inputs
 
     module = model.module
     if not isinstance(module, torch.nn.Module) or isinstance(model.program, torch.export.ExportedProgram):

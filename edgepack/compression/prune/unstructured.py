@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgepack.prune.criteria import prunable_layers
+from edgepack.compression.prune.criteria import prunable_layers
 
 
 def prune_weights(module, scores: dict, sparsity: float | None, threshold: float | None, scope: str) -> None:

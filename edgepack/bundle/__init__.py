@@ -1,0 +1,1 @@
+"""The bundle: manifest, golden vectors, signatures and archives; writing a bundle and verifying one."""
