@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgepack.runtime.loader import TensorSpec, sha256_file
+from edgepack.runtime.bundle_format import TensorSpec, sha256_file
 from edgepack.targets import TargetSpec
 
 __all__ = ["TensorSpec", "OnnxModel", "CompiledModule", "Bundle", "StageRecord"]

@@ -12,6 +12,7 @@ import numpy as np
 
 from edgepack.errors import EdgepackError
 from edgepack.bundle.package import REFERENCE_MODEL
+from edgepack.runtime import bundle_format
 from edgepack.runtime import loader
 from edgepack.runtime.loader import peak_rss_kb, timing_summary
 
@@ -96,7 +97,7 @@ def bench_bundle(bundle_dir: Path, config: BenchConfig, arrays: list[np.ndarray]
     os.environ["TVM_NUM_THREADS"] = str(config.threads)
     bundle = loader.load(bundle_dir)
     arrays = [np.asarray(a) for a in arrays] if arrays is not None else bundle.golden_cases()[0][0]
-    loader.check_inputs(bundle.inputs, arrays)
+    bundle_format.check_inputs(bundle.inputs, arrays)
     device_arrays = bundle.to_device(arrays)
     calls: dict[str, Callable[[], object]] = {"edgepack": lambda: bundle.invoke(device_arrays)}
     builders = {"onnxruntime": _onnxruntime_runner, "torch": _torch_runner}

@@ -16,7 +16,7 @@ from edgepack.bundle.golden import GoldenConfig, load_input_cases, make_golden
 from edgepack.compression.passes import OnnxPass, PassContext, TorchPass
 from edgepack.bundle.package import PackageConfig, bundle_path, check_destination, write_bundle
 from edgepack.frontends.preflight import load_onnx, preflight
-from edgepack.runtime.loader import TensorSpec
+from edgepack.runtime.bundle_format import TensorSpec
 from edgepack.frontends.signature import parse_input_specs
 from edgepack.frontends.sources import ExportedProgramSource, FactorySource, ModelSource, OnnxSource, describe, import_file, parse_source
 from edgepack.targets import TargetSpec, load_target

@@ -6,17 +6,7 @@ errors and the compiler's share one shape: a problem, a fix and an exit code.
 
 from __future__ import annotations
 
-from edgepack.runtime.loader import (
-    EXIT_INTEGRITY,
-    EXIT_INTERNAL,
-    EXIT_USAGE,
-    EXIT_USER,
-    EXIT_VERIFY,
-    BundleError,
-    IntegrityError,
-    VerificationError,
-    first_line,
-)
+from edgepack.runtime.bundle_format import EXIT_INTEGRITY, EXIT_INTERNAL, EXIT_USAGE, EXIT_USER, EXIT_VERIFY, BundleError, IntegrityError, VerificationError, first_line
 
 __all__ = [
     "EXIT_INTEGRITY", "EXIT_INTERNAL", "EXIT_USAGE", "EXIT_USER", "EXIT_VERIFY",

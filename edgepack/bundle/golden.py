@@ -10,7 +10,7 @@ import numpy as np
 from edgepack.artifacts import OnnxModel
 from edgepack.errors import EdgepackError
 from edgepack.measure.reference import run_onnxruntime
-from edgepack.runtime.loader import check_inputs
+from edgepack.runtime.bundle_format import check_inputs
 from edgepack.frontends.signature import random_inputs
 
 

@@ -7,7 +7,7 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from edgepack.runtime.loader import MANIFEST, SCHEMA_VERSION, sha256_file
+from edgepack.runtime.bundle_format import MANIFEST, SCHEMA_VERSION, sha256_file
 
 _TOOLS = {"edgepack": "edgepack", "tvm": "apache-tvm", "tvm_ffi": "apache-tvm-ffi", "onnx": "onnx",
           "onnxruntime": "onnxruntime", "torch": "torch", "numpy": "numpy"}

@@ -16,8 +16,8 @@ from edgepack.bundle.golden import GoldenVectors, write_golden
 from edgepack.bundle.manifest import file_entries, new_manifest, tool_versions, write_manifest
 from edgepack.bundle.sparse_params import manifest_fields as sparse_fields
 from edgepack.compiler.runtime_files import (
-    NATIVE_LOADER, PYTHON_LOADER, SERVE_MODULE, device_requirements, native_loader, python_loader,
-    runtime_libraries, serve_module,
+    FORMAT_MODULE, NATIVE_LOADER, PYTHON_LOADER, SERVE_MODULE, device_requirements, format_module, native_loader,
+    python_loader, runtime_libraries, serve_module,
 )
 
 REFERENCE_MODEL = "reference/model.onnx"
@@ -63,6 +63,7 @@ def _copy_runtime(compiled: CompiledModule, staging: Path) -> None:
     shutil.copy2(native_loader(compiled.target), loader)
     loader.chmod(loader.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     shutil.copy2(python_loader(), runtime_dir / PYTHON_LOADER)
+    shutil.copy2(format_module(), runtime_dir / FORMAT_MODULE)
     shutil.copy2(serve_module(), runtime_dir / SERVE_MODULE)
 
 

@@ -20,10 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgepack.errors import EdgepackError
-from edgepack.runtime.loader import (
-    MANIFEST, MAX_MANIFEST_BYTES, PAYLOAD_TYPE, SIGNATURE, IntegrityError, check_files, key_id, pae, parse_envelope,
-    read_manifest,
-)
+from edgepack.runtime.bundle_format import MANIFEST, MAX_MANIFEST_BYTES, PAYLOAD_TYPE, SIGNATURE, IntegrityError, check_files, key_id, pae, parse_envelope, read_manifest
 
 __all__ = ["KeyPair", "generate_keypair", "load_private_key", "sign_bundle", "public_key_pem"]
 

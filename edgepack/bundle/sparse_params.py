@@ -46,7 +46,7 @@ def decode(data: bytes) -> bytes:
     """The exact params.bin bytes a params.sparse file encodes; IntegrityError when it is damaged.
 
     The bundle's Python loader holds the one decoder (it cannot import edgepack; edgepack can import it)."""
-    from edgepack.runtime.loader import decode_params
+    from edgepack.runtime.bundle_format import decode_params
 
     return decode_params(data, {"encoding": ENCODING})
 

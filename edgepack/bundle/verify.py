@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from edgepack.errors import EdgepackError, VerificationError
+from edgepack.runtime import bundle_format
 from edgepack.runtime import loader
 from edgepack.compiler.runtime_files import NATIVE_LOADER
 
@@ -45,7 +46,7 @@ def gpu_missing(manifest: dict) -> str | None:
     need = manifest.get("requires", {}).get("cuda", {})
     if target["arch"] != platform.machine():
         return f"no GPU: {target['arch']} + {need.get('gpu_arch')} code cannot run on this {platform.machine()} machine (no emulator runs CUDA)"
-    return loader.cuda_problem(need)
+    return bundle_format.cuda_problem(need)
 
 
 def verify_native(bundle_dir: Path, target: dict, emulate: bool, keyring: Path | None = None) -> dict:
@@ -88,9 +89,9 @@ def verify_bundle(bundle_dir: Path, emulate: bool = True, keyring: Path | None =
 
     `passed` is None when no loader could run (a foreign-arch bundle without an emulator).
     """
-    manifest = loader.read_trusted_manifest(bundle_dir, keyring)  # with a keyring: the signature first
-    loader.check_manifest_fields(manifest, Path(bundle_dir) / loader.MANIFEST)
-    loader.check_files(bundle_dir, manifest)
+    manifest = bundle_format.read_trusted_manifest(bundle_dir, keyring)  # with a keyring: the signature first
+    bundle_format.check_manifest_fields(manifest, Path(bundle_dir) / bundle_format.MANIFEST)
+    bundle_format.check_files(bundle_dir, manifest)
     target = manifest["target"]
     golden = manifest["golden"]
     if (no_gpu := gpu_missing(manifest)) is not None:

@@ -35,7 +35,7 @@ def bench_command(
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ) -> None:
     """Time the bundle (warm-up, then N runs) here beside ONNX Runtime / PyTorch, or on a device (--device, --rpc-tracker)."""
-    from edgepack.runtime.loader import load_npy
+    from edgepack.runtime.bundle_format import load_npy
 
     if device is not None or rpc_tracker is not None or rpc_key is not None:
         _bench_remote(bundle, device, rpc_tracker, rpc_key, compare, runs, warmup, threads, repeat, timeout, inputs, as_json)
@@ -63,7 +63,7 @@ def _bench_remote(bundle: Path, device: Optional[str], rpc_tracker: Optional[str
                   runs: int, warmup: int, threads: Optional[int], repeat: int, timeout: float, inputs: List[Path], as_json: bool) -> None:
     """`--device` (the native loader's bench on the device) or `--rpc-tracker/--rpc-key` (TVM RPC)."""
     from edgepack.errors import EdgepackError, VerificationError
-    from edgepack.runtime.loader import load_npy
+    from edgepack.runtime.bundle_format import load_npy
 
     if compare:
         raise EdgepackError("--compare times engines on this machine, not on a device", "drop --compare, or drop --device/--rpc-tracker")

@@ -65,7 +65,7 @@ def inspect_command(
 ) -> None:
     """Show a bundle's manifest, I/O signature, verification report and file sizes."""
     from edgepack.bundle.archive import unpacked
-    from edgepack.runtime.loader import read_manifest
+    from edgepack.runtime.bundle_format import read_manifest
 
     with unpacked(bundle) as directory:
         manifest = read_manifest(directory)

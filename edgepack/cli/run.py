@@ -19,7 +19,8 @@ def run_command(
                                            help="trusted public keys: refuse unsigned or wrongly signed bundles"),
 ) -> None:
     """Run the bundle on .npy inputs and write its outputs as .npy files."""
-    from edgepack.runtime.loader import load, load_npy, write_outputs
+    from edgepack.runtime.bundle_format import load_npy
+    from edgepack.runtime.loader import load, write_outputs
 
     arrays = [load_npy(path) for path in inputs]
     written = write_outputs(load(bundle, keyring).run(arrays), output, output_dir)

@@ -14,7 +14,7 @@ def sign_command(
     key: Path = typer.Argument(..., help="private key (.key) made by `edgepack keygen`"),
 ) -> None:
     """Check every file of BUNDLE against its manifest, then sign the manifest with KEY."""
-    from edgepack.runtime.loader import SIGNATURE
+    from edgepack.runtime.bundle_format import SIGNATURE
     from edgepack.bundle.signing import sign_bundle
 
     keyid = sign_bundle(bundle, key)

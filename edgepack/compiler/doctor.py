@@ -35,7 +35,7 @@ def check_target(target: TargetSpec) -> TargetReadiness:
         runtime = f"cached in {directory}" if cached else "downloaded by pip at the first build"
     emulator = native or shutil.which(target.toolchain.emulator or "") is not None
     if target.device == "cuda":  # no emulator runs CUDA: verifying needs a fit GPU here (docs/cuda.md)
-        from edgepack.runtime.loader import cuda_problem
+        from edgepack.runtime.bundle_format import cuda_problem
 
         problem = "" if native and cuda_problem({"gpu_arch": target.gpu_arch, "driver": "0.0"}) is None else "no fit GPU here"
         emulator = not problem

@@ -19,6 +19,7 @@ from edgepack.targets import TargetSpec
 RUNTIME_LIBRARIES = ("libtvm_runtime.so", "libtvm_ffi.so")
 NATIVE_LOADER = "edgepack-run"
 PYTHON_LOADER = "edgepack_loader.py"
+FORMAT_MODULE = "edgepack_format.py"  # the bundle format (edgepack/runtime/bundle_format.py), imported by the loader
 SERVE_MODULE = "edgepack_serve.py"  # HTTP server (edgepack/runtime/serve.py), beside the Python loader
 
 
@@ -139,6 +140,13 @@ def python_loader() -> Path:
     from edgepack.runtime import loader
 
     return Path(loader.__file__)
+
+
+def format_module() -> Path:
+    """The bundle-format module's source (an island the Python loader imports), copied verbatim into every bundle."""
+    from edgepack.runtime import bundle_format
+
+    return Path(bundle_format.__file__)
 
 
 def serve_module() -> Path:

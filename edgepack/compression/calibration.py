@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from edgepack.errors import EdgepackError
-from edgepack.runtime.loader import TensorSpec
+from edgepack.runtime.bundle_format import TensorSpec
 
 FORMATS = "an .npz (one array per input), a folder of .npy files, or file.py:function yielding batches"
 

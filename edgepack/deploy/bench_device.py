@@ -21,7 +21,7 @@ from edgepack.deploy.recovery import open_store
 from edgepack.deploy.transfer import stage_bundle
 from edgepack.deploy.versioning import same_content
 from edgepack.errors import EdgepackError
-from edgepack.runtime.loader import read_manifest
+from edgepack.runtime.bundle_format import read_manifest
 
 TIMED = "one call of main per run on inputs already in device memory; input and output copies are not timed"
 

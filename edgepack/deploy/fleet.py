@@ -15,7 +15,7 @@ from edgepack.deploy.device import parse_device
 from edgepack.deploy.health import EXIT_ROLLED_BACK, HealthCheckFailed, HealthConfig
 from edgepack.deploy.operations import deploy
 from edgepack.errors import EXIT_INTERNAL, EXIT_USER, BundleError, EdgepackError, first_line
-from edgepack.runtime.loader import read_manifest
+from edgepack.runtime.bundle_format import read_manifest
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Iterator, Protocol
 
 from edgepack.deploy.faults import fault_point
 from edgepack.errors import EdgepackError
-from edgepack.runtime.loader import MANIFEST, IntegrityError, check_files, read_manifest
+from edgepack.runtime.bundle_format import MANIFEST, IntegrityError, check_files, read_manifest
 from edgepack.compiler.runtime_files import NATIVE_LOADER
 
 

@@ -15,7 +15,7 @@ from edgepack.deploy.state import append_history, now, write_state
 from edgepack.deploy.transfer import stage_bundle
 from edgepack.deploy.versioning import check_not_downgrade, compare_versions, newest_good, same_content
 from edgepack.errors import EdgepackError
-from edgepack.runtime.loader import read_manifest
+from edgepack.runtime.bundle_format import read_manifest
 
 
 @dataclass(frozen=True)

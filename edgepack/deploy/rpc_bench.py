@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import EdgepackError, first_line
-from edgepack.runtime import loader
+from edgepack.runtime import bundle_format
 
 TIMED = ("time_evaluator over the VM's invoke_stateful('main') on inputs and weights already on the remote device; "
          "the first call is discarded; each repeat is the mean of `number` calls; no copies are timed")
@@ -74,13 +74,13 @@ def bench_rpc(bundle_dir: Path, config: RpcBenchConfig, arrays: list[np.ndarray]
     if config.number < 1 or config.repeat < 1 or config.warmup < 0:
         raise EdgepackError("RPC bench needs --runs >= --repeat >= 1 and --warmup >= 0", "fix the option")
     bundle_dir = Path(bundle_dir)
-    manifest = loader.read_manifest(bundle_dir)
-    loader.check_files(bundle_dir, manifest)
-    specs = [loader.TensorSpec.from_json(entry) for entry in manifest["inputs"]]
+    manifest = bundle_format.read_manifest(bundle_dir)
+    bundle_format.check_files(bundle_dir, manifest)
+    specs = [bundle_format.TensorSpec.from_json(entry) for entry in manifest["inputs"]]
     golden = manifest["golden"]["cases"][0]
-    golden_inputs = [loader.load_npy(bundle_dir / rel) for rel in golden["inputs"]]
+    golden_inputs = [bundle_format.load_npy(bundle_dir / rel) for rel in golden["inputs"]]
     inputs = [np.asarray(array) for array in arrays] if arrays is not None else golden_inputs
-    loader.check_inputs(specs, inputs)
+    bundle_format.check_inputs(specs, inputs)
     tracker = _connect(config)
 
     import tvm
@@ -121,7 +121,7 @@ def bench_rpc(bundle_dir: Path, config: RpcBenchConfig, arrays: list[np.ndarray]
     }
     if arrays is None:
         atol, rtol = float(manifest["golden"]["atol"]), float(manifest["golden"]["rtol"])
-        refs = [loader.load_npy(bundle_dir / rel) for rel in golden["outputs"]]
-        checks = [loader.compare(got, ref, atol, rtol) for got, ref in zip(outputs, refs)]
+        refs = [bundle_format.load_npy(bundle_dir / rel) for rel in golden["outputs"]]
+        checks = [bundle_format.compare(got, ref, atol, rtol) for got, ref in zip(outputs, refs)]
         report["golden_check"] = {"passed": all(c["passed"] for c in checks), "max_abs_err": max(c["max_abs_err"] for c in checks)}
     return report

@@ -18,7 +18,7 @@ from typing import Iterator
 
 from edgepack.deploy.faults import fault_point
 from edgepack.errors import EdgepackError
-from edgepack.runtime.loader import MANIFEST, SCHEMA_VERSION, IntegrityError
+from edgepack.runtime.bundle_format import MANIFEST, SCHEMA_VERSION, IntegrityError
 from edgepack.compiler.runtime_files import NATIVE_LOADER
 
 _MISSING = 10  # exit status our remote scripts use for "no such file"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from edgepack.deploy.layout import ModelStore, unique
-from edgepack.runtime.loader import SIGNATURE
+from edgepack.runtime.bundle_format import SIGNATURE
 
 
 def stage_bundle(bundle: Path, manifest: dict, store: ModelStore) -> tuple[PurePosixPath, dict]:

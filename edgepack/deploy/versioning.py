@@ -10,7 +10,7 @@ from typing import Any
 
 from edgepack.deploy.layout import ModelStore
 from edgepack.errors import EdgepackError
-from edgepack.runtime.loader import MANIFEST
+from edgepack.runtime.bundle_format import MANIFEST
 
 _DOTTED = re.compile(r"v?(\d+(?:\.\d+)*)")
 

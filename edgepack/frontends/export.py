@@ -14,7 +14,7 @@ import numpy as np
 from edgepack.artifacts import StageRecord
 from edgepack.errors import EdgepackError, first_line
 from edgepack.measure.reference import run_onnxruntime
-from edgepack.runtime.loader import TensorSpec, compare
+from edgepack.runtime.bundle_format import TensorSpec, compare
 from edgepack.frontends.signature import random_inputs
 from edgepack.frontends.sources import ExportedProgramSource, FactorySource, call_factory
 

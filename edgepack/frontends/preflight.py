@@ -10,7 +10,7 @@ import numpy as np
 
 from edgepack.artifacts import OnnxModel, StageRecord
 from edgepack.errors import EdgepackError, first_line
-from edgepack.runtime.loader import TensorSpec
+from edgepack.runtime.bundle_format import TensorSpec
 from edgepack.frontends.signature import numpy_dtype
 
 _ALWAYS_SUPPORTED = {"Constant", "If"}  # handled by the TVM frontend outside its converter map

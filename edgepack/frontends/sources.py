@@ -73,7 +73,7 @@ def parse_source(text: str) -> ModelSource:
 
 def describe(source: ModelSource) -> dict:
     """The source as recorded in the manifest's provenance."""
-    from edgepack.runtime.loader import sha256_file
+    from edgepack.runtime.bundle_format import sha256_file
 
     kind = {OnnxSource: "onnx", ExportedProgramSource: "torch.export", FactorySource: "torch-factory"}[type(source)]
     record = {"kind": kind, "path": str(source.path), "sha256": sha256_file(source.path)}

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgepack.errors import EdgepackError, VerificationError
-from edgepack.runtime.loader import TensorSpec
+from edgepack.runtime.bundle_format import TensorSpec
 
 LABEL_KEYS = ("labels", "y")
 Predictor = Callable[[list[np.ndarray]], list[np.ndarray]]  # one model call: input arrays → output arrays

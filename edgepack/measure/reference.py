@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from edgepack.errors import EdgepackError, first_line
-from edgepack.runtime.loader import TensorSpec
+from edgepack.runtime.bundle_format import TensorSpec
 
 
 def onnxruntime_session(path: Path, threads: int | None = None, fuse: bool = True):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgepack.build import build
-from edgepack.runtime.loader import elf_arch, load_npy
+from edgepack.runtime.bundle_format import elf_arch, load_npy
 from edgepack.bundle.verify import emulator_command, run_native_loader
 
 pytestmark = [pytest.mark.cross, pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or shutil.which("qemu-aarch64") is None,

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgepack.runtime import serve
-from edgepack.runtime.loader import TensorSpec
+from edgepack.runtime.bundle_format import TensorSpec
 
 SPECS = [TensorSpec("x", "float32", (1, 4)), TensorSpec("ids", "int8", (2,))]
 

@@ -23,7 +23,8 @@ from edgepack.build import build, plan_build, run_build
 from edgepack.compiler.compile import CompileConfig
 from edgepack.errors import EdgepackError, VerificationError
 from edgepack.frontends.export import ExportConfig
-from edgepack.runtime.loader import BundleError, TensorSpec, load, read_manifest
+from edgepack.runtime.bundle_format import BundleError, TensorSpec, read_manifest
+from edgepack.runtime.loader import load
 from edgepack.targets import load_target
 
 pytestmark = pytest.mark.tvm

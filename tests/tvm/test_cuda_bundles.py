@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edgepack.compiler.cuda import cubins
-from edgepack.runtime.loader import elf_arch
+from edgepack.runtime.bundle_format import elf_arch
 
 pytestmark = [pytest.mark.tvm, pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")]
 

@@ -85,7 +85,8 @@ def test_tree_bundle_predicts_exactly_as_the_tree_on_the_test_split(tree, digits
     from edgepack.compression.distill.tree import fit_tree, flatten_samples, tree_predict
     from edgepack.measure.evaluation import EvalData, onnx_predictor, predict, top1
     from edgepack.examples.digits import digits_split
-    from edgepack.runtime.loader import TensorSpec, load
+    from edgepack.runtime.bundle_format import TensorSpec
+    from edgepack.runtime.loader import load
 
     train_x, test_x, _, _ = digits_split()
     image = (TensorSpec("image", "float32", (1, 1, 8, 8)),)
@@ -107,7 +108,7 @@ def test_tree_bundle_predicts_exactly_as_the_tree_on_the_test_split(tree, digits
 
 def test_tree_bundle_ships_its_rules_under_the_manifest_digests(tree, copy_bundle):
     from edgepack.errors import IntegrityError
-    from edgepack.runtime.loader import check_files, read_manifest
+    from edgepack.runtime.bundle_format import check_files, read_manifest
 
     (bundle,) = tree.bundles
     rules = (bundle.path / "rules.txt").read_text()

@@ -39,7 +39,7 @@ def _params(bundle) -> tuple[int, set[str]]:
     """Size of the bundle's params file (params.bin, or params.sparse) and the dtypes of the weights it holds."""
     import tvm
 
-    from edgepack.runtime.loader import decode_params
+    from edgepack.runtime.bundle_format import decode_params
 
     entry = bundle.manifest["params"]
     data = (bundle.path / entry["file"]).read_bytes()

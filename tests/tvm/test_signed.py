@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from edgepack.runtime import bundle_format
+
 from edgepack.runtime import loader
-from edgepack.runtime.loader import MANIFEST, SIGNATURE, BundleError, IntegrityError
+from edgepack.runtime.bundle_format import MANIFEST, SIGNATURE, BundleError, IntegrityError
 from edgepack.bundle.signing import generate_keypair, sign_bundle
 
 pytestmark = pytest.mark.tvm
@@ -139,7 +141,7 @@ def test_no_refusal_runs_planted_code(signed, keys, planted, monkeypatch):
     (signed / "runtime" / "libcrypto.so.3").unlink()
     # 4. swapped between the digest check and the load: the loader loads a private copy, hashed while copied
     library, marker = planted()
-    checked = loader.check_compatibility
+    checked = bundle_format.check_compatibility
 
     def swap_after_check(bundle, manifest):
         checked(bundle, manifest)
@@ -184,7 +186,7 @@ def test_build_with_sign_writes_a_verifying_envelope(onnx_models, keys, tmp_path
     bundle = next((tmp_path / "dist").glob("mlp-*-x86_64"))
     assert (bundle / SIGNATURE).is_file()
     assert native(bundle, "--keyring", str(keys["trusted"].public)).returncode == 0
-    assert loader.read_trusted_manifest(bundle, keys["trusted"].public)["name"] == "mlp"
+    assert bundle_format.read_trusted_manifest(bundle, keys["trusted"].public)["name"] == "mlp"
     missing = edgepack_cli("build", onnx_models["mlp"], "--sign", tmp_path / "none.key", "-o", tmp_path / "dist2")
     assert "signing key" in one_error_line(missing, 1)
     assert not (tmp_path / "dist2").exists()

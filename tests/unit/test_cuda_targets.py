@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgepack.errors import EdgepackError
-from edgepack.runtime import loader
+from edgepack.runtime import bundle_format
 from edgepack.targets import load_target, parse_target
 
 CUDA = """\
@@ -115,7 +115,7 @@ def test_cubin_arch_is_read_from_both_elf_abi_layouts(tmp_path):
     ("sm_90a", (10, 0), False), ("sm_75", (8, 0), False),
 ])
 def test_which_gpus_run_which_cubins(arch, capability, runs):
-    assert loader.gpu_runs_arch(arch, *capability) is runs
+    assert bundle_format.gpu_runs_arch(arch, *capability) is runs
 
 
 def test_loader_says_there_is_no_gpu_here():
@@ -125,7 +125,7 @@ def test_loader_says_there_is_no_gpu_here():
         driver = None
     if driver is not None and hasattr(driver, "cuInit"):
         pytest.skip("this machine has an NVIDIA driver")
-    problem = loader.cuda_problem({"gpu_arch": "sm_80", "driver": "13.0"})
+    problem = bundle_format.cuda_problem({"gpu_arch": "sm_80", "driver": "13.0"})
     assert problem is not None and problem.startswith("no GPU: no CUDA driver")
 
 

@@ -11,7 +11,7 @@ import pytest
 from edgepack.compression.distill import NetworkStudentConfig, TreeStudentConfig, plan_distill, run_distill
 from edgepack.compression.distill.tree import fit_tree, flatten_samples, rule_listing, tree_matrices, tree_predict, tree_to_onnx
 from edgepack.errors import EdgepackError
-from edgepack.runtime.loader import TensorSpec
+from edgepack.runtime.bundle_format import TensorSpec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "edgepack" / "examples"
 

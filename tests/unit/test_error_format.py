@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from edgepack import errors
 from edgepack.errors import EdgepackError, IntegrityError, InternalError, VerificationError
-from edgepack.runtime import loader
+from edgepack.runtime import bundle_format
 
 
 def test_exit_codes_are_the_documented_ones():
@@ -26,10 +26,10 @@ def test_problem_and_fix_make_one_message():
 
 def test_the_loader_and_the_compiler_share_one_error_family():
     """The CLI catches BundleError once; the loader's errors and edgepack's must both be caught."""
-    assert errors.BundleError is loader.BundleError
-    assert issubclass(EdgepackError, loader.BundleError)
-    assert issubclass(loader.IntegrityError, loader.BundleError)
-    assert not issubclass(InternalError, loader.BundleError)
+    assert errors.BundleError is bundle_format.BundleError
+    assert issubclass(EdgepackError, bundle_format.BundleError)
+    assert issubclass(bundle_format.IntegrityError, bundle_format.BundleError)
+    assert not issubclass(InternalError, bundle_format.BundleError)
 
 
 def test_fix_is_required():
@@ -55,7 +55,7 @@ def test_cli_debug_lets_the_error_through(monkeypatch, tmp_path):
     from edgepack.cli import app
 
     monkeypatch.setattr("sys.argv", ["edgepack", "--debug", "inspect", str(tmp_path / "nope")])
-    with pytest.raises(loader.BundleError, match="is not a directory"):
+    with pytest.raises(bundle_format.BundleError, match="is not a directory"):
         app.main()
 
 

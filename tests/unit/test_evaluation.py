@@ -7,7 +7,7 @@ import pytest
 
 from edgepack.errors import EdgepackError, VerificationError
 from edgepack.measure.evaluation import EvalData, compare_quality, load_eval_data, measure, parse_max_drop, predict, require_quality
-from edgepack.runtime.loader import TensorSpec
+from edgepack.runtime.bundle_format import TensorSpec
 
 IMAGE = TensorSpec("image", "float32", (1, 1, 8, 8))
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgepack.runtime import bundle_format
+
 from edgepack.runtime import loader
-from edgepack.runtime.loader import (
-    SCHEMA_VERSION, BundleError, IntegrityError, TensorSpec, check_files, check_inputs, compare, elf_arch, load_npy,
-    read_manifest, timing_summary, write_outputs,
-)
+from edgepack.runtime.bundle_format import SCHEMA_VERSION, BundleError, IntegrityError, TensorSpec, check_files, check_inputs, compare, elf_arch, load_npy, read_manifest
+from edgepack.runtime.loader import timing_summary, write_outputs
 
 
 def rewrite_manifest(root: Path, **changes) -> None:
@@ -27,7 +27,7 @@ def test_manifest_lists_every_file_but_itself(bundle):
     manifest = read_manifest(bundle)
     assert manifest["schema_version"] == SCHEMA_VERSION == 1
     assert sorted(manifest["files"]) == ["golden/0/input_0.npy", "model.so", "params.bin"]
-    assert manifest["files"]["params.bin"] == {"sha256": loader.sha256_file(bundle / "params.bin"), "size": 70}
+    assert manifest["files"]["params.bin"] == {"sha256": bundle_format.sha256_file(bundle / "params.bin"), "size": 70}
     check_files(bundle, manifest)
 
 
@@ -99,7 +99,7 @@ def test_missing_file(bundle):
 def test_file_outside_the_bundle_is_refused(bundle):
     (bundle.parent / "outside.txt").write_text("x")
     manifest = read_manifest(bundle)
-    manifest["files"]["../outside.txt"] = {"sha256": loader.sha256_file(bundle.parent / "outside.txt"), "size": 1}
+    manifest["files"]["../outside.txt"] = {"sha256": bundle_format.sha256_file(bundle.parent / "outside.txt"), "size": 1}
     with pytest.raises(IntegrityError, match="outside the bundle: '../outside.txt'"):
         check_files(bundle, manifest)
 
@@ -213,19 +213,28 @@ def test_elf_arch(tmp_path):
         elf_arch(tmp_path / "fake.so")
 
 
-def test_loader_source_imports_only_stdlib_numpy_and_the_tvm_runtime():
-    """Static half of the island check (tests/tvm/test_island.py runs it where the rest cannot import)."""
-    tree = ast.parse(Path(loader.__file__).read_text(encoding="utf-8"))
+def _imports(path: Path) -> set[str]:
+    """Absolute module names a source file imports; its one relative import may only be the format module."""
     imported = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "relative import in the loader"
-            imported.add(node.module)
+            if node.level:
+                assert (node.level, node.module) == (1, "bundle_format"), f"relative import in {path.name}"
+            else:
+                imported.add(node.module)
+    return imported
+
+
+@pytest.mark.parametrize("module", [loader, bundle_format], ids=["loader", "bundle_format"])
+def test_loader_source_imports_only_stdlib_numpy_and_the_tvm_runtime(module):
+    """Static half of the island check (tests/tvm/test_island.py runs it where the rest cannot import)."""
+    imported = _imports(Path(module.__file__))
     foreign = {name for name in imported
                if name.split(".")[0] not in sys.stdlib_module_names
-               and name not in ("numpy", "tvm", "tvm.runtime", "tvm.runtime.vm", "tvm_ffi")
+               and name not in ("numpy", "tvm", "tvm.runtime", "tvm.runtime.vm", "tvm_ffi", "edgepack_format")
                and name.split(".")[0] != "cryptography"}  # optional: only to check signatures with a keyring
     assert foreign == set()
-    assert "tvm.runtime.vm" in imported  # the check sees the loader's real imports
+    if module is loader:
+        assert "tvm.runtime.vm" in imported  # the check sees the loader's real imports

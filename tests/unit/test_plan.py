@@ -9,7 +9,7 @@ import pytest
 from edgepack.build import plan_build
 from edgepack.errors import EdgepackError
 from edgepack.bundle.golden import GoldenConfig
-from edgepack.runtime.loader import TensorSpec
+from edgepack.runtime.bundle_format import TensorSpec
 from edgepack.frontends.sources import FactorySource, OnnxSource, parse_source
 
 

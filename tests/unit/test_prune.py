@@ -17,8 +17,8 @@ from edgepack.frontends.export import TorchModel  # noqa: E402
 from edgepack.compression.passes import PassContext  # noqa: E402
 from edgepack.compression.prune import ChannelPrune, FineTune, Magnitude, OnnxWeightPrune, Taylor, WeightPrune, parse_sparsity  # noqa: E402
 from edgepack.bundle import sparse_params  # noqa: E402
-from edgepack.runtime import loader  # noqa: E402
-from edgepack.runtime.loader import TensorSpec  # noqa: E402
+from edgepack.runtime import bundle_format  # noqa: E402
+from edgepack.runtime.bundle_format import TensorSpec  # noqa: E402
 from edgepack.targets import load_target  # noqa: E402
 
 DIGITS_INPUT = (TensorSpec("image", "float32", (1, 1, 8, 8)),)
@@ -189,20 +189,20 @@ def test_sparse_params_round_trip_in_both_decoders():
     encoded = sparse_params.encode(dense)
     assert len(encoded) < 0.4 * len(dense)
     assert sparse_params.decode(encoded) == dense
-    assert loader.decode_params(encoded, {"encoding": sparse_params.ENCODING}) == dense  # the island's own decoder
-    assert loader.decode_params(dense, {}) == dense
+    assert bundle_format.decode_params(encoded, {"encoding": sparse_params.ENCODING}) == dense  # the island's own decoder
+    assert bundle_format.decode_params(dense, {}) == dense
     header = encoded[:56]
     assert header[:8] == b"EPSPARSE" and int.from_bytes(header[16:24], "little") == len(dense)
     assert header[24:56] == hashlib.sha256(dense).digest()
     damaged = bytearray(encoded)
     damaged[-8] ^= 1  # a nonzero weight (the last word holds padding)
-    for decode in (sparse_params.decode, lambda data: loader.decode_params(data, {"encoding": sparse_params.ENCODING})):
+    for decode in (sparse_params.decode, lambda data: bundle_format.decode_params(data, {"encoding": sparse_params.ENCODING})):
         with pytest.raises(IntegrityError, match="SHA-256"):
             decode(bytes(damaged))
         with pytest.raises(IntegrityError, match="truncated"):
             decode(encoded[:-4])
     with pytest.raises(IntegrityError, match="unknown"):
-        loader.decode_params(encoded, {"encoding": "zstd"})
+        bundle_format.decode_params(encoded, {"encoding": "zstd"})
 
 
 def test_sparse_params_only_when_meaningfully_smaller(tmp_path):

@@ -16,7 +16,7 @@ from edgepack.errors import EdgepackError, VerificationError
 from edgepack.frontends.preflight import op_report
 from edgepack.compression.quantize import (Float16, Int4WeightOnly, Int8Dynamic, Int8Static, QualityGate, output_step, quantization_config,
                                quantize, weight_bytes)
-from edgepack.runtime.loader import TensorSpec
+from edgepack.runtime.bundle_format import TensorSpec
 
 IMAGE = TensorSpec("image", "float32", (1, 2, 6, 6))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgepack.errors import EdgepackError
-from edgepack.runtime.loader import TensorSpec
+from edgepack.runtime.bundle_format import TensorSpec
 from edgepack.frontends.signature import SUPPORTED_DTYPES, numpy_dtype, parse_input_spec, parse_input_specs, random_inputs
 
 FIX = "write it as name:1x3x224x224:float32"

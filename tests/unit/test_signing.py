@@ -10,11 +10,8 @@ import sys
 import pytest
 
 from edgepack.errors import BundleError, EdgepackError, IntegrityError
-from edgepack.runtime import loader
-from edgepack.runtime.loader import (
-    MANIFEST, PAYLOAD_TYPE, SIGNATURE, check_files, load_keyring, pae, parse_envelope, read_signed_manifest,
-    read_trusted_manifest,
-)
+from edgepack.runtime import bundle_format
+from edgepack.runtime.bundle_format import MANIFEST, PAYLOAD_TYPE, SIGNATURE, check_files, load_keyring, pae, parse_envelope, read_signed_manifest, read_trusted_manifest
 from edgepack.bundle.signing import generate_keypair, load_private_key, sign_bundle
 
 
@@ -158,7 +155,7 @@ def test_keyring_without_cryptography_is_refused_clearly(bundle, keys, monkeypat
 
 
 def test_extra_files_and_links_are_refused(bundle):
-    manifest = loader.read_manifest(bundle)
+    manifest = bundle_format.read_manifest(bundle)
     check_files(bundle, manifest)
     (bundle / SIGNATURE).write_text("{}")  # the envelope is the one file besides the manifest allowed
     check_files(bundle, manifest)

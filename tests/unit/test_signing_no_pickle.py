@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgepack.errors import BundleError
-from edgepack.runtime.loader import load_npy
+from edgepack.runtime.bundle_format import load_npy
 
 PACKAGE = Path(__file__).resolve().parents[2] / "edgepack"
 DEPLOYMENT_PATH = sorted(

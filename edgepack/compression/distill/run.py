@@ -233,7 +233,8 @@ def _bundle_row(bundle: Bundle, kind: str) -> dict:
 
 def _teacher_bundle_row(path: Path, runs: int, teacher: Teacher, data: EvalData | None, logits: np.ndarray) -> dict:
     from edgepack.bench import BenchConfig, bench_bundle
-    from edgepack.runtime.loader import load, read_manifest
+    from edgepack.runtime.bundle_format import read_manifest
+    from edgepack.runtime.loader import load
 
     manifest = read_manifest(path)
     files = manifest["files"]

@@ -9,7 +9,7 @@ import numpy as np
 
 from edgepack.errors import EdgepackError
 from edgepack.measure.evaluation import EvalData, Predictor, onnx_predictor, predict
-from edgepack.runtime.loader import TensorSpec
+from edgepack.runtime.bundle_format import TensorSpec
 from edgepack.frontends.signature import parse_input_specs
 from edgepack.frontends.sources import ModelSource, OnnxSource, parse_source
 

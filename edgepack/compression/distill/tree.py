@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import EdgepackError, InternalError
-from edgepack.runtime.loader import TensorSpec
+from edgepack.runtime.bundle_format import TensorSpec
 
 OUTPUT_NAME = "probabilities"
 OPSET = 17

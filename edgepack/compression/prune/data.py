@@ -10,7 +10,7 @@ import numpy as np
 
 from edgepack.errors import EdgepackError
 from edgepack.measure.evaluation import load_eval_data
-from edgepack.runtime.loader import TensorSpec
+from edgepack.runtime.bundle_format import TensorSpec
 
 Batch = tuple[list[np.ndarray], np.ndarray | None]  # inputs (one array per model input), labels or None
 
