@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # g++ builds x86_64 bundles; the aarch64 cross compiler and qemu-user build and verify arm64 ones.
-# openssh-server: the deploy tests start their own sshd on loopback.
-APT_PACKAGES=(g++ python3-venv g++-aarch64-linux-gnu qemu-user openssh-server)
+# Nothing here may install or start a network service (the test-only sshd: scripts/test_packages.sh).
+APT_PACKAGES=(g++ python3-venv g++-aarch64-linux-gnu qemu-user)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -1,4 +1,4 @@
-"""`edgepack deploy|status|versions|rollback|remove`: manage bundles on a device store (docs/deployment.md)."""
+"""`edgepack deploy|status|versions|rollback|remove|repair`: manage bundles on a device store (docs/deployment.md)."""
 
 from __future__ import annotations
 
@@ -112,9 +112,21 @@ def remove_command(
     _print(f"removed {version}")
 
 
+def repair_command(device: str = typer.Argument(..., help="device store"), model: Optional[str] = _MODEL) -> None:
+    """Rebuild a missing or corrupt state.json from history.jsonl and the installed versions (deletes nothing)."""
+    from edgepack.deploy.repair import repair
+
+    info = repair(device, model)
+    listed = ", ".join(f"{version} ({health})" for version, health in sorted(info["versions"].items())) or "none"
+    _print(f"repaired {info['model']} on {info['device']}: active {info['active'] or 'none'}, versions {listed}")
+    if info["left_alone"]:
+        _print(f"left in place (not a bundle of its own version): {', '.join(info['left_alone'])}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("deploy")(deploy_command)
     app.command("status")(status_command)
     app.command("versions")(versions_command)
     app.command("rollback")(rollback_command)
     app.command("remove")(remove_command)
+    app.command("repair")(repair_command)

@@ -1,4 +1,4 @@
-"""Atomic activation (a symlink swap) and trial activation gated by the health check."""
+"""Atomic activation (a symlink swap) after a health check of the new version in its own directory."""
 
 from __future__ import annotations
 
@@ -39,22 +39,25 @@ def _record_check(state: dict, version: str, result: HealthResult) -> None:
 
 
 def activate_on_trial(store: ModelStore, state: dict, version: str, config: HealthConfig) -> HealthResult:
-    """Make `version` current, check it through the link, keep it if healthy, restore the active one if not.
+    """Check `version` through its own directory while `current` stays on the active one; switch only if it passes.
 
-    The trial is recorded in state.json before the link moves, so that a run killed mid-trial is undone
-    at the next start (`recovery.reconcile`). `state["active"]` changes only after a passed check.
+    The trial is recorded in state.json first, so that a run killed mid-trial is undone at the next
+    start (`recovery.reconcile`). A device service starting from `current` during the check still
+    finds the last good version: `current` and `state["active"]` change only after a passed check.
     """
     kept = state["active"]
     state["trial"] = {"version": version, "previous": kept, "started": now()}
     write_state(store, state)
     try:
-        swap_link(store, version, faults=True)
-        result = check_health(store.fs, store.current, config)
-    except BaseException:  # Ctrl-C or a bug mid-trial: put the active version back before leaving
+        result = check_health(store.fs, store.version_dir(version), config)
+        if result.passed:
+            swap_link(store, version, faults=True)
+    except BaseException:  # Ctrl-C or a bug mid-trial: leave (or put) `current` on the active version
         result = HealthResult(False, "the trial was interrupted")
         _record_check(state, version, result)
         state["trial"] = None
-        swap_link(store, kept)
+        if store.linked_version() != kept:
+            swap_link(store, kept)
         write_state(store, state)
         append_history(store, "rolled_back", version, active=kept, detail=result.detail)
         raise
@@ -65,7 +68,6 @@ def activate_on_trial(store: ModelStore, state: dict, version: str, config: Heal
         write_state(store, state)
         append_history(store, "activated", version, previous=kept, detail=result.detail)
     else:
-        swap_link(store, kept)
         write_state(store, state)
         append_history(store, "rolled_back", version, active=kept, detail=result.detail)
     return result

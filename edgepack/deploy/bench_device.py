@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgepack.deploy.checked import check_on_host
 from edgepack.deploy.device import parse_device
 from edgepack.deploy.health import check_runnable
 from edgepack.deploy.layout import check_name
@@ -21,7 +22,6 @@ from edgepack.deploy.recovery import open_store
 from edgepack.deploy.transfer import stage_bundle
 from edgepack.deploy.versioning import same_content
 from edgepack.errors import EdgepackError
-from edgepack.runtime.bundle_format import read_manifest
 
 TIMED = "one call of main per run on inputs already in device memory; input and output copies are not timed"
 
@@ -45,7 +45,8 @@ def bench_on_device(bundle: Path, device: str, config: DeviceBenchConfig = Devic
     """Run `edgepack-run bench` on the device; returns its numbers, where they came from and the protocol."""
     if config.runs < 1 or config.warmup < 0 or (config.threads is not None and config.threads < 1):
         raise EdgepackError("bench needs --runs >= 1, --warmup >= 0 and --threads >= 1", "fix the option")
-    manifest = read_manifest(Path(bundle))
+    checked = check_on_host(Path(bundle))  # before anything is copied to the device
+    manifest = checked.manifest
     model = check_name("model name", str(manifest.get("name", "")))
     version = check_name("version", str(manifest.get("version", "")))
     fs, root = parse_device(device)
@@ -58,7 +59,7 @@ def bench_on_device(bundle: Path, device: str, config: DeviceBenchConfig = Devic
             where = store.version_dir(version)
             result = _run(fs, where, args, config, env)
         else:
-            where, _ = stage_bundle(Path(bundle), manifest, store)
+            where, _ = stage_bundle(checked, store)
             try:
                 result = _run(fs, where, args, config, env)
             finally:

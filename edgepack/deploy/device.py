@@ -40,8 +40,8 @@ def existing_root(device: str) -> tuple[DeviceFS, PurePosixPath]:
 
 
 def models_in(fs: DeviceFS, root: PurePosixPath) -> list[str]:
-    """The models deployed under a store root (directories holding a state.json)."""
-    return [name for name in fs.listdir(root) if "state.json" in fs.listdir(root / name)]
+    """The models deployed under a store root (directories holding a state.json or a versions/ directory)."""
+    return [name for name in fs.listdir(root) if {"state.json", "versions"} & set(fs.listdir(root / name))]
 
 
 def pick_model(fs: DeviceFS, root: PurePosixPath, model: str | None) -> str:

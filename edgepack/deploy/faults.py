@@ -3,8 +3,9 @@
 It exists so that the fault tests can kill a deploy at a known point, as a power cut or `kill -9`
 would. Steps, in the order a deploy reaches them: copy (after the first file is copied into
 staging), stage (staging checked, before the rename), rename (renamed into versions/, before the
-state records it), link (trial recorded, temporary link made, before the swap), swap (link swapped,
-before the health check), health (while the health check's loader runs).
+state records it), health (trial recorded, while the health check of versions/<new> runs and
+`current` still names the active version), link (check passed, temporary link made, before the
+swap), swap (link swapped, before the state records the new active version).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 
 FAULT_ENV = "EDGEPACK_DEPLOY_FAULT"
-STEPS = ("copy", "stage", "rename", "link", "swap", "health")
+STEPS = ("copy", "stage", "rename", "health", "link", "swap")
 FAULT_EXIT = 9
 
 

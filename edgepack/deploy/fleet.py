@@ -11,11 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgepack.deploy.checked import check_on_host
 from edgepack.deploy.device import parse_device
 from edgepack.deploy.health import EXIT_ROLLED_BACK, HealthCheckFailed, HealthConfig
 from edgepack.deploy.operations import deploy
 from edgepack.errors import EXIT_INTERNAL, EXIT_USER, BundleError, EdgepackError, first_line
-from edgepack.runtime.bundle_format import read_manifest
 
 
 @dataclass(frozen=True)
@@ -88,11 +88,12 @@ def _deploy_one(bundle: Path, device: str, config: FleetConfig) -> DeviceResult:
 def deploy_fleet(bundle: Path, devices: list[str], config: FleetConfig = FleetConfig()) -> list[DeviceResult]:
     """Deploy `bundle` to every device, at most `config.jobs` at a time; one DeviceResult per device, in order.
 
-    The bundle's manifest is read once first, so a broken bundle fails once and touches no device.
+    The bundle is checked once first (as a loader would, `check_on_host`), so a broken or hostile
+    bundle fails once and touches no device; each device's deploy checks it again with its keyring.
     """
     if config.jobs < 1:
         raise EdgepackError(f"--jobs must be at least 1, got {config.jobs}", "pass --jobs 1 or more")
-    read_manifest(Path(bundle))
+    check_on_host(Path(bundle))
     check_devices(devices)
     with ThreadPoolExecutor(max_workers=min(config.jobs, len(devices)), thread_name_prefix="edgepack-fleet") as pool:
         futures = [pool.submit(_deploy_one, Path(bundle), device, config) for device in devices]

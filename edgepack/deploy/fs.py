@@ -15,9 +15,10 @@ import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Protocol
 
-from edgepack.deploy.faults import fault_point
 from edgepack.errors import EdgepackError
-from edgepack.runtime.bundle_format import MANIFEST, IntegrityError, check_files, read_manifest
+from edgepack.deploy.checked import CheckedBundle
+from edgepack.deploy.safe_copy import copy_into_fresh
+from edgepack.runtime.bundle_format import check_plain_tree, load_keyring
 from edgepack.compiler.runtime_files import NATIVE_LOADER
 
 
@@ -27,15 +28,6 @@ def _sync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _copy_file(source: Path, destination: Path) -> None:
-    if not source.is_file():
-        raise IntegrityError(f"bundle file '{source}' is missing", "rebuild the bundle or copy it again")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(source, destination)
-    with open(destination, "rb") as handle:
-        os.fsync(handle.fileno())
 
 
 class DeviceFS(Protocol):
@@ -54,8 +46,9 @@ class DeviceFS(Protocol):
     def replace(self, source: PurePosixPath, destination: PurePosixPath) -> None: ...
     def unlink(self, path: PurePosixPath) -> None: ...
     def rmtree(self, path: PurePosixPath) -> None: ...
-    def upload(self, bundle: Path, files: list[str], staging: PurePosixPath) -> None: ...
+    def upload(self, checked: CheckedBundle, staging: PurePosixPath) -> None: ...
     def check_bundle(self, path: PurePosixPath) -> dict: ...
+    def read_keyring(self, path: PurePosixPath) -> dict[str, bytes]: ...
     def run_loader(self, bundle: PurePosixPath, args: list[str], timeout: float,
                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess: ...
     def lock(self, path: PurePosixPath, what: str) -> contextlib.AbstractContextManager[None]: ...
@@ -131,21 +124,18 @@ class LocalFS:
         else:
             target.unlink(missing_ok=True)
 
-    def upload(self, bundle: Path, files: list[str], staging: PurePosixPath) -> None:
-        """Copy the listed files, then the manifest, into `staging` (created here), each fsynced."""
-        Path(staging).mkdir()
-        for number, rel in enumerate(files):
-            _copy_file(bundle / rel, Path(staging) / rel)
-            if number == 0:
-                fault_point("copy")
-        _copy_file(bundle / MANIFEST, Path(staging) / MANIFEST)
-        _sync_dir(Path(staging))
+    def upload(self, checked: CheckedBundle, staging: PurePosixPath) -> None:
+        """Copy the checked bundle into a fresh `staging` directory, never through a link (safe_copy), manifest last."""
+        copy_into_fresh(checked, Path(staging))
+        _sync_dir(Path(staging).parent)
 
     def check_bundle(self, path: PurePosixPath) -> dict:
-        """Read the manifest on the device and check every file's size and SHA-256 there."""
-        manifest = read_manifest(Path(path))
-        check_files(Path(path), manifest)
-        return manifest
+        """The device's own check of its copy: no link, exactly the listed files, sizes and SHA-256 (check_plain_tree)."""
+        return check_plain_tree(Path(path))
+
+    def read_keyring(self, path: PurePosixPath) -> dict[str, bytes]:
+        """The trusted keys of a keyring on this machine (the device)."""
+        return load_keyring(Path(path))
 
     def run_loader(self, bundle: PurePosixPath, args: list[str], timeout: float,
                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

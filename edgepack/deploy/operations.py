@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgepack.deploy.activate import activate_on_trial, retire
+from edgepack.deploy.checked import CheckedBundle, check_on_host, device_keys
 from edgepack.deploy.device import existing_root, parse_device, pick_model
 from edgepack.deploy.faults import fault_point
 from edgepack.deploy.health import HealthCheckFailed, HealthConfig, HealthResult, check_runnable
@@ -15,7 +16,7 @@ from edgepack.deploy.state import append_history, now, write_state
 from edgepack.deploy.transfer import stage_bundle
 from edgepack.deploy.versioning import check_not_downgrade, compare_versions, newest_good, same_content
 from edgepack.errors import EdgepackError
-from edgepack.runtime.bundle_format import read_manifest
+from edgepack.runtime.bundle_format import MANIFEST
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,9 @@ def _failed(model: str, version: str, active: str | None, health: HealthResult, 
     return HealthCheckFailed(f"{model} {version} failed its health check ({health.detail}), so {now_active}", fix)
 
 
-def _install(store: ModelStore, state: dict, bundle: Path, manifest: dict, force: bool) -> None:
+def _install(store: ModelStore, state: dict, checked: CheckedBundle, force: bool) -> None:
     """Stage and check the bundle on the device, then rename it into versions/<version>."""
+    manifest = checked.manifest
     version = manifest["version"]
     if version in state["versions"]:
         identical = same_content(store, version, manifest)
@@ -56,7 +58,7 @@ def _install(store: ModelStore, state: dict, bundle: Path, manifest: dict, force
         check_not_downgrade(store, state, manifest)
     newest = newest_good(state)
     downgrade = {"downgrade_from": newest} if newest and (compare_versions(version, newest) or 0) < 0 else {}
-    staging, staged = stage_bundle(bundle, manifest, store)
+    staging, staged = stage_bundle(checked, store)
     fault_point("stage")
     if version in state["versions"]:
         del state["versions"][version]
@@ -64,8 +66,11 @@ def _install(store: ModelStore, state: dict, bundle: Path, manifest: dict, force
         write_state(store, state)
         append_history(store, "replaced", version)
         retire(store, store.version_dir(version))
+    state["installing"] = version  # so that a run killed before the next write may remove the directory
+    write_state(store, state)
     store.fs.replace(staging, store.version_dir(version))
     fault_point("rename")
+    state["installing"] = None
     state["versions"][version] = {"installed": now(), "target": staged["target"]["name"], "health": "untested",
                                   "last_check": None, "detail": "installed, not checked yet"}
     write_state(store, state)
@@ -78,12 +83,13 @@ def deploy(bundle: Path, device: str, force: bool = False, health: HealthConfig 
     Raises HealthCheckFailed (exit 5) when it did not pass; the previously active version is then current.
     """
     fs, root = parse_device(device)
-    manifest = read_manifest(Path(bundle))
+    checked = check_on_host(Path(bundle), device_keys(fs, health.keyring))  # before the store is touched
+    manifest = checked.manifest
     model = check_name("model name", str(manifest.get("name", "")))
     version = check_name("version", str(manifest.get("version", "")))
     check_runnable(manifest, fs)
     with open_store(fs, root, model, create=True) as (store, state):
-        _install(store, state, Path(bundle), manifest, force)
+        _install(store, state, checked, force)
         previous = state["active"]
         result = activate_on_trial(store, state, version, health)
         if not result.passed:
@@ -132,8 +138,12 @@ def status(device: str, model: str | None = None) -> dict:
     fs, root = existing_root(device)
     with open_store(fs, root, pick_model(fs, root, model)) as (store, state):
         active = state["versions"].get(state["active"], {}) if state["active"] else {}
+        health = active.get("health")
+        if state["active"] and store.fs.read_text(store.version_dir(state["active"]) / MANIFEST) is None:
+            health = "missing"  # its directory is there but its bundle is not: never "good"
+            active = {**active, "detail": "the active version's files are gone; run edgepack repair, then deploy again"}
         return {"device": store.where, "model": store.model, "active": state["active"], "previous": state["previous"],
-                "health": active.get("health"), "last_check": active.get("last_check"), "detail": active.get("detail"),
+                "health": health, "last_check": active.get("last_check"), "detail": active.get("detail"),
                 "versions": len(state["versions"])}
 
 

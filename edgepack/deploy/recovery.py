@@ -14,7 +14,12 @@ from edgepack.errors import EdgepackError
 
 
 def reconcile(store: ModelStore, state: dict) -> None:
-    """Undo an interrupted trial, drop unrecorded version directories, point `current` at the active version."""
+    """Undo an interrupted trial or install, point `current` at the active version.
+
+    Only what state.json accounts for is ever deleted: leftovers with our temporary prefixes, and the
+    directory of an install recorded as in progress (`installing`). Any other version directory
+    that state.json does not list is left in place (`edgepack repair` adopts it).
+    """
     for leftover in store.leftovers():
         store.fs.rmtree(leftover)
     trial = state.get("trial")
@@ -26,9 +31,12 @@ def reconcile(store: ModelStore, state: dict) -> None:
         write_state(store, state)
         append_history(store, "recovered", trial["version"], active=state["active"],
                        detail="interrupted trial undone; the active version was restored")
-    for version in store.installed():
-        if version not in state["versions"]:  # renamed into place, killed before state recorded it
-            retire(store, store.version_dir(version))
+    installing = state.get("installing")
+    if installing:  # renamed into place (or about to be), killed before state recorded it
+        if installing not in state["versions"] and installing in store.installed():
+            retire(store, store.version_dir(installing))
+        state["installing"] = None
+        write_state(store, state)
     if store.linked_version() != state["active"]:
         swap_link(store, state["active"])
 

@@ -8,9 +8,11 @@ config; `EDGEPACK_SSH` replaces the client command (e.g. `ssh -F ./ssh_config`).
 from __future__ import annotations
 
 import contextlib
-import json
+import hashlib
+import io
 import os
 import shlex
+import stat
 import subprocess
 import tarfile
 from pathlib import Path, PurePosixPath
@@ -18,7 +20,10 @@ from typing import Iterator
 
 from edgepack.deploy.faults import fault_point
 from edgepack.errors import EdgepackError
-from edgepack.runtime.bundle_format import MANIFEST, SCHEMA_VERSION, IntegrityError
+from edgepack.deploy.checked import CheckedBundle
+from edgepack.runtime.bundle_format import (
+    MANIFEST, SIGNATURE, BundleError, IntegrityError, check_manifest_fields, parse_manifest, parse_public_keys,
+)
 from edgepack.compiler.runtime_files import NATIVE_LOADER
 
 _MISSING = 10  # exit status our remote scripts use for "no such file"
@@ -35,6 +40,9 @@ class SshFS:
     """A device store reached as `ssh://[user@]host[:port]/root`."""
 
     def __init__(self, host: str, user: str | None = None, port: int | None = None):
+        for label, value in (("host", host), ("user", user or "")):
+            if value.startswith("-"):  # ssh would read it as an option
+                raise EdgepackError(f"SSH {label} '{value}' starts with '-'", "use a plain host name or address: ssh://user@host/path")
         self.host, self.user, self.port = host, user, port
 
     def describe(self, path: PurePosixPath) -> str:
@@ -104,16 +112,29 @@ class SshFS:
     def rmtree(self, path: PurePosixPath) -> None:
         self._run(f"rm -rf {_q(str(path))}")
 
-    def _send(self, bundle: Path, names: list[str], staging: PurePosixPath) -> None:
-        """Stream files as a tar into `staging` on the device, then sync."""
-        process = subprocess.Popen(self._command(f"tar -xof - -C {_q(str(staging))} && sync"), stdin=subprocess.PIPE,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    def _tar_entry(self, checked: CheckedBundle, rel: str) -> tuple[tarfile.TarInfo, bytes]:
+        """One tar member built from bytes read without following a link and matched against the host's check."""
+        with open(os.open(checked.path / rel, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
+            executable = os.fstat(handle.fileno()).st_mode & stat.S_IXUSR
+            data = handle.read()
+        entry = checked.entry(rel)
+        if entry is not None and (len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]):
+            raise IntegrityError(f"bundle file '{rel}' changed after the host checked it", "something is modifying the bundle; deploy it again")
+        info = tarfile.TarInfo(rel)
+        info.size, info.mode, info.type = len(data), 0o755 if executable else 0o644, tarfile.REGTYPE
+        return info, data
+
+    def _send(self, checked: CheckedBundle, names: tuple[str, ...], staging: PurePosixPath) -> None:
+        """Stream regular-file tar members into `staging`: no owners, no overwriting, then sync (the device checks after)."""
+        extract = f"tar --extract --no-same-owner --no-same-permissions --keep-old-files --file=- --directory={_q(str(staging))} && sync"
+        process = subprocess.Popen(self._command(extract), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            with tarfile.open(fileobj=process.stdin, mode="w|") as archive:
+            with tarfile.open(fileobj=process.stdin, mode="w|", format=tarfile.PAX_FORMAT) as archive:
                 for name in names:
-                    if not (bundle / name).is_file():
-                        raise IntegrityError(f"bundle file '{bundle / name}' is missing", "rebuild the bundle or copy it again")
-                    archive.add(bundle / name, arcname=name, recursive=False)
+                    info, data = self._tar_entry(checked, name)
+                    archive.addfile(info, io.BytesIO(data))
+        except OSError as exc:
+            raise IntegrityError(f"cannot read bundle file for the copy ({exc.strerror})", "copy the whole bundle directory again") from None
         finally:
             process.stdin.close()
             stderr = process.stderr.read().decode(errors="replace")
@@ -123,29 +144,34 @@ class SshFS:
         if process.returncode != 0:
             raise EdgepackError(f"copying to the device failed ({_last_line(stderr)})", "check the device's disk space")
 
-    def upload(self, bundle: Path, files: list[str], staging: PurePosixPath) -> None:
-        """Copy the listed files, then the manifest, into `staging` (created here)."""
-        self._run(f"mkdir {_q(str(staging))}")
-        self._send(bundle, files[:1], staging)
+    def upload(self, checked: CheckedBundle, staging: PurePosixPath) -> None:
+        """Create a fresh `staging` (mkdir fails if anything is there) and stream the checked files into it, manifest last."""
+        self._run(f"umask 077 && mkdir {_q(str(staging))}")
+        self._send(checked, checked.files[:1], staging)
         fault_point("copy")
-        self._send(bundle, files[1:] + [MANIFEST], staging)
+        self._send(checked, checked.files[1:], staging)
 
     def check_bundle(self, path: PurePosixPath) -> dict:
-        """Read the manifest on the device and check every file's size and SHA-256 there (sha256sum)."""
+        """The device's own check of its copy: no link or special file, exactly the listed files, sizes and SHA-256 (sha256sum)."""
         text = self.read_text(path / MANIFEST)
         try:
-            manifest = json.loads(text) if text is not None else None
-        except json.JSONDecodeError:
+            manifest = parse_manifest(text.encode("utf-8"), self.describe(path / MANIFEST)) if text is not None else None
+        except IntegrityError:
             manifest = None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or not manifest["files"]:
+        if manifest is None:
             raise IntegrityError("the manifest copied to the device is missing or unreadable", "deploy again")
-        if manifest.get("schema_version", 0) > SCHEMA_VERSION:
-            raise IntegrityError(f"bundle schema_version {manifest['schema_version']} is newer than this edgepack's {SCHEMA_VERSION}", "update edgepack")
+        check_manifest_fields(manifest, self.describe(path / MANIFEST))
+        p = _q(str(path))
+        odd = self._run(f"cd {p} && find . -mindepth 1 ! -type f ! -type d").stdout.split("\n")[0]
+        if odd:
+            raise IntegrityError(f"the copy on the device holds '{odd[2:]}', which is not a regular file", "deploy again")
+        present = {line[2:] for line in self._run(f"cd {p} && find . -type f").stdout.splitlines()}
+        extra = sorted(present - set(manifest["files"]) - {MANIFEST, SIGNATURE})
+        if extra:
+            raise IntegrityError(f"the copy on the device holds '{extra[0]}', which the manifest does not list", "deploy again")
         names = sorted(manifest["files"])
-        if any(name.startswith("/") or ".." in PurePosixPath(name).parts for name in names):
-            raise IntegrityError("manifest names a file outside the bundle", "rebuild the bundle")
-        script = f"cd {_q(str(path))} && for f in " + " ".join(_q(n) for n in names) + \
-            "; do if [ -f \"$f\" ]; then echo \"$(wc -c < \"$f\") $(sha256sum < \"$f\" | cut -d' ' -f1)\"; else echo missing; fi; done"
+        script = f"cd {p} && for f in " + " ".join(_q(n) for n in names) + \
+            "; do if [ -f \"$f\" ] && [ ! -L \"$f\" ]; then echo \"$(wc -c < \"$f\") $(sha256sum < \"$f\" | cut -d' ' -f1)\"; else echo missing; fi; done"
         lines = self._run(script).stdout.splitlines()
         for name, line in zip(names, lines):
             entry = manifest["files"][name]
@@ -156,6 +182,20 @@ class SshFS:
                 raise IntegrityError(f"bundle file '{name}' does not match its SHA-256 (or size) in the manifest on the device",
                                      "the bundle or the transfer was corrupted; rebuild the bundle or deploy again")
         return manifest
+
+    def read_keyring(self, path: PurePosixPath) -> dict[str, bytes]:
+        """The trusted keys of a keyring on the device: a .pub file, or the regular `*.pub` files of a directory."""
+        p = _q(str(path))
+        script = (f"if [ -d {p} ]; then for f in {p}/*.pub; do if [ -f \"$f\" ] && [ ! -L \"$f\" ]; then cat \"$f\"; echo; fi; done; "
+                  f"elif [ -f {p} ]; then cat {p}; else exit {_MISSING}; fi")
+        result = self._run(script, ok=(0, _MISSING))
+        where = self.describe(path)
+        if result.returncode == _MISSING:
+            raise BundleError(f"keyring '{where}' does not exist", "pass a .pub file or a directory of .pub files made by `edgepack keygen`")
+        keys = parse_public_keys(result.stdout, where)
+        if not keys:
+            raise BundleError(f"keyring '{where}' holds no ed25519 public keys", "add a .pub file made by `edgepack keygen`")
+        return keys
 
     def run_loader(self, bundle: PurePosixPath, args: list[str], timeout: float,
                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

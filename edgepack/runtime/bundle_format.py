@@ -264,6 +264,78 @@ def check_no_extra_files(root: Path, files: Mapping) -> None:
 
 
 
+def _plain_tree(root: Path) -> set[str]:
+    """Every regular file under `root` (relative POSIX paths); refuses a link or a special file anywhere."""
+    found, pending = set(), [Path(root)]
+    while pending:
+        directory = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as exc:
+            raise IntegrityError(f"cannot list '{directory}' ({exc.strerror})", "check the bundle's permissions") from None
+        for entry in entries:
+            rel = Path(entry.path).relative_to(root).as_posix()
+            if entry.is_symlink():
+                raise IntegrityError(f"bundle holds a symbolic link '{rel}'", "bundles hold regular files only; rebuild the bundle")
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                found.add(rel)
+            else:
+                raise IntegrityError(f"bundle holds '{rel}', which is not a regular file", "rebuild the bundle")
+    return found
+
+
+
+def check_plain_file(root: Path | str, rel: str, entry: Mapping) -> None:
+    """Hash one listed file opened without following a final link; refuse a size or SHA-256 that differs."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(os.open(Path(root) / rel, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise IntegrityError(f"cannot read bundle file '{rel}' ({exc.strerror})", "copy the whole bundle directory again") from None
+    if size != entry.get("size"):
+        raise IntegrityError(f"bundle file '{rel}' has {size} bytes, manifest says {entry.get('size')}",
+                             "the bundle was modified or truncated; copy it again or rebuild it")
+    if digest.hexdigest() != entry.get("sha256"):
+        raise IntegrityError(f"bundle file '{rel}' does not match its SHA-256 in the manifest",
+                             "the bundle was modified; copy it again or rebuild it")
+
+
+
+def check_plain_tree(root: Path | str, keyring: Path | str | Mapping[str, bytes] | None = None) -> dict:
+    """Check a bundle the way a loader would, without following any link; returns its manifest.
+
+    No symbolic link or special file anywhere under `root`; the manifest's fields well formed, every
+    path relative without `..`; exactly the listed files (plus the manifest and its signature) and
+    each one's size and SHA-256; when `keyring` (a path or `{keyid: key}`) is given, a valid
+    signature by one of its keys. Nothing is written.
+    """
+    root = Path(root)
+    if root.is_symlink() or not root.is_dir():
+        raise BundleError(f"bundle '{root}' is not a directory", "pass the bundle directory edgepack build wrote")
+    present = _plain_tree(root)
+    if keyring is None or (not isinstance(keyring, Mapping) and str(keyring) == ""):
+        manifest = read_manifest(root)
+    else:
+        manifest = read_signed_manifest(root, keyring if isinstance(keyring, Mapping) else load_keyring(keyring))
+    check_manifest_fields(manifest, root / MANIFEST)
+    files = manifest["files"]
+    extra = sorted(present - set(files) - {MANIFEST, SIGNATURE})
+    if extra:
+        raise IntegrityError(f"bundle holds '{extra[0]}', which the manifest does not list",
+                             "remove it, or copy the bundle again from its source")
+    for rel, entry in sorted(files.items()):
+        if rel not in present:
+            raise IntegrityError(f"bundle file '{rel}' is missing", "copy the whole bundle directory again")
+        check_plain_file(root, rel, entry)
+    return manifest
+
+
+
 def pae(payload_type: str, payload: bytes) -> bytes:
     """DSSE pre-authentication encoding: what the signature covers (type and payload, length-prefixed)."""
     kind = payload_type.encode("utf-8")
