@@ -64,8 +64,12 @@ def _copy_one(checked: CheckedBundle, rel: str, top: int) -> None:
 
 def copy_into_fresh(checked: CheckedBundle, staging: Path) -> None:
     """Create `staging` (it must not exist) and copy the checked bundle's files into it, manifest last, each fsynced."""
-    os.mkdir(staging, 0o700)
-    top = os.open(staging, _DIR_FLAGS)
+    try:
+        os.mkdir(staging, 0o755)
+        top = os.open(staging, _DIR_FLAGS)
+    except OSError as exc:
+        raise EdgepackError(f"cannot create the staging directory {staging} ({exc.strerror})",
+                            "check the device's disk space and permissions on the store") from None
     try:
         for number, rel in enumerate(checked.files):
             _copy_one(checked, rel, top)

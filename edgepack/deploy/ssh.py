@@ -146,7 +146,7 @@ class SshFS:
 
     def upload(self, checked: CheckedBundle, staging: PurePosixPath) -> None:
         """Create a fresh `staging` (mkdir fails if anything is there) and stream the checked files into it, manifest last."""
-        self._run(f"umask 077 && mkdir {_q(str(staging))}")
+        self._run(f"mkdir -m 755 {_q(str(staging))}")
         self._send(checked, checked.files[:1], staging)
         fault_point("copy")
         self._send(checked, checked.files[1:], staging)
