@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from edgepack.cli import bench, build, deploy, distill, doctor, inspect, keygen, monitor, prune, quantize, run, sign, targets, tune, verify
+from edgepack.cli import bench, build, deploy, distill, doctor, inspect, keygen, monitor, prune, quantize, registry, run, sign, targets, tune, verify
 from edgepack.errors import EXIT_INTERNAL, EXIT_USER, BundleError, first_line
 
 app = typer.Typer(
@@ -24,7 +24,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
     _state["debug"] = debug
 
 
-for module in (build, quantize, prune, distill, tune, inspect, run, verify, bench, targets, doctor, deploy, monitor, keygen, sign):
+for module in (build, quantize, prune, distill, tune, inspect, run, verify, bench, targets, doctor, deploy, registry, monitor, keygen, sign):
     module.register(app)
 
 

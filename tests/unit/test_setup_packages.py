@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE_PACKAGES = ("openssh-server", "ssh", "dropbear", "telnetd", "apache2", "nginx", "rpcbind", "avahi-daemon", "samba")
+SERVICE_PACKAGES = ("openssh-server", "ssh", "docker-registry", "dropbear", "telnetd", "apache2", "nginx", "rpcbind", "avahi-daemon", "samba")
 
 
 def _apt_packages(script: Path, variable: str) -> list[str]:
@@ -38,7 +38,7 @@ def test_setup_installs_no_network_service():
 
 def test_test_packages_start_no_service():
     script = (ROOT / "scripts" / "test_packages.sh").read_text()
-    assert "openssh-server" in _apt_packages(ROOT / "scripts" / "test_packages.sh", "TEST_PACKAGES")
+    assert {"openssh-server", "docker-registry"} <= set(_apt_packages(ROOT / "scripts" / "test_packages.sh", "TEST_PACKAGES"))
     assert "exit 101" in script and "trap restore EXIT" in script  # policy-rc.d refuses starts, then is restored
     assert "disable --now ssh.service" in script
     test_sh = (ROOT / "scripts" / "test.sh").read_text()
