@@ -50,6 +50,19 @@ def load_onnx(path: Path):
     return model
 
 
+def drop_listed_weights(model) -> int:
+    """Remove initializer names from the graph inputs (old exporters' `keep_initializers_as_inputs`): TVM would
+    otherwise order those weights among `main`'s params ahead of the others; returns how many were listed."""
+    initializers = {init.name for init in model.graph.initializer}
+    kept = [value for value in model.graph.input if value.name not in initializers]
+    listed = len(model.graph.input) - len(kept)
+    if listed:
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+        model.ir_version = max(model.ir_version, 4)  # IR 3 required weights among the inputs; 4 lifted it
+    return listed
+
+
 def _graph_inputs(model) -> list:
     initializers = {init.name for init in model.graph.initializer}
     return [value for value in model.graph.input if value.name not in initializers]
@@ -126,6 +139,7 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path) -> tu
     import onnx
 
     model = load_onnx(path)
+    listed_weights = drop_listed_weights(model)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
@@ -142,5 +156,6 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path) -> tu
     static_path = Path(workdir) / "model.onnx"
     onnx.save(model, str(static_path))
     outputs = output_specs(static_path, inputs)
-    record = StageRecord("preflight", {"input_overrides": {n: s.to_json() for n, s in overrides.items()}}, report.to_json())
+    record = StageRecord("preflight", {"input_overrides": {n: s.to_json() for n, s in overrides.items()}},
+                         {**report.to_json(), "weights_listed_as_inputs": listed_weights})
     return OnnxModel.at(static_path, inputs, outputs), record
