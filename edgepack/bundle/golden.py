@@ -84,7 +84,7 @@ def write_golden(golden: GoldenVectors, bundle_dir: Path) -> dict:
         for kind, arrays in (("input", inputs), ("output", outputs)):
             for position, array in enumerate(arrays):
                 rel = f"golden/{index}/{kind}_{position}.npy"
-                np.save(bundle_dir / rel, np.ascontiguousarray(array))
+                np.save(bundle_dir / rel, np.asarray(array, order="C"))  # 0-d stays 0-d
                 entry[f"{kind}s"].append(rel)
         cases.append(entry)
     return {"atol": golden.atol, "rtol": golden.rtol, "origin": golden.origin, "cases": cases}

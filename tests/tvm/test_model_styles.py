@@ -51,3 +51,50 @@ def test_weights_listed_as_graph_inputs_build_and_match(tmp_path):
     np.testing.assert_allclose(got, onnxruntime_run(path, {"x": x})[0], atol=1e-4, rtol=1e-3)
     preflight = next(stage for stage in manifest["provenance"]["stages"] if stage["stage"] == "preflight")
     assert preflight["report"]["weights_listed_as_inputs"] == 8
+
+
+def save_graph(path: Path, nodes, inputs, outputs, opset: int = 17) -> Path:
+    from onnx import helper, save
+
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs)
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
+    return path
+
+
+def test_scalar_inputs_and_outputs_build_and_verify(tmp_path):
+    """0-d tensors stay 0-d through golden writing and both loaders (Clip's scalar bounds; Size's scalar output)."""
+    from onnx import TensorProto, helper
+
+    float_value = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
+    path = save_graph(tmp_path / "scalars.onnx",
+                      [helper.make_node("Clip", ["x", "low", "high"], ["y"]), helper.make_node("Size", ["x"], ["n"])],
+                      [float_value("x", [2, 3]), float_value("low", []), float_value("high", [])],
+                      [float_value("y", [2, 3]), helper.make_tensor_value_info("n", TensorProto.INT64, [])])
+    result = build(str(path), out_dir=tmp_path / "dist")
+    manifest = read_manifest(result.bundle.path)
+    assert [spec["shape"] for spec in manifest["inputs"]] == [[2, 3], [], []]
+    assert [spec["shape"] for spec in manifest["outputs"]] == [[2, 3], []]
+    assert np.load(result.bundle.path / manifest["golden"]["cases"][0]["inputs"][1]).shape == ()
+    x = np.linspace(-2, 2, 6, dtype=np.float32).reshape(2, 3)
+    y, n = load(result.bundle.path).run([x, np.float32(-1), np.float32(0.5)])
+    assert n.shape == () and int(n) == 6
+    np.testing.assert_allclose(y, np.clip(x, -1, 0.5))
+
+
+def test_integer_types_build_and_verify(tmp_path):
+    """int16 and unsigned 16/32/64-bit inputs and outputs through pre-flight, golden vectors and both loaders
+    (pre-flight refused them on main)."""
+    from onnx import TensorProto, helper
+
+    dtypes = {"int16": TensorProto.INT16, "uint16": TensorProto.UINT16, "uint32": TensorProto.UINT32,
+              "uint64": TensorProto.UINT64}
+    value = lambda name, dtype: helper.make_tensor_value_info(name, dtypes[dtype], [4])  # noqa: E731
+    path = save_graph(tmp_path / "integers.onnx",
+                      [helper.make_node("Add", [f"a_{d}", f"b_{d}"], [f"c_{d}"]) for d in dtypes],
+                      [value(f"{side}_{d}", d) for d in dtypes for side in "ab"], [value(f"c_{d}", d) for d in dtypes])
+    result = build(str(path), out_dir=tmp_path / "dist")
+    assert [spec["dtype"] for spec in read_manifest(result.bundle.path)["outputs"]] == list(dtypes)
+    arrays = [array for d in dtypes for array in (np.arange(4, dtype=d), np.full(4, 3, dtype=d))]
+    for got, a, b in zip(load(result.bundle.path).run(arrays), arrays[::2], arrays[1::2]):
+        assert got.dtype == a.dtype
+        np.testing.assert_array_equal(got, a + b)
