@@ -6,7 +6,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from edgepack.artifacts import OnnxModel, StageRecord
 from edgepack.errors import EdgepackError, first_line
@@ -61,6 +60,25 @@ def drop_listed_weights(model) -> int:
         model.graph.input.extend(kept)
         model.ir_version = max(model.ir_version, 4)  # IR 3 required weights among the inputs; 4 lifted it
     return listed
+
+
+OLDEST_OPSET = 7  # ONNX Runtime, the golden reference, loads nothing older
+UPGRADE_OPSET = 13
+
+
+def upgrade_old_opset(model):
+    """Models older than opset 7 converted to opset 13 with `onnx.version_converter`; returns (model, the opset
+    it was upgraded from or None)."""
+    from onnx import version_converter
+
+    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
+    if not 0 < opset < OLDEST_OPSET:
+        return model, None
+    try:
+        return version_converter.convert_version(model, UPGRADE_OPSET), opset
+    except Exception as exc:  # the converter raises its own C++ error types
+        raise EdgepackError(f"the model's opset {opset} is older than {OLDEST_OPSET} and onnx.version_converter cannot "
+                            f"upgrade it: {first_line(exc)}", "re-export the model with a current exporter") from None
 
 
 def _graph_inputs(model) -> list:
@@ -125,13 +143,44 @@ def op_report(model) -> PreflightReport:
     return PreflightReport(opset, dict(sorted(counts.items())), tuple(unsupported))
 
 
-def output_specs(path: Path, inputs: list[TensorSpec]) -> list[TensorSpec]:
-    """Output names, dtypes and shapes, read by running the model once in ONNX Runtime."""
-    from edgepack.measure.reference import run_onnxruntime
+def output_specs(model, inputs: list[TensorSpec]) -> list[TensorSpec]:
+    """Output names, dtypes and static shapes from ONNX shape inference (inputs fixed), else from TVM's import;
+    nothing is run, so a model ONNX Runtime refuses (or that fails on all-zero inputs) still gets its shapes."""
+    specs, unknown = [], []
+    for value in model.graph.output:
+        tensor_type = value.type.tensor_type
+        dims = tensor_type.shape.dim if tensor_type.HasField("shape") else None
+        static = dims is not None and all(dim.HasField("dim_value") for dim in dims)
+        dtype = numpy_dtype(tensor_type.elem_type, f"output '{value.name}'") if tensor_type.elem_type else None
+        specs.append(TensorSpec(value.name, dtype, tuple(dim.dim_value for dim in dims)) if static and dtype else None)
+        if specs[-1] is None:
+            unknown.append(value.name)
+    if unknown:
+        specs = [spec or imported for spec, imported in zip(specs, _imported_output_specs(model, inputs, unknown))]
+    return specs
 
-    arrays = [np.zeros(spec.shape, spec.dtype) for spec in inputs]
-    names, outputs = run_onnxruntime(path, inputs, arrays, with_names=True)
-    return [TensorSpec(name, str(array.dtype), tuple(array.shape)) for name, array in zip(names, outputs)]
+
+def _imported_output_specs(model, inputs: list[TensorSpec], unknown: list[str]) -> list[TensorSpec]:
+    """Output specs from the struct info of TVM's import of `main` (shapes it derives from the fixed inputs)."""
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        module = from_onnx(model, shape_dict={s.name: list(s.shape) for s in inputs}, dtype_dict={s.name: s.dtype for s in inputs},
+                           keep_params_in_input=True)
+    except Exception as exc:  # the frontend raises many types for ops it cannot convert
+        raise EdgepackError(f"TVM cannot import the model: {first_line(exc)}", "simplify or re-export the model") from None
+    info = module["main"].ret_struct_info
+    fields = list(info.fields) if isinstance(info, relax.TupleStructInfo) else [info]
+    specs = []
+    for value, field in zip(model.graph.output, fields):
+        shape = getattr(field, "shape", None)
+        values = getattr(shape, "values", None)
+        if values is None or not all(hasattr(dim, "value") for dim in values):
+            raise EdgepackError(f"output '{value.name}' has a shape that depends on the input values ({', '.join(unknown)} "
+                                "could not be given a static shape)", "bundles need static output shapes; give the output a fixed size")
+        specs.append(TensorSpec(value.name, str(field.dtype), tuple(int(dim.value) for dim in values)))
+    return specs
 
 
 def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path) -> tuple[OnnxModel, StageRecord]:
@@ -140,22 +189,24 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path) -> tu
 
     model = load_onnx(path)
     listed_weights = drop_listed_weights(model)
+    model, upgraded_from = upgrade_old_opset(model)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise EdgepackError(f"'{path}' fails the ONNX checker: {first_line(exc)}", "re-export the model with a current exporter") from None
     inputs = fix_input_shapes(model, overrides)
     try:
-        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError and others; all mean an inconsistent graph
         raise EdgepackError(f"shape inference fails on '{path}': {first_line(exc)}", "check the --input shapes against the model") from None
     report = op_report(model)
     if report.unsupported:
         raise EdgepackError(f"TVM's ONNX frontend does not support these ops: {', '.join(report.unsupported)}",
                             "replace them in the model (or export with another opset) before building")
+    outputs = output_specs(model, inputs)
     static_path = Path(workdir) / "model.onnx"
     onnx.save(model, str(static_path))
-    outputs = output_specs(static_path, inputs)
     record = StageRecord("preflight", {"input_overrides": {n: s.to_json() for n, s in overrides.items()}},
-                         {**report.to_json(), "weights_listed_as_inputs": listed_weights})
+                         {**report.to_json(), "weights_listed_as_inputs": listed_weights,
+                          **({"opset_upgraded_from": upgraded_from} if upgraded_from else {})})
     return OnnxModel.at(static_path, inputs, outputs), record

@@ -46,7 +46,10 @@ def parse_input_specs(texts: list[str]) -> dict[str, TensorSpec]:
 def numpy_dtype(onnx_elem_type: int, where: str) -> str:
     """The numpy dtype name of an ONNX tensor element type."""
     if onnx_elem_type not in _ONNX_TO_NUMPY:
-        raise EdgepackError(f"{where} has an element type edgepack does not support (ONNX type {onnx_elem_type})",
+        from onnx import TensorProto
+
+        name = TensorProto.DataType.Name(onnx_elem_type) if onnx_elem_type in TensorProto.DataType.values() else "unknown"
+        raise EdgepackError(f"{where} has an element type edgepack does not support (ONNX type {onnx_elem_type}, {name})",
                             f"use one of {', '.join(SUPPORTED_DTYPES)}")
     return _ONNX_TO_NUMPY[onnx_elem_type]
 
