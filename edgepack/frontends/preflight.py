@@ -10,6 +10,7 @@ from pathlib import Path
 from edgepack.artifacts import OnnxModel, StageRecord
 from edgepack.errors import EdgepackError, first_line
 from edgepack.runtime.bundle_format import TensorSpec
+from edgepack.frontends.fold import fold_shape_computations
 from edgepack.frontends.signature import numpy_dtype
 
 _ALWAYS_SUPPORTED = {"Constant", "If"}  # handled by the TVM frontend outside its converter map
@@ -199,6 +200,7 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path) -> tu
         model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError and others; all mean an inconsistent graph
         raise EdgepackError(f"shape inference fails on '{path}': {first_line(exc)}", "check the --input shapes against the model") from None
+    model, folded = fold_shape_computations(model)
     report = op_report(model)
     if report.unsupported:
         raise EdgepackError(f"TVM's ONNX frontend does not support these ops: {', '.join(report.unsupported)}",
@@ -207,6 +209,6 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path) -> tu
     static_path = Path(workdir) / "model.onnx"
     onnx.save(model, str(static_path))
     record = StageRecord("preflight", {"input_overrides": {n: s.to_json() for n, s in overrides.items()}},
-                         {**report.to_json(), "weights_listed_as_inputs": listed_weights,
+                         {**report.to_json(), "weights_listed_as_inputs": listed_weights, **folded.to_json(),
                           **({"opset_upgraded_from": upgraded_from} if upgraded_from else {})})
     return OnnxModel.at(static_path, inputs, outputs), record
