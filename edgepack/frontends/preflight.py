@@ -6,14 +6,19 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 
 from edgepack.artifacts import OnnxModel, StageRecord
 from edgepack.errors import EdgepackError, first_line
 from edgepack.runtime.bundle_format import TensorSpec
+from edgepack.frontends.build_time import bind_inputs, refuse_runtime_operands
 from edgepack.frontends.fold import fold_shape_computations
 from edgepack.frontends.signature import numpy_dtype
 
 _ALWAYS_SUPPORTED = {"Constant", "If"}  # handled by the TVM frontend outside its converter map
+# in TVM's converter map but not importable as ONNX defines them: the converter reads com.microsoft's `num_heads`
+NOT_IMPORTABLE = {"Attention"}
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,8 @@ def op_report(model) -> PreflightReport:
     ops = _all_op_types(model.graph)
     counts = Counter(op for _, op in ops)
     unsupported = sorted({op if domain == "ai.onnx" else f"{domain}.{op}"
-                          for domain, op in ops if op not in supported or domain not in ("ai.onnx", "")})
+                          for domain, op in ops if op not in supported or domain not in ("ai.onnx", "")
+                          or (domain in ("ai.onnx", "") and op in NOT_IMPORTABLE)})
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     return PreflightReport(opset, dict(sorted(counts.items())), tuple(unsupported))
 
@@ -184,13 +190,19 @@ def _imported_output_specs(model, inputs: list[TensorSpec], unknown: list[str]) 
     return specs
 
 
-def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path) -> tuple[OnnxModel, StageRecord]:
-    """Check an ONNX file, fix its input shapes, refuse unsupported ops; writes workdir/model.onnx."""
+def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path,
+              bound: dict[str, np.ndarray] | None = None) -> tuple[OnnxModel, StageRecord]:
+    """Check an ONNX file, fix its input shapes, refuse unsupported ops; writes workdir/model.onnx.
+
+    `bound` gives inputs their values at build time (edgepack.frontends.build_time): they become constants."""
     import onnx
 
     model = load_onnx(path)
     listed_weights = drop_listed_weights(model)
     model, upgraded_from = upgrade_old_opset(model)
+    if bound:
+        bind_inputs(model, bound)
+    refuse_runtime_operands(model, bound or {})
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:

@@ -90,14 +90,19 @@ def _build_and_verify(case, source: Path, inputs, expected, work: Path, target, 
     from edgepack.bundle.verify import verify_bundle, verify_python
     from edgepack.compiler.compile import CompileConfig, compile_model
     from edgepack.errors import VerificationError
+    from edgepack.frontends.build_time import build_time_inputs
     from edgepack.frontends.preflight import preflight
 
     names = [value.name for value in case.model.graph.input
              if value.name not in {init.name for init in case.model.graph.initializer}]
-    overrides = {name: TensorSpec(name, str(array.dtype), tuple(array.shape)) for name, array in zip(names, inputs)}
+    needed = build_time_inputs(case.model)  # axes, k's, sizes: bound to the case's values at build time
+    bound = {name: array for name, array in zip(names, inputs) if name in needed}
+    inputs = [array for name, array in zip(names, inputs) if name not in bound]
+    overrides = {name: TensorSpec(name, str(array.dtype), tuple(array.shape))
+                 for name, array in zip([n for n in names if n not in bound], inputs)}
     (work / "pre").mkdir()
     try:
-        model, _ = preflight(source, overrides, work / "pre")
+        model, _ = preflight(source, overrides, work / "pre", bound)
     except EdgepackError as exc:
         return REFUSED, str(exc)
     (work / "compile").mkdir()
