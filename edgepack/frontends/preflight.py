@@ -14,6 +14,7 @@ from edgepack.errors import EdgepackError, first_line
 from edgepack.runtime.bundle_format import TensorSpec
 from edgepack.frontends.build_time import bind_inputs, refuse_runtime_operands
 from edgepack.frontends.fold import fold_shape_computations
+from edgepack.frontends.legalize import legalize
 from edgepack.frontends.signature import numpy_dtype
 
 _ALWAYS_SUPPORTED = {"Constant", "If"}  # handled by the TVM frontend outside its converter map
@@ -213,6 +214,7 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path,
     except Exception as exc:  # onnx raises InferenceError and others; all mean an inconsistent graph
         raise EdgepackError(f"shape inference fails on '{path}': {first_line(exc)}", "check the --input shapes against the model") from None
     model, folded = fold_shape_computations(model)
+    legalized = legalize(model)
     report = op_report(model)
     if report.unsupported:
         raise EdgepackError(f"TVM's ONNX frontend does not support these ops: {', '.join(report.unsupported)}",
@@ -221,6 +223,6 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path,
     static_path = Path(workdir) / "model.onnx"
     onnx.save(model, str(static_path))
     record = StageRecord("preflight", {"input_overrides": {n: s.to_json() for n, s in overrides.items()}},
-                         {**report.to_json(), "weights_listed_as_inputs": listed_weights, **folded.to_json(),
+                         {**report.to_json(), "weights_listed_as_inputs": listed_weights, **folded.to_json(), "legalized": legalized,
                           **({"opset_upgraded_from": upgraded_from} if upgraded_from else {})})
     return OnnxModel.at(static_path, inputs, outputs), record
