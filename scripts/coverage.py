@@ -13,7 +13,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from edgepack.measure.coverage import EXCLUDED, PASSED, CaseResult, node_cases, run_case, summarize
+from edgepack.measure.coverage import EXCLUDED, PASSED, CaseResult, node_cases, run_case, shipped_cases, summarize
 from edgepack.targets import load_target
 
 
@@ -44,13 +44,14 @@ def main(argv=None) -> int:
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--native", action="store_true", help="verify through the native loader too")
     parser.add_argument("--target", default="x86_64")
+    parser.add_argument("--shipped", action="store_true", help="the ONNX files of onnx's backend test data instead")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
     target = load_target(args.target)
     results = []
     with tempfile.TemporaryDirectory(prefix="edgepack-coverage-") as workdir:
-        for case in node_cases(args.every, args.offset):
+        for case in (shipped_cases()[args.offset::args.every] if args.shipped else node_cases(args.every, args.offset)):
             started = time.perf_counter()
             result = run_case(case, Path(workdir), target, native=args.native)
             results.append(result)

@@ -65,7 +65,8 @@ def drop_listed_weights(model) -> int:
     if listed:
         del model.graph.input[:]
         model.graph.input.extend(kept)
-        model.ir_version = max(model.ir_version, 4)  # IR 3 required weights among the inputs; 4 lifted it
+    if initializers:  # IR 3 required weights among the inputs; 4 lifted it (old exporters listed only some)
+        model.ir_version = max(model.ir_version, 4)
     return listed
 
 
@@ -170,7 +171,6 @@ def output_specs(model, inputs: list[TensorSpec]) -> list[TensorSpec]:
 
 def _imported_output_specs(model, inputs: list[TensorSpec], unknown: list[str]) -> list[TensorSpec]:
     """Output specs from the struct info of TVM's import of `main` (shapes it derives from the fixed inputs)."""
-    from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
     try:
@@ -178,15 +178,18 @@ def _imported_output_specs(model, inputs: list[TensorSpec], unknown: list[str]) 
                            keep_params_in_input=True)
     except Exception as exc:  # the frontend raises many types for ops it cannot convert
         raise EdgepackError(f"TVM cannot import the model: {first_line(exc)}", "simplify or re-export the model") from None
-    info = module["main"].ret_struct_info
-    fields = list(info.fields) if isinstance(info, relax.TupleStructInfo) else [info]
+    info = module["main"].ret_ty
+    fields = list(info.fields) if hasattr(info, "fields") else [info]
     specs = []
     for value, field in zip(model.graph.output, fields):
+        if value.name not in unknown:
+            specs.append(None)
+            continue
         shape = getattr(field, "shape", None)
         values = getattr(shape, "values", None)
         if values is None or not all(hasattr(dim, "value") for dim in values):
-            raise EdgepackError(f"output '{value.name}' has a shape that depends on the input values ({', '.join(unknown)} "
-                                "could not be given a static shape)", "bundles need static output shapes; give the output a fixed size")
+            raise EdgepackError(f"output '{value.name}' has no static shape (it depends on input values, or is not a tensor)",
+                                "bundles need static tensor outputs; give the output a fixed size")
         specs.append(TensorSpec(value.name, str(field.dtype), tuple(int(dim.value) for dim in values)))
     return specs
 

@@ -46,6 +46,60 @@ def node_cases(every: int = 1, offset: int = 0) -> list:
     return cases[offset::every]
 
 
+@dataclass(frozen=True)
+class FileCase:
+    """An ONNX file shipped in the `onnx` package's backend test data, with its inputs and expected outputs."""
+
+    name: str
+    model: object
+    data_sets: tuple
+    atol: float = 1e-7
+    rtol: float = 1e-3
+
+
+def _read_values(paths: list[Path]) -> list:
+    from onnx import TensorProto
+
+    values = []
+    for path in paths:
+        tensor = TensorProto()
+        tensor.ParseFromString(path.read_bytes())
+        values.append(tensor if tensor.data_type else None)  # a sequence or optional parses as an empty tensor
+    return values
+
+
+def _dummy_input(value) -> np.ndarray:
+    """ONNX's backend runner's input for its `light` models: arange(n) / n in the input's shape."""
+    shape = tuple(dim.dim_value if dim.HasField("dim_value") else 1 for dim in value.type.tensor_type.shape.dim)
+    count = int(np.prod(shape))
+    return (np.arange(count).reshape(shape) / count).astype(np.float32)
+
+
+def shipped_cases() -> list[FileCase]:
+    """The ONNX files of the `onnx` package's backend test data (simple, pytorch-converted, pytorch-operator:
+    model.onnx + test_data_set_0; light: model + expected output for the runner's dummy inputs)."""
+    import onnx
+    import onnx.backend.test
+
+    data = Path(onnx.backend.test.__file__).parent / "data"
+    cases = []
+    for kind in ("simple", "pytorch-converted", "pytorch-operator"):
+        for directory in sorted((data / kind).glob("*/")):
+            data_set = directory / "test_data_set_0"
+            if not (directory / "model.onnx").is_file() or not data_set.is_dir():
+                continue
+            inputs = _read_values(sorted(data_set.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[1])))
+            outputs = _read_values(sorted(data_set.glob("output_*.pb"), key=lambda p: int(p.stem.split("_")[1])))
+            cases.append(FileCase(f"{kind}/{directory.name}", onnx.load(str(directory / "model.onnx")), ((inputs, outputs),)))
+    for path in sorted((data / "light").glob("light_*.onnx")):
+        model = onnx.load(str(path))
+        weights = {init.name for init in model.graph.initializer}
+        inputs = [_dummy_input(value) for value in model.graph.input if value.name not in weights]
+        outputs = _read_values([path.with_name(f"{path.stem}_output_0.pb")])
+        cases.append(FileCase(f"light/{path.stem}", model, ((inputs, outputs),)))
+    return cases
+
+
 def _tensors(values) -> list[np.ndarray] | None:
     """The case's values as arrays (numpy scalars are 0-d tensors, TensorProtos are read); None when one is a
     sequence, an optional or a map."""
@@ -55,7 +109,7 @@ def _tensors(values) -> list[np.ndarray] | None:
     for value in values:
         if isinstance(value, TensorProto):
             value = numpy_helper.to_array(value)
-        if not isinstance(value, (np.ndarray, np.generic)):
+        if value is None or not isinstance(value, (np.ndarray, np.generic)):
             return None
         arrays.append(np.asarray(value))
     return arrays
@@ -73,7 +127,7 @@ def run_case(case, workdir: Path, target, native: bool = False) -> CaseResult:
     inputs, expected = (_tensors(values) for values in case.data_sets[0])
     if inputs is None or expected is None:
         return CaseResult(case.name, ops, EXCLUDED, "non-tensor values (sequence, optional or map)")
-    work = Path(tempfile.mkdtemp(dir=workdir, prefix=case.name[:40] + "-"))
+    work = Path(tempfile.mkdtemp(dir=workdir, prefix=case.name.replace("/", "_")[:40] + "-"))
     try:
         source = work / "case.onnx"
         onnx.save(case.model, str(source))
