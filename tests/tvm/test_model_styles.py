@@ -75,6 +75,13 @@ def test_scalar_inputs_and_outputs_build_and_verify(tmp_path):
     assert [spec["shape"] for spec in manifest["inputs"]] == [[2, 3], [], []]
     assert [spec["shape"] for spec in manifest["outputs"]] == [[2, 3], []]
     assert np.load(result.bundle.path / manifest["golden"]["cases"][0]["inputs"][1]).shape == ()
+    assert (manifest["golden"]["origin"], manifest["golden"]["reference"]) == ("random", "onnxruntime")
+    from typer.testing import CliRunner
+
+    from edgepack.cli.app import app
+
+    shown = CliRunner().invoke(app, ["inspect", str(result.bundle.path)]).output
+    assert "golden vectors: 3 case(s), random inputs (not real data: pass --golden-inputs), references from onnxruntime" in shown
     x = np.linspace(-2, 2, 6, dtype=np.float32).reshape(2, 3)
     y, n = load(result.bundle.path).run([x, np.float32(-1), np.float32(0.5)])
     assert n.shape == () and int(n) == 6
