@@ -20,6 +20,27 @@ from edgepack.frontends.signature import numpy_dtype
 _ALWAYS_SUPPORTED = {"Constant", "If"}  # handled by the TVM frontend outside its converter map
 # in TVM's converter map but not importable as ONNX defines them: the converter reads com.microsoft's `num_heads`
 NOT_IMPORTABLE = {"Attention"}
+# attribute values TVM's converters ignore or reject (found by scripts/coverage.py): (op, attribute, refused values, why)
+NOT_IMPORTABLE_ATTRIBUTES = (
+    ("Resize", "antialias", (1,), "antialias is ignored by TVM"),
+    ("Resize", "coordinate_transformation_mode", (b"half_pixel_symmetric",), "half_pixel_symmetric is not implemented in TVM"),
+    ("QuantizeLinear", "block_size", "nonzero", "blocked quantization is not supported by TVM"),
+    ("DequantizeLinear", "block_size", "nonzero", "blocked quantization is not supported by TVM"),
+    ("BatchNormalization", "training_mode", (1,), "training mode is not supported by TVM"),
+)
+
+
+def _attribute_refusals(graph) -> set[str]:
+    from onnx import helper
+
+    refused = set()
+    for node in graph.node:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        for op, name, values, why in NOT_IMPORTABLE_ATTRIBUTES:
+            value = attributes.get(name)
+            if node.op_type == op and value is not None and (value in values if values != "nonzero" else value != 0):
+                refused.add(f"{op} ({why})")
+    return refused
 
 
 @dataclass(frozen=True)
@@ -147,7 +168,7 @@ def op_report(model) -> PreflightReport:
     counts = Counter(op for _, op in ops)
     unsupported = sorted({op if domain == "ai.onnx" else f"{domain}.{op}"
                           for domain, op in ops if op not in supported or domain not in ("ai.onnx", "")
-                          or (domain in ("ai.onnx", "") and op in NOT_IMPORTABLE)})
+                          or (domain in ("ai.onnx", "") and op in NOT_IMPORTABLE)} | _attribute_refusals(model.graph))
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     return PreflightReport(opset, dict(sorted(counts.items())), tuple(unsupported))
 
