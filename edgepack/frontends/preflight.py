@@ -225,6 +225,8 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path,
     model = load_onnx(path)
     listed_weights = drop_listed_weights(model)
     model, upgraded_from = upgrade_old_opset(model)
+    if model.graph.initializer:  # the converter keeps the old IR version, under which weights must be listed
+        model.ir_version = max(model.ir_version, 4)
     if bound:
         bind_inputs(model, bound)
     refuse_runtime_operands(model, bound or {})

@@ -105,3 +105,22 @@ def test_integer_types_build_and_verify(tmp_path):
     for got, a, b in zip(load(result.bundle.path).run(arrays), arrays[::2], arrays[1::2]):
         assert got.dtype == a.dtype
         np.testing.assert_array_equal(got, a + b)
+
+
+def test_opset_6_file_shipped_with_onnx_is_upgraded_and_matches_its_expected_output(tmp_path):
+    """An IR-3, opset-6 file from onnx's backend test data: ONNX Runtime cannot load it (refused on main);
+    pre-flight upgrades it with onnx.version_converter and says so in the report."""
+    import onnx.backend.test
+    from onnx import TensorProto, numpy_helper
+
+    directory = Path(onnx.backend.test.__file__).parent / "data" / "pytorch-converted" / "test_ConstantPad2d"
+    tensors = []
+    for name in ("input_0.pb", "output_0.pb"):
+        tensor = TensorProto()
+        tensor.ParseFromString((directory / "test_data_set_0" / name).read_bytes())
+        tensors.append(numpy_helper.to_array(tensor))
+    result = build(str(directory / "model.onnx"), out_dir=tmp_path / "dist", name="pad")
+    manifest = read_manifest(result.bundle.path)
+    preflight = next(stage for stage in manifest["provenance"]["stages"] if stage["stage"] == "preflight")
+    assert preflight["report"]["opset_upgraded_from"] == 6 and preflight["report"]["opset"] == 13
+    np.testing.assert_allclose(load(result.bundle.path).run([tensors[0]])[0], tensors[1], atol=1e-6)
