@@ -9,7 +9,7 @@ import numpy as np
 
 from edgepack.artifacts import OnnxModel
 from edgepack.errors import EdgepackError
-from edgepack.measure.reference import run_onnxruntime
+from edgepack.measure.reference import run_reference
 from edgepack.runtime.bundle_format import check_inputs
 from edgepack.frontends.signature import random_inputs
 
@@ -44,6 +44,7 @@ class GoldenVectors:
     atol: float
     rtol: float
     origin: str
+    reference: str = "onnxruntime"  # the engine of the reference outputs: onnxruntime, or onnx.reference where ORT cannot run the model
 
 
 def load_input_cases(path: Path, model: OnnxModel) -> list[list[np.ndarray]]:
@@ -70,8 +71,10 @@ def make_golden(model: OnnxModel, config: GoldenConfig, input_cases: list[list[n
     origin = "user" if input_cases else "random"
     if not input_cases:
         input_cases = [random_inputs(model.inputs, config.seed + index) for index in range(config.cases)]
-    outputs = [tuple(run_onnxruntime(model.path, model.inputs, case, fuse=not config.unfused)) for case in input_cases]
-    return GoldenVectors(tuple(tuple(case) for case in input_cases), tuple(outputs), config.tolerance, config.rtol, origin)
+    runs = [run_reference(model.path, model.inputs, case, fuse=not config.unfused) for case in input_cases]
+    engines = sorted({engine for _, engine in runs})
+    return GoldenVectors(tuple(tuple(case) for case in input_cases), tuple(tuple(outputs) for outputs, _ in runs),
+                         config.tolerance, config.rtol, origin, "+".join(engines))
 
 
 def write_golden(golden: GoldenVectors, bundle_dir: Path) -> dict:
@@ -84,7 +87,7 @@ def write_golden(golden: GoldenVectors, bundle_dir: Path) -> dict:
         for kind, arrays in (("input", inputs), ("output", outputs)):
             for position, array in enumerate(arrays):
                 rel = f"golden/{index}/{kind}_{position}.npy"
-                np.save(bundle_dir / rel, np.ascontiguousarray(array))
+                np.save(bundle_dir / rel, np.asarray(array, order="C"))  # 0-d stays 0-d
                 entry[f"{kind}s"].append(rel)
         cases.append(entry)
-    return {"atol": golden.atol, "rtol": golden.rtol, "origin": golden.origin, "cases": cases}
+    return {"atol": golden.atol, "rtol": golden.rtol, "origin": golden.origin, "reference": golden.reference, "cases": cases}

@@ -47,6 +47,11 @@ def print_summary(path: Path, manifest: dict) -> None:
             params = manifest["files"].get(params_file, {}).get("size")
             out.print(f"quantization: {summary_line(stage['report'])}" + (f"; {params_file} {_size(params)}" if params else ""),
                       highlight=False, soft_wrap=True)
+    golden_entry = manifest.get("golden", {})
+    origin = golden_entry.get("origin", "random")
+    out.print(f"golden vectors: {len(golden_entry.get('cases', []))} case(s), "
+              + ("inputs from the user's data" if origin == "user" else f"{origin} inputs (not real data: pass --golden-inputs)")
+              + f", references from {golden_entry.get('reference', 'onnxruntime')}", highlight=False)
     stages = " → ".join(stage["stage"] for stage in manifest["provenance"]["stages"])
     out.print(f"source: {manifest['provenance']['source']['kind']} {manifest['provenance']['source']['path']}; stages: {stages}", highlight=False)
     files = Table("file", "size", "sha256", title="files", title_justify="left")

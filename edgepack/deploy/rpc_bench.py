@@ -94,7 +94,7 @@ def bench_rpc(bundle_dir: Path, config: RpcBenchConfig, arrays: list[np.ndarray]
         vm = VirtualMachine(remote.load_module(library.name), device)
         weights = tvm.runtime.load_param_dict((bundle_dir / manifest["params"]["file"]).read_bytes())
         params = [tvm.runtime.tensor(weights[name].numpy(), device) for name in manifest["params"]["names"]]
-        vm.set_input("main", *[tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in inputs], *params)
+        vm.set_input("main", *[tvm.runtime.tensor(np.asarray(a, order="C"), device) for a in inputs], *params)
         for _ in range(config.warmup):
             vm.invoke_stateful("main")
         timer = vm.time_evaluator("invoke_stateful", device, number=config.number, repeat=config.repeat)

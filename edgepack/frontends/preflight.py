@@ -8,12 +8,39 @@ from pathlib import Path
 
 import numpy as np
 
+
 from edgepack.artifacts import OnnxModel, StageRecord
 from edgepack.errors import EdgepackError, first_line
 from edgepack.runtime.bundle_format import TensorSpec
+from edgepack.frontends.build_time import bind_inputs, refuse_runtime_operands
+from edgepack.frontends.fold import fold_shape_computations
+from edgepack.frontends.legalize import legalize
 from edgepack.frontends.signature import numpy_dtype
 
 _ALWAYS_SUPPORTED = {"Constant", "If"}  # handled by the TVM frontend outside its converter map
+# in TVM's converter map but not importable as ONNX defines them: the converter reads com.microsoft's `num_heads`
+NOT_IMPORTABLE = {"Attention"}
+# attribute values TVM's converters ignore or reject (found by scripts/coverage.py): (op, attribute, refused values, why)
+NOT_IMPORTABLE_ATTRIBUTES = (
+    ("Resize", "antialias", (1,), "antialias is ignored by TVM"),
+    ("Resize", "coordinate_transformation_mode", (b"half_pixel_symmetric",), "half_pixel_symmetric is not implemented in TVM"),
+    ("QuantizeLinear", "block_size", "nonzero", "blocked quantization is not supported by TVM"),
+    ("DequantizeLinear", "block_size", "nonzero", "blocked quantization is not supported by TVM"),
+    ("BatchNormalization", "training_mode", (1,), "training mode is not supported by TVM"),
+)
+
+
+def _attribute_refusals(graph) -> set[str]:
+    from onnx import helper
+
+    refused = set()
+    for node in graph.node:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        for op, name, values, why in NOT_IMPORTABLE_ATTRIBUTES:
+            value = attributes.get(name)
+            if node.op_type == op and value is not None and (value in values if values != "nonzero" else value != 0):
+                refused.add(f"{op} ({why})")
+    return refused
 
 
 @dataclass(frozen=True)
@@ -48,6 +75,39 @@ def load_onnx(path: Path):
         raise EdgepackError(f"'{path}' holds no ONNX graph (is it an ONNX file?)",
                             "pass a .onnx model, a .pt2 program or file.py:factory")
     return model
+
+
+def drop_listed_weights(model) -> int:
+    """Remove initializer names from the graph inputs (old exporters' `keep_initializers_as_inputs`): TVM would
+    otherwise order those weights among `main`'s params ahead of the others; returns how many were listed."""
+    initializers = {init.name for init in model.graph.initializer}
+    kept = [value for value in model.graph.input if value.name not in initializers]
+    listed = len(model.graph.input) - len(kept)
+    if listed:
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+    if initializers:  # IR 3 required weights among the inputs; 4 lifted it (old exporters listed only some)
+        model.ir_version = max(model.ir_version, 4)
+    return listed
+
+
+OLDEST_OPSET = 7  # ONNX Runtime, the golden reference, loads nothing older
+UPGRADE_OPSET = 13
+
+
+def upgrade_old_opset(model):
+    """Models older than opset 7 converted to opset 13 with `onnx.version_converter`; returns (model, the opset
+    it was upgraded from or None)."""
+    from onnx import version_converter
+
+    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
+    if not 0 < opset < OLDEST_OPSET:
+        return model, None
+    try:
+        return version_converter.convert_version(model, UPGRADE_OPSET), opset
+    except Exception as exc:  # the converter raises its own C++ error types
+        raise EdgepackError(f"the model's opset {opset} is older than {OLDEST_OPSET} and onnx.version_converter cannot "
+                            f"upgrade it: {first_line(exc)}", "re-export the model with a current exporter") from None
 
 
 def _graph_inputs(model) -> list:
@@ -107,40 +167,88 @@ def op_report(model) -> PreflightReport:
     ops = _all_op_types(model.graph)
     counts = Counter(op for _, op in ops)
     unsupported = sorted({op if domain == "ai.onnx" else f"{domain}.{op}"
-                          for domain, op in ops if op not in supported or domain not in ("ai.onnx", "")})
+                          for domain, op in ops if op not in supported or domain not in ("ai.onnx", "")
+                          or (domain in ("ai.onnx", "") and op in NOT_IMPORTABLE)} | _attribute_refusals(model.graph))
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     return PreflightReport(opset, dict(sorted(counts.items())), tuple(unsupported))
 
 
-def output_specs(path: Path, inputs: list[TensorSpec]) -> list[TensorSpec]:
-    """Output names, dtypes and shapes, read by running the model once in ONNX Runtime."""
-    from edgepack.measure.reference import run_onnxruntime
+def output_specs(model, inputs: list[TensorSpec]) -> list[TensorSpec]:
+    """Output names, dtypes and static shapes from ONNX shape inference (inputs fixed), else from TVM's import;
+    nothing is run, so a model ONNX Runtime refuses (or that fails on all-zero inputs) still gets its shapes."""
+    specs, unknown = [], []
+    for value in model.graph.output:
+        tensor_type = value.type.tensor_type
+        dims = tensor_type.shape.dim if tensor_type.HasField("shape") else None
+        static = dims is not None and all(dim.HasField("dim_value") for dim in dims)
+        dtype = numpy_dtype(tensor_type.elem_type, f"output '{value.name}'") if tensor_type.elem_type else None
+        specs.append(TensorSpec(value.name, dtype, tuple(dim.dim_value for dim in dims)) if static and dtype else None)
+        if specs[-1] is None:
+            unknown.append(value.name)
+    if unknown:
+        specs = [spec or imported for spec, imported in zip(specs, _imported_output_specs(model, inputs, unknown))]
+    return specs
 
-    arrays = [np.zeros(spec.shape, spec.dtype) for spec in inputs]
-    names, outputs = run_onnxruntime(path, inputs, arrays, with_names=True)
-    return [TensorSpec(name, str(array.dtype), tuple(array.shape)) for name, array in zip(names, outputs)]
+
+def _imported_output_specs(model, inputs: list[TensorSpec], unknown: list[str]) -> list[TensorSpec]:
+    """Output specs from the struct info of TVM's import of `main` (shapes it derives from the fixed inputs)."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        module = from_onnx(model, shape_dict={s.name: list(s.shape) for s in inputs}, dtype_dict={s.name: s.dtype for s in inputs},
+                           keep_params_in_input=True)
+    except Exception as exc:  # the frontend raises many types for ops it cannot convert
+        raise EdgepackError(f"TVM cannot import the model: {first_line(exc)}", "simplify or re-export the model") from None
+    info = module["main"].ret_ty
+    fields = list(info.fields) if hasattr(info, "fields") else [info]
+    specs = []
+    for value, field in zip(model.graph.output, fields):
+        if value.name not in unknown:
+            specs.append(None)
+            continue
+        shape = getattr(field, "shape", None)
+        values = getattr(shape, "values", None)
+        if values is None or not all(hasattr(dim, "value") for dim in values):
+            raise EdgepackError(f"output '{value.name}' has no static shape (it depends on input values, or is not a tensor)",
+                                "bundles need static tensor outputs; give the output a fixed size")
+        specs.append(TensorSpec(value.name, str(field.dtype), tuple(int(dim.value) for dim in values)))
+    return specs
 
 
-def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path) -> tuple[OnnxModel, StageRecord]:
-    """Check an ONNX file, fix its input shapes, refuse unsupported ops; writes workdir/model.onnx."""
+def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path,
+              bound: dict[str, np.ndarray] | None = None) -> tuple[OnnxModel, StageRecord]:
+    """Check an ONNX file, fix its input shapes, refuse unsupported ops; writes workdir/model.onnx.
+
+    `bound` gives inputs their values at build time (edgepack.frontends.build_time): they become constants."""
     import onnx
 
     model = load_onnx(path)
+    listed_weights = drop_listed_weights(model)
+    model, upgraded_from = upgrade_old_opset(model)
+    if model.graph.initializer:  # the converter keeps the old IR version, under which weights must be listed
+        model.ir_version = max(model.ir_version, 4)
+    if bound:
+        bind_inputs(model, bound)
+    refuse_runtime_operands(model, bound or {})
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise EdgepackError(f"'{path}' fails the ONNX checker: {first_line(exc)}", "re-export the model with a current exporter") from None
     inputs = fix_input_shapes(model, overrides)
     try:
-        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError and others; all mean an inconsistent graph
         raise EdgepackError(f"shape inference fails on '{path}': {first_line(exc)}", "check the --input shapes against the model") from None
+    model, folded = fold_shape_computations(model)
+    legalized = legalize(model)
     report = op_report(model)
     if report.unsupported:
         raise EdgepackError(f"TVM's ONNX frontend does not support these ops: {', '.join(report.unsupported)}",
                             "replace them in the model (or export with another opset) before building")
+    outputs = output_specs(model, inputs)
     static_path = Path(workdir) / "model.onnx"
     onnx.save(model, str(static_path))
-    outputs = output_specs(static_path, inputs)
-    record = StageRecord("preflight", {"input_overrides": {n: s.to_json() for n, s in overrides.items()}}, report.to_json())
+    record = StageRecord("preflight", {"input_overrides": {n: s.to_json() for n, s in overrides.items()}},
+                         {**report.to_json(), "weights_listed_as_inputs": listed_weights, **folded.to_json(), "legalized": legalized,
+                          **({"opset_upgraded_from": upgraded_from} if upgraded_from else {})})
     return OnnxModel.at(static_path, inputs, outputs), record

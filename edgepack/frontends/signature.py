@@ -7,8 +7,10 @@ import numpy as np
 from edgepack.errors import EdgepackError
 from edgepack.runtime.bundle_format import TensorSpec
 
-SUPPORTED_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
-_ONNX_TO_NUMPY = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
+SUPPORTED_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8",
+                    "bool")
+_ONNX_TO_NUMPY = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+                  10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
 _FIX = "write it as name:1x3x224x224:float32"
 
 
@@ -44,7 +46,10 @@ def parse_input_specs(texts: list[str]) -> dict[str, TensorSpec]:
 def numpy_dtype(onnx_elem_type: int, where: str) -> str:
     """The numpy dtype name of an ONNX tensor element type."""
     if onnx_elem_type not in _ONNX_TO_NUMPY:
-        raise EdgepackError(f"{where} has an element type edgepack does not support (ONNX type {onnx_elem_type})",
+        from onnx import TensorProto
+
+        name = TensorProto.DataType.Name(onnx_elem_type) if onnx_elem_type in TensorProto.DataType.values() else "unknown"
+        raise EdgepackError(f"{where} has an element type edgepack does not support (ONNX type {onnx_elem_type}, {name})",
                             f"use one of {', '.join(SUPPORTED_DTYPES)}")
     return _ONNX_TO_NUMPY[onnx_elem_type]
 

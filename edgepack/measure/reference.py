@@ -44,3 +44,20 @@ def run_onnxruntime(path: Path, inputs: Sequence[TensorSpec], arrays: Sequence[n
     if with_names:
         return [out.name for out in session.get_outputs()], outputs
     return outputs
+
+
+def run_reference(path: Path, inputs: Sequence[TensorSpec], arrays: Sequence[np.ndarray], fuse: bool = True) -> tuple[list, str]:
+    """The reference outputs and the engine that made them: ONNX Runtime where it loads and runs the model,
+    else ONNX's own reference implementation (`onnx.reference.ReferenceEvaluator`: very new or very old ops)."""
+    try:
+        return run_onnxruntime(path, inputs, arrays, fuse=fuse), "onnxruntime"
+    except EdgepackError as ort_error:
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+
+        try:
+            outputs = ReferenceEvaluator(onnx.load(str(path))).run(None, {s.name: a for s, a in zip(inputs, arrays)})
+        except Exception as exc:  # the reference implementation raises whatever its op code raises
+            raise EdgepackError(f"{ort_error.problem}, and ONNX's reference implementation fails too: {first_line(exc)}",
+                                "check the input shapes and dtypes") from None
+        return [np.asarray(out) for out in outputs], "onnx.reference"

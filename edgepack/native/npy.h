@@ -14,8 +14,10 @@ struct Dtype {
 };
 const Dtype kDtypes[] = {{"float32", "<f4", 4}, {"float64", "<f8", 8}, {"float16", "<f2", 2},
                          {"int64", "<i8", 8},   {"int32", "<i4", 4},   {"int8", "|i1", 1},
-                         {"uint8", "|u1", 1},   {"bool", "|b1", 1}};
-const char kDtypeList[] = "float32, float64, float16, int64, int32, int8, uint8, bool";
+                         {"uint8", "|u1", 1},   {"bool", "|b1", 1},    {"int16", "<i2", 2},
+                         {"uint16", "<u2", 2},  {"uint32", "<u4", 4},  {"uint64", "<u8", 8}};
+const char kDtypeList[] =
+    "float32, float64, float16, int64, int32, int16, int8, uint64, uint32, uint16, uint8, bool";
 
 const Dtype* DtypeByName(const std::string& name) {
   for (const Dtype& d : kDtypes) {
@@ -149,10 +151,14 @@ double ElementAt(const Array& array, int64_t i) {
                                       : load(double());
     case 'i':
       return array.dtype->size == 1   ? load(int8_t())
+             : array.dtype->size == 2 ? load(int16_t())
              : array.dtype->size == 4 ? load(int32_t())
                                       : double(load(int64_t()));
-    default:
-      return load(uint8_t());
+    default:  // u and b
+      return array.dtype->size == 1   ? load(uint8_t())
+             : array.dtype->size == 2 ? load(uint16_t())
+             : array.dtype->size == 4 ? load(uint32_t())
+                                      : double(load(uint64_t()));
   }
 }
 

@@ -163,7 +163,7 @@ def parse_manifest(data: bytes, path: Path | str = MANIFEST) -> dict:
 
 
 
-_DTYPES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
+_DTYPES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8", "bool")
 
 
 

@@ -118,7 +118,7 @@ class LoadedBundle:
         """Copy checked numpy inputs into TVM tensors, ready for `invoke`."""
         import tvm
 
-        return [tvm.runtime.tensor(np.ascontiguousarray(array), self.device or tvm.cpu()) for array in arrays]
+        return [tvm.runtime.tensor(np.asarray(array, order="C"), self.device or tvm.cpu()) for array in arrays]
 
     def invoke(self, tensors: list) -> list:
         """Call `main` on TVM tensors; returns the output tensors (no copies back to numpy)."""

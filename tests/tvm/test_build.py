@@ -87,7 +87,7 @@ def test_mlp_manifest_field_by_field(mlp_build, onnx_models):
     assert manifest["library"] == "model.so"
     assert manifest["params"] == {"file": "params.bin", "names": ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"]}
     assert manifest["golden"] == {
-        "atol": 1e-4, "rtol": 1e-3, "origin": "random",
+        "atol": 1e-4, "rtol": 1e-3, "origin": "random", "reference": "onnxruntime",
         "cases": [{"inputs": [f"golden/{i}/input_0.npy"], "outputs": [f"golden/{i}/output_0.npy"]} for i in range(3)],
     }
 

@@ -59,9 +59,11 @@ def test_onnx_element_types():
     assert numpy_dtype(TensorProto.INT64, "x") == "int64"
     assert numpy_dtype(TensorProto.FLOAT16, "x") == "float16"
     assert numpy_dtype(TensorProto.BOOL, "x") == "bool"
+    assert [numpy_dtype(t, "x") for t in (TensorProto.INT16, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64)] == [
+        "int16", "uint16", "uint32", "uint64"]
     with pytest.raises(EdgepackError) as info:
         numpy_dtype(TensorProto.STRING, "input 'words'")
-    assert info.value.problem == f"input 'words' has an element type edgepack does not support (ONNX type {TensorProto.STRING})"
+    assert info.value.problem == f"input 'words' has an element type edgepack does not support (ONNX type {TensorProto.STRING}, STRING)"
 
 
 def test_random_inputs_follow_the_signature_and_the_seed():
