@@ -223,3 +223,22 @@ def test_full_disk_is_one_line_and_leaves_nothing(edgepack_cli, mlp_bundle, work
     run_row(edgepack_cli, work, ["run", mlp_bundle, "--input", "x.npy", "--output-dir", "full/out"], 1, "No space left on device")
     run_row(edgepack_cli, work, ["keygen", "full/k"], 1, "No space left on device")
     run_row(edgepack_cli, work, ["build", "ok.onnx", "-o", "full/dist"], 1, "No space left on device")
+
+
+@pytest.mark.tvm
+def test_native_run_on_a_full_disk_exits_one_line_and_leaves_nothing(mlp_bundle, work, full_disk):
+    """edgepack-run writes a temporary file beside the output, checks every write, fsync and close, renames."""
+    np.save(work / "x.npy", np.zeros((1, 4), np.float32))
+    (full_disk / "out").mkdir()
+    _fill(full_disk)
+    before = snapshot(work)
+    native = [str(mlp_bundle / "runtime" / "edgepack-run"), "run", "--input", "x.npy"]
+    for output in (["-o", "full/y.npy"], ["--output-dir", "full/out"], ["--output-dir", "full/new"]):
+        result = subprocess.run([*native, *output], capture_output=True, text=True, cwd=work, env={}, timeout=60, check=False)
+        line = error_line(result, 1)
+        assert "No space left on device" in line and "full/" in line, line
+        assert snapshot(work) == before
+    (full_disk / "filler").unlink()
+    result = subprocess.run([*native, "-o", "full/y.npy"], capture_output=True, text=True, cwd=work, env={}, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert np.load(work / "full" / "y.npy").shape == (1, 3)
