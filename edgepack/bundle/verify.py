@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from edgepack.errors import EdgepackError, IntegrityError, VerificationError
+from edgepack.errors import EXIT_INTEGRITY, EXIT_USAGE, EXIT_USER, EdgepackError, IntegrityError, VerificationError
 from edgepack.runtime import bundle_format
 from edgepack.runtime import loader
 from edgepack.compiler.runtime_files import NATIVE_LOADER, RUNTIME_LIBRARIES
@@ -135,6 +135,7 @@ def verify_bundle(bundle_dir: Path, emulate: bool = True, keyring: Path | None =
         "python_loader": python,
         "native_loader": native,
     }
+    refuse_as_the_loader_did(native)
     failed = [name for name, engine in (("Python loader", python), ("native loader", native)) if engine["ran"] and not engine["passed"]]
     if failed:
         detail = "; ".join(native.get("output", [])) if "native loader" in failed else f"max abs err {python['max_abs_err']:.3g}"
@@ -143,6 +144,22 @@ def verify_bundle(bundle_dir: Path, emulate: bool = True, keyring: Path | None =
             "loosen --atol/--rtol if the difference is acceptable, or report the model",
         )
     return report
+
+
+_REFUSALS = {EXIT_USER: EdgepackError, EXIT_USAGE: EdgepackError, EXIT_INTEGRITY: IntegrityError}
+
+
+def refuse_as_the_loader_did(native: dict) -> None:
+    """A native loader that refused the bundle (compatibility: exit 1, integrity: exit 3) is not a
+    verification failure (exit 4): re-raise its own one line with its own exit code."""
+    code = native.get("exit_code")
+    if not native["ran"] or code not in _REFUSALS:
+        return
+    line = next((text for text in reversed(native["output"]) if text.startswith("error: ")), "")
+    problem, _, fix = line.removeprefix("error: ").partition("; ")
+    error = _REFUSALS[code](f"the native loader refused the bundle: {problem or f'exit {code}'}", fix or "see the line above")
+    error.exit_code = code
+    raise error
 
 
 def require_verified(report: dict, emulate: bool) -> None:

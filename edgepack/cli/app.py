@@ -40,6 +40,12 @@ def main() -> None:
     except KeyboardInterrupt:
         print("error: interrupted; nothing was left half-written", file=sys.stderr)
         sys.exit(130)
+    except MemoryError:
+        if _state["debug"]:
+            raise
+        print("error: out of memory; a tensor or model is larger than this machine can hold: check the model's dimensions",
+              file=sys.stderr)
+        sys.exit(EXIT_USER)
     except OSError as exc:  # the environment, not a bug: a full disk, a read-only or missing place
         if _state["debug"]:
             raise

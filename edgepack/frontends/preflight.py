@@ -11,7 +11,7 @@ import numpy as np
 from edgepack.artifacts import OnnxModel, StageRecord
 from edgepack.errors import EdgepackError, first_line
 from edgepack.runtime.bundle_format import TensorSpec
-from edgepack.frontends.signature import numpy_dtype
+from edgepack.frontends.signature import check_tensor_size, numpy_dtype
 
 _ALWAYS_SUPPORTED = {"Constant", "If"}  # handled by the TVM frontend outside its converter map
 
@@ -131,6 +131,8 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path) -> tu
     except onnx.checker.ValidationError as exc:
         raise EdgepackError(f"'{path}' fails the ONNX checker: {first_line(exc)}", "re-export the model with a current exporter") from None
     inputs = fix_input_shapes(model, overrides)
+    for spec in inputs:  # before anything is allocated for them
+        check_tensor_size(spec)
     try:
         model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as exc:  # onnx raises InferenceError and others; all mean an inconsistent graph

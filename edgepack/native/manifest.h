@@ -56,8 +56,12 @@ Manifest ReadManifest(const std::string& bundle) {
              " but this loader supports schema_version " + std::to_string(kSchemaVersion),
          "run the bundle with its own runtime/edgepack-run or a newer edgepack");
   }
-  As<std::string>(Field(root, "name"), "name");
-  As<std::string>(Field(root, "version"), "version");
+  for (const char* key : {"name", "version"}) {  // they name directories on devices
+    std::string value = As<std::string>(Field(root, key), key);
+    bool plain = !value.empty() && value != "." && value != ".." &&
+                 std::none_of(value.begin(), value.end(), [](char c) { return c == '/' || (unsigned char)c < 32 || c == 127; });
+    if (!plain) BadManifest(std::string("'") + key + "' must be a non-empty name without '/', NUL or control characters");
+  }
   As<std::string>(Field(Field(root, "target"), "arch"), "target.arch");
   Manifest m;
   m.inputs = Specs(Field(root, "inputs"), "inputs");

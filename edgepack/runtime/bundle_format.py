@@ -230,6 +230,9 @@ def check_manifest_fields(manifest: Mapping, path: Path | str = MANIFEST) -> Non
     for key in ("name", "version", "library"):
         if not isinstance(manifest.get(key), str):
             bad(f"'{key}' must be a string")
+    for key in ("name", "version"):  # they name directories on devices
+        if not manifest[key] or manifest[key] in (".", "..") or any(ch == "/" or ord(ch) < 32 or ord(ch) == 127 for ch in manifest[key]):
+            bad(f"'{key}' must be a non-empty name without '/', NUL or control characters")
     target = manifest.get("target")
     if not isinstance(target, dict) or not isinstance(target.get("arch"), str):
         bad("'target' must be an object with an 'arch'")

@@ -151,6 +151,8 @@ class LoadedBundle:
     def verify(self) -> dict:
         """Run every golden case and compare with the stored references."""
         golden = self.manifest["golden"]
+        if not golden["cases"]:  # as the native loader: nothing to check is not a pass
+            raise VerificationError("the bundle has no golden cases", "rebuild the bundle with golden vectors")
         atol, rtol = float(golden["atol"]), float(golden["rtol"])
         cases = []
         for index, (inputs, refs) in enumerate(self.golden_cases()):
@@ -178,6 +180,8 @@ class LoadedBundle:
             raise BundleError("bench needs runs >= 1 and warmup >= 0", "pass --runs 1 or more")
         source = "files" if arrays is not None else "golden"
         if arrays is None:
+            if not self.manifest["golden"]["cases"]:
+                raise BundleError("the bundle has no golden inputs to benchmark with", "pass --input for each model input")
             arrays = self.golden_cases()[0][0]
         arrays = [np.asarray(array) for array in arrays]
         check_inputs(self.inputs, arrays)
