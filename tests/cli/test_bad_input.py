@@ -261,7 +261,8 @@ def test_full_disk_is_one_line_and_leaves_nothing(edgepack_cli, mlp_bundle, work
     run_row(edgepack_cli, work, ["run", mlp_bundle, "--input", "x.npy", "-o", "full/y.npy"], 1, "No space left on device")
     run_row(edgepack_cli, work, ["run", mlp_bundle, "--input", "x.npy", "--output-dir", "full/out"], 1, "No space left on device")
     run_row(edgepack_cli, work, ["keygen", "full/k"], 1, "No space left on device")
-    run_row(edgepack_cli, work, ["build", "ok.onnx", "-o", "full/dist"], 1, "No space left on device")
+    line = run_row(edgepack_cli, work, ["build", "ok.onnx", "-o", "full/dist"], 1, "No space left on device")
+    assert "writing 'full/dist/" in line and f"(filesystem at {full_disk})" in line, line  # the full disk, not the build's temp dir
 
 
 @pytest.mark.tvm
