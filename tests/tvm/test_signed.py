@@ -174,6 +174,18 @@ def test_verify_never_runs_a_native_loader_swapped_after_the_check(signed, keys,
     assert not marker.exists()
 
 
+def test_golden_file_swapped_after_the_check_cannot_flip_the_verdict(signed, keys):
+    """Golden vectors are read once, digest-checked, and those bytes are compared (no second read)."""
+    import numpy as np
+
+    bundle = loader.load(signed, keys["trusted"].public)  # every digest checked here
+    rel = bundle.manifest["golden"]["cases"][0]["outputs"][0]
+    reference = np.load(signed / rel)
+    np.save(signed / rel, reference + 1.0)  # same shape and size, other values
+    with pytest.raises(IntegrityError, match=f"'{rel}' changed after it was checked"):
+        bundle.verify()
+
+
 def test_private_copy_is_removed_after_loading(signed, tmp_path, monkeypatch):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
