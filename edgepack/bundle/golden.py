@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgepack.artifacts import OnnxModel
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, first_line
 from edgepack.measure.reference import run_reference
 from edgepack.runtime.bundle_format import check_inputs
 from edgepack.frontends.signature import random_inputs
@@ -49,14 +50,19 @@ class GoldenVectors:
 
 def load_input_cases(path: Path, model: OnnxModel) -> list[list[np.ndarray]]:
     """Cases from an .npz holding one array per input name, stacked along a leading case axis."""
+    fix = "pass an .npz saved with numpy.savez (numeric arrays, no objects)"
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise EdgepackError(f"cannot read golden inputs '{path}' ({exc})", "pass an .npz saved with numpy.savez") from None
-    missing = [spec.name for spec in model.inputs if spec.name not in archive.files]
-    if missing:
-        raise EdgepackError(f"'{path}' lacks arrays for input(s) {', '.join(missing)}", "save one array per input name")
-    stacks = [archive[spec.name] for spec in model.inputs]
+        if not hasattr(archive, "files"):
+            raise EdgepackError(f"golden inputs '{path}' hold one array, not an .npz of arrays named after the inputs", fix)
+        missing = [spec.name for spec in model.inputs if spec.name not in archive.files]
+        if missing:
+            raise EdgepackError(f"'{path}' lacks arrays for input(s) {', '.join(missing)}", "save one array per input name")
+        stacks = [archive[spec.name] for spec in model.inputs]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as exc:  # object arrays: ValueError on access
+        raise EdgepackError(f"cannot read golden inputs '{path}' ({first_line(exc)})", fix) from None
+    if any(stack.ndim == 0 for stack in stacks):
+        raise EdgepackError(f"'{path}' holds a scalar where a stack of examples belongs", "stack at least one example per input along axis 0")
     count = min(len(stack) for stack in stacks)
     cases = [[stack[index] for stack in stacks] for index in range(count)]
     for case in cases:

@@ -10,12 +10,13 @@ import platform
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
-from edgepack.errors import EdgepackError, VerificationError
+from edgepack.errors import EXIT_INTEGRITY, EXIT_USAGE, EXIT_USER, EdgepackError, IntegrityError, VerificationError
 from edgepack.runtime import bundle_format
 from edgepack.runtime import loader
-from edgepack.compiler.runtime_files import NATIVE_LOADER
+from edgepack.compiler.runtime_files import NATIVE_LOADER, RUNTIME_LIBRARIES
 
 NATIVE_TIMEOUT_S = 600
 _CASE_ERROR = re.compile(r"max_abs_err (\S+) (PASS|FAIL)")
@@ -30,10 +31,33 @@ def emulator_command(target: dict) -> list[str] | None:
     return [found, *(["-L", toolchain["sysroot"]] if toolchain.get("sysroot") else [])]
 
 
-def run_native_loader(bundle_dir: Path, *args: str, prefix: list[str] = (), timeout: float = NATIVE_TIMEOUT_S) -> subprocess.CompletedProcess:
-    """Run the bundle's own native loader (under `prefix`, an emulator) with an empty environment."""
-    command = [*prefix, str(bundle_dir / "runtime" / NATIVE_LOADER), *args, "--bundle", str(bundle_dir)]
-    return subprocess.run(command, capture_output=True, text=True, env={}, timeout=timeout, check=False)
+def private_native_loader(bundle_dir: Path, files: dict, directory: Path) -> Path:
+    """Copy the bundle's native loader and the runtime libraries beside it into `directory` (fresh,
+    0700), hashing while copying: what runs is exactly the checked bytes, never a file in the bundle."""
+    for rel in [f"runtime/{NATIVE_LOADER}", *(f"runtime/{name}" for name in RUNTIME_LIBRARIES)]:
+        if rel not in files:
+            raise IntegrityError(f"the bundle's manifest does not list {rel}", "rebuild the bundle with `edgepack build`")
+        bundle_format.private_copy(bundle_dir, rel, files[rel], directory)
+    loader = directory / NATIVE_LOADER
+    loader.chmod(0o700)
+    return loader
+
+
+def run_native_loader(bundle_dir: Path, files: dict, *args: str, prefix: list[str] = (),
+                      timeout: float = NATIVE_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Run the bundle's own native loader (under `prefix`, an emulator) with an empty environment,
+    from a private copy checked against `files` (the manifest's) while copying."""
+    directory = Path(tempfile.mkdtemp(prefix="edgepack-verify-"))
+    try:
+        loader = private_native_loader(Path(bundle_dir), files, directory)
+        command = [*prefix, str(loader), *args, "--bundle", str(bundle_dir)]
+        try:
+            return subprocess.run(command, capture_output=True, text=True, env={}, timeout=timeout, check=False)
+        except PermissionError:
+            raise EdgepackError(f"cannot run the private copy of the native loader in {directory} (the filesystem is noexec?)",
+                                "set TMPDIR to a writable directory that allows executables") from None
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def gpu_missing(manifest: dict) -> str | None:
@@ -49,8 +73,9 @@ def gpu_missing(manifest: dict) -> str | None:
     return bundle_format.cuda_problem(need)
 
 
-def verify_native(bundle_dir: Path, target: dict, emulate: bool, keyring: Path | None = None) -> dict:
-    """Golden check with the native loader: directly on this arch, under the emulator on another."""
+def verify_native(bundle_dir: Path, manifest: dict, emulate: bool, keyring: Path | None = None) -> dict:
+    """Golden check with the native loader (a private copy): directly on this arch, under the emulator on another."""
+    target = manifest["target"]
     prefix: list[str] = []
     if target["arch"] != platform.machine():
         if not emulate:
@@ -60,7 +85,7 @@ def verify_native(bundle_dir: Path, target: dict, emulate: bool, keyring: Path |
             packages = " ".join(target["toolchain"].get("emulator_apt_packages") or ["qemu-user"])
             return {"ran": False, "reason": f"emulator '{target['toolchain'].get('emulator')}' is not installed "
                                             f"(apt-get install {packages})"}
-    result = run_native_loader(bundle_dir, "verify", *keyring_args(keyring), prefix=prefix)
+    result = run_native_loader(bundle_dir, manifest["files"], "verify", *keyring_args(keyring), prefix=prefix)
     errors = [float(value) for value, _ in _CASE_ERROR.findall(result.stdout)]
     return {
         "ran": True,
@@ -98,7 +123,7 @@ def verify_bundle(bundle_dir: Path, emulate: bool = True, keyring: Path | None =
         python = native = {"ran": False, "reason": no_gpu, "gpu": True}
     else:
         python = verify_python(bundle_dir, target, keyring)
-        native = verify_native(bundle_dir, target, emulate, keyring)
+        native = verify_native(bundle_dir, manifest, emulate, keyring)
     ran = [engine for engine in (python, native) if engine["ran"]]
     errors = [engine["max_abs_err"] for engine in ran if engine.get("max_abs_err") is not None]
     report = {
@@ -110,6 +135,7 @@ def verify_bundle(bundle_dir: Path, emulate: bool = True, keyring: Path | None =
         "python_loader": python,
         "native_loader": native,
     }
+    refuse_as_the_loader_did(native)
     failed = [name for name, engine in (("Python loader", python), ("native loader", native)) if engine["ran"] and not engine["passed"]]
     if failed:
         detail = "; ".join(native.get("output", [])) if "native loader" in failed else f"max abs err {python['max_abs_err']:.3g}"
@@ -118,6 +144,22 @@ def verify_bundle(bundle_dir: Path, emulate: bool = True, keyring: Path | None =
             "loosen --atol/--rtol if the difference is acceptable, or report the model",
         )
     return report
+
+
+_REFUSALS = {EXIT_USER: EdgepackError, EXIT_USAGE: EdgepackError, EXIT_INTEGRITY: IntegrityError}
+
+
+def refuse_as_the_loader_did(native: dict) -> None:
+    """A native loader that refused the bundle (compatibility: exit 1, integrity: exit 3) is not a
+    verification failure (exit 4): re-raise its own one line with its own exit code."""
+    code = native.get("exit_code")
+    if not native["ran"] or code not in _REFUSALS:
+        return
+    line = next((text for text in reversed(native["output"]) if text.startswith("error: ")), "")
+    problem, _, fix = line.removeprefix("error: ").partition("; ")
+    error = _REFUSALS[code](f"the native loader refused the bundle: {problem or f'exit {code}'}", fix or "see the line above")
+    error.exit_code = code
+    raise error
 
 
 def require_verified(report: dict, emulate: bool) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
+from pathlib import Path
 
 import typer
 
@@ -28,6 +31,20 @@ for module in (build, quantize, prune, distill, tune, inspect, run, verify, benc
     module.register(app)
 
 
+def _where(exc: OSError) -> str:
+    """The file an OSError is about: the destination of a failed copy (filename2) for a full disk,
+    with the filesystem it lives on, so the message names the disk to free."""
+    path = exc.filename2 if exc.errno == errno.ENOSPC and exc.filename2 else exc.filename
+    if not path:
+        return ""
+    if exc.errno != errno.ENOSPC:
+        return f" '{path}'"
+    mount = Path(os.path.abspath(os.fsdecode(path)))
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    return f" writing '{os.fsdecode(path)}' (filesystem at {mount})"
+
+
 def main() -> None:
     """Entry point: runs the app and turns every error into one line and an exit code."""
     try:
@@ -40,10 +57,16 @@ def main() -> None:
     except KeyboardInterrupt:
         print("error: interrupted; nothing was left half-written", file=sys.stderr)
         sys.exit(130)
+    except MemoryError:
+        if _state["debug"]:
+            raise
+        print("error: out of memory; a tensor or model is larger than this machine can hold: check the model's dimensions",
+              file=sys.stderr)
+        sys.exit(EXIT_USER)
     except OSError as exc:  # the environment, not a bug: a full disk, a read-only or missing place
         if _state["debug"]:
             raise
-        where = f" '{exc.filename}'" if exc.filename else ""
+        where = _where(exc)
         print(f"error: {exc.strerror or first_line(exc)}{where}; free space or check permissions there, then run it again",
               file=sys.stderr)
         sys.exit(EXIT_USER)

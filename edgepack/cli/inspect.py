@@ -70,14 +70,19 @@ def inspect_command(
 ) -> None:
     """Show a bundle's manifest, I/O signature, verification report and file sizes."""
     from edgepack.bundle.archive import unpacked
-    from edgepack.runtime.bundle_format import read_manifest
+    from edgepack.runtime.bundle_format import IntegrityError, MANIFEST, check_manifest_fields, first_line, read_manifest
 
     with unpacked(bundle) as directory:
         manifest = read_manifest(directory)
     if as_json:
         print(json.dumps(manifest, indent=2))
-    else:
+        return
+    check_manifest_fields(manifest, Path(bundle) / MANIFEST)
+    try:
         print_summary(bundle, manifest)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:  # descriptive fields (tools, provenance, ...) of the wrong shape
+        raise IntegrityError(f"{Path(bundle) / MANIFEST} has a missing or mistyped field ({type(exc).__name__}: {first_line(exc)})",
+                             "rebuild the bundle with `edgepack build`, or read it raw with --json") from None
 
 
 def register(app: typer.Typer) -> None:

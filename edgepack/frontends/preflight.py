@@ -15,7 +15,7 @@ from edgepack.runtime.bundle_format import TensorSpec
 from edgepack.frontends.build_time import bind_inputs, refuse_runtime_operands
 from edgepack.frontends.fold import fold_shape_computations
 from edgepack.frontends.legalize import legalize
-from edgepack.frontends.signature import numpy_dtype
+from edgepack.frontends.signature import check_tensor_size, numpy_dtype
 
 _ALWAYS_SUPPORTED = {"Constant", "If"}  # handled by the TVM frontend outside its converter map
 # in TVM's converter map but not importable as ONNX defines them: the converter reads com.microsoft's `num_heads`
@@ -235,6 +235,8 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path,
     except onnx.checker.ValidationError as exc:
         raise EdgepackError(f"'{path}' fails the ONNX checker: {first_line(exc)}", "re-export the model with a current exporter") from None
     inputs = fix_input_shapes(model, overrides)
+    for spec in inputs:  # before anything is allocated for them
+        check_tensor_size(spec)
     try:
         model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError and others; all mean an inconsistent graph

@@ -29,7 +29,9 @@ def parse_input_spec(text: str) -> TensorSpec:
         raise EdgepackError(f"input spec '{text}': shape '{dims}' is not dimensions joined by 'x'", _FIX) from None
     if any(dim < 1 for dim in shape):
         raise EdgepackError(f"input spec '{text}': every dimension must be at least 1", _FIX)
-    return TensorSpec(name, dtype, shape)
+    spec = TensorSpec(name, dtype, shape)
+    check_tensor_size(spec)
+    return spec
 
 
 def parse_input_specs(texts: list[str]) -> dict[str, TensorSpec]:
@@ -54,11 +56,27 @@ def numpy_dtype(onnx_elem_type: int, where: str) -> str:
     return _ONNX_TO_NUMPY[onnx_elem_type]
 
 
+MAX_TENSOR_BYTES = 4 << 30  # one example input larger than this cannot be made, run or shipped as a golden vector
+
+
+def check_tensor_size(spec: TensorSpec) -> None:
+    """Refuse, before anything is allocated, a tensor whose shape needs more than MAX_TENSOR_BYTES."""
+    size = np.dtype(spec.dtype).itemsize
+    for dim in spec.shape:
+        size *= int(dim)
+    if size > MAX_TENSOR_BYTES:
+        shape = "x".join(map(str, spec.shape))
+        raise EdgepackError(f"input '{spec.name}' of shape {shape} ({spec.dtype}) needs {size / (1 << 30):.3g} GiB per example, "
+                            f"more than the {MAX_TENSOR_BYTES >> 30} GiB edgepack makes examples of",
+                            "fix the model's input dimensions, or pin them with --input name:DIMxDIM")
+
+
 def random_inputs(specs: list[TensorSpec] | tuple[TensorSpec, ...], seed: int) -> list[np.ndarray]:
     """Reproducible random arrays for a signature: normal floats, small non-negative integers."""
     rng = np.random.default_rng(seed)
     arrays = []
     for spec in specs:
+        check_tensor_size(spec)
         dtype = np.dtype(spec.dtype)
         if dtype.kind == "f":
             arrays.append(rng.standard_normal(spec.shape).astype(dtype))

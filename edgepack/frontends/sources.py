@@ -92,6 +92,8 @@ def import_file(path: Path):
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:  # sys.exit() in the user's file must not end edgepack as if it had finished
+        raise EdgepackError(f"importing '{path}' called sys.exit({exc.code!r})", "guard script code with `if __name__ == \"__main__\":`") from None
     except Exception as exc:  # the user's code may raise anything
         raise EdgepackError(f"importing '{path}' raised {type(exc).__name__}: {exc}", "fix the model file") from None
     return module
@@ -112,6 +114,8 @@ def call_factory(source: FactorySource):
                             f"functions there: {', '.join(functions) or 'none'}")
     try:
         model = factory()
+    except SystemExit as exc:
+        raise EdgepackError(f"{source.path}:{source.factory}() called sys.exit({exc.code!r})", "return the model from the factory instead") from None
     except Exception as exc:  # the user's code may raise anything
         raise EdgepackError(f"{source.path}:{source.factory}() raised {type(exc).__name__}: {exc}", "fix the factory") from None
     if not isinstance(model, torch.nn.Module):

@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <sys/auxv.h>
 #include <sys/resource.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <tvm/ffi/any.h>
@@ -25,12 +26,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -73,6 +76,14 @@ struct Failure {
 
 [[noreturn]] void Fail(int code, std::string problem, std::string fix) {
   throw Failure{code, std::move(problem), std::move(fix)};
+}
+
+// A whole file's bytes ("" when it cannot be read; callers check what they need first).
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
 }
 
 }  // namespace

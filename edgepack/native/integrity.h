@@ -98,10 +98,8 @@ std::string ReadChecked(const std::string& bundle, const Manifest& m, const std:
   return data;
 }
 
-// Loads the model library from a copy in a fresh 0700 directory, hashed while copying, so a file
-// swapped after the digest check cannot run. $TMPDIR (default /tmp) must allow mapping code.
-ffi::Module LoadLibraryCopy(const std::string& bundle, const Manifest& m) {
-  const FileEntry& entry = ListedFile(m, m.library);
+// A fresh 0700 directory under $TMPDIR (default /tmp), which must allow mapping code.
+std::string PrivateDir() {
   const char* tmp = std::getenv("TMPDIR");
   std::string dir_template = std::string(tmp && *tmp ? tmp : "/tmp") + "/edgepack-load-XXXXXX";
   std::vector<char> dir_buffer(dir_template.begin(), dir_template.end());
@@ -110,13 +108,16 @@ ffi::Module LoadLibraryCopy(const std::string& bundle, const Manifest& m) {
     Fail(kExitUser, "cannot create a private directory under " + dir_template.substr(0, dir_template.rfind('/')),
          "set TMPDIR to a writable directory that allows executables");
   }
-  std::string dir = dir_buffer.data();
-  std::string copy = dir + "/" + m.library.substr(m.library.rfind('/') + 1);
-  auto cleanup = [&] {
-    unlink(copy.c_str());
-    rmdir(dir.c_str());
-  };
-  std::ifstream in(bundle + "/" + m.library, std::ios::binary);
+  return dir_buffer.data();
+}
+
+// Copies bundle file `rel` into the private directory `dir`, hashing while copying; refuses a copy
+// that differs from its manifest entry (a file swapped after the digest check). Returns the copy.
+std::string CopyChecked(const std::string& bundle, const Manifest& m, const std::string& rel,
+                        const std::string& dir) {
+  const FileEntry& entry = ListedFile(m, rel);
+  std::string copy = dir + "/" + rel.substr(rel.rfind('/') + 1);
+  std::ifstream in(bundle + "/" + rel, std::ios::binary);
   std::ofstream out(copy, std::ios::binary | std::ios::trunc);
   std::vector<char> chunk(1 << 16);
   edgepack::Sha256 hash;
@@ -129,20 +130,38 @@ ffi::Module LoadLibraryCopy(const std::string& bundle, const Manifest& m) {
   }
   out.close();
   if (!out) {
-    cleanup();
-    Fail(kExitUser, "cannot copy '" + m.library + "' to " + dir + " for loading",
+    unlink(copy.c_str());
+    Fail(kExitUser, "cannot copy '" + rel + "' to " + dir + " for loading",
          "set TMPDIR to a writable directory with free space");
   }
   if (size != entry.size || hash.HexDigest() != entry.sha256) {
-    cleanup();
-    ChangedAfterCheck(m.library);
+    unlink(copy.c_str());
+    ChangedAfterCheck(rel);
   }
+  return copy;
+}
+
+// Removes a private directory and the copies in it (mappings stay valid after the files are gone).
+void RemovePrivateDir(const std::string& dir) {
+  if (DIR* handle = opendir(dir.c_str())) {
+    while (dirent* entry = readdir(handle)) {
+      std::string name = entry->d_name;
+      if (name != "." && name != "..") unlink((dir + "/" + name).c_str());
+    }
+    closedir(handle);
+  }
+  rmdir(dir.c_str());
+}
+
+// Loads the model library from a private copy, so a file swapped after the digest check cannot run.
+ffi::Module LoadLibraryCopy(const std::string& bundle, const Manifest& m) {
+  std::string dir = PrivateDir();
   try {
-    ffi::Module module = ffi::Module::LoadFromFile(copy);
-    cleanup();  // the mapping stays valid after the file is gone
+    ffi::Module module = ffi::Module::LoadFromFile(CopyChecked(bundle, m, m.library, dir));
+    RemovePrivateDir(dir);
     return module;
   } catch (...) {
-    cleanup();
+    RemovePrivateDir(dir);
     throw;
   }
 }

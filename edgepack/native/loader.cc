@@ -124,9 +124,18 @@ int Run(const Options& opt, const std::string& bundle, const Manifest& m) {
     WriteNpy(opt.output, FromTensor(outputs[0]));
     return 0;
   }
-  mkdir(opt.output_dir.c_str(), 0777);  // an existing directory is fine; WriteNpy reports the rest
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    WriteNpy(opt.output_dir + "/output_" + std::to_string(i) + ".npy", FromTensor(outputs[i]));
+  bool created = mkdir(opt.output_dir.c_str(), 0777) == 0;  // an existing directory is fine
+  std::vector<std::string> written;
+  try {  // all or nothing: no half set of outputs, no directory made for them
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      std::string path = opt.output_dir + "/output_" + std::to_string(i) + ".npy";
+      WriteNpy(path, FromTensor(outputs[i]));
+      written.push_back(path);
+    }
+  } catch (...) {
+    for (const std::string& path : written) unlink(path.c_str());
+    if (created) rmdir(opt.output_dir.c_str());
+    throw;
   }
   return 0;
 }
@@ -164,10 +173,10 @@ int Verify(const std::string& bundle, const Manifest& m) {
   int failed = 0, total = 0;
   std::string first_failure;
   for (size_t c = 0; c < m.golden.size(); ++c) {
-    std::vector<Array> inputs = ReadArrays(bundle + "/", m.golden[c].inputs);
+    std::vector<Array> inputs = ReadCheckedArrays(bundle, m, m.golden[c].inputs);
     CheckInputs(inputs, m.inputs);
     std::vector<ffi::Tensor> outputs = model.Run(ToTensors(inputs));
-    std::vector<Array> refs = ReadArrays(bundle + "/", m.golden[c].outputs);
+    std::vector<Array> refs = ReadCheckedArrays(bundle, m, m.golden[c].outputs);
     for (size_t o = 0; o < std::max(outputs.size(), refs.size()); ++o) {
       Comparison cmp{false, INFINITY};
       if (o < outputs.size() && o < refs.size()) {
@@ -214,7 +223,7 @@ int Bench(const Options& opt, const std::string& bundle, const Manifest& m) {
          "pass --input for each model input");
   }
   std::vector<Array> arrays =
-      from_files ? ReadArrays("", opt.inputs) : ReadArrays(bundle + "/", m.golden[0].inputs);
+      from_files ? ReadArrays("", opt.inputs) : ReadCheckedArrays(bundle, m, m.golden[0].inputs);
   CheckInputs(arrays, m.inputs);
   Model model(bundle, m);
   std::vector<ffi::Tensor> inputs = ToTensors(arrays);

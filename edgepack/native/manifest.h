@@ -5,22 +5,31 @@
 
 namespace {
 
-// Deepest [ / { nesting outside strings: the JSON parser recurses, so refuse absurd depths first.
-void CheckNesting(const std::string& text) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > 64) BadManifest("nests too deeply to be a manifest");
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
+// The dtypes a manifest may name (as runtime/edgepack_format.py's _DTYPES).
+const char* const kManifestDtypes[] = {"float32", "float64", "float16", "int64", "int32",
+                                       "int16",   "int8",    "uint8",   "bool"};
+
+// Refuses a path in `files` that leaves the bundle or names the manifest or its signature.
+void CheckFilePath(const std::string& rel) {
+  if (rel.empty() || rel[0] == '/' || rel.find('\\') != std::string::npos ||
+      rel.find('\0') != std::string::npos || ("/" + rel + "/").find("/../") != std::string::npos ||
+      rel == "manifest.json" || rel == kSignatureFile) {
+    BadManifest("file path '" + rel + "' leaves the bundle or names the manifest");
+  }
+}
+
+// Every file the loader opens (library, params, golden vectors) is listed in `files`, so it is
+// digest-checked before use; otherwise refused before anything is opened.
+void CheckUsedFilesListed(const Manifest& m) {
+  std::vector<std::string> used = {m.library, m.params_file};
+  for (const GoldenCase& c : m.golden) {
+    used.insert(used.end(), c.inputs.begin(), c.inputs.end());
+    used.insert(used.end(), c.outputs.begin(), c.outputs.end());
+  }
+  std::sort(used.begin(), used.end());
+  for (const std::string& rel : used) {
+    bool listed = std::any_of(m.files.begin(), m.files.end(), [&](const FileEntry& f) { return f.path == rel; });
+    if (!listed) BadManifest("'" + rel + "' is used but not listed in 'files'");
   }
 }
 
@@ -37,7 +46,7 @@ Manifest ReadManifest(const std::string& bundle) {
   }
   ffi::String parse_error;
   std::string text = ManifestText(bundle, path);
-  CheckNesting(text);
+  if (std::string problem = StrictJson(text).Problem(); !problem.empty()) BadManifest(problem);
   json::Value root = json::Parse(text, &parse_error);
   if (!parse_error.empty()) BadManifest("not valid JSON (" + std::string(parse_error) + ")");
   int64_t version = As<int64_t>(Field(root, "schema_version"), "schema_version");
@@ -47,6 +56,13 @@ Manifest ReadManifest(const std::string& bundle) {
              " but this loader supports schema_version " + std::to_string(kSchemaVersion),
          "run the bundle with its own runtime/edgepack-run or a newer edgepack");
   }
+  for (const char* key : {"name", "version"}) {  // they name directories on devices
+    std::string value = As<std::string>(Field(root, key), key);
+    bool plain = !value.empty() && value != "." && value != ".." &&
+                 std::none_of(value.begin(), value.end(), [](char c) { return c == '/' || (unsigned char)c < 32 || c == 127; });
+    if (!plain) BadManifest(std::string("'") + key + "' must be a non-empty name without '/', NUL or control characters");
+  }
+  As<std::string>(Field(Field(root, "target"), "arch"), "target.arch");
   Manifest m;
   m.inputs = Specs(Field(root, "inputs"), "inputs");
   m.outputs = Specs(Field(root, "outputs"), "outputs");
@@ -69,12 +85,26 @@ Manifest ReadManifest(const std::string& bundle) {
                        As<int64_t>(Field(entry, "size"), "size")});
   }
   std::sort(m.files.begin(), m.files.end(), [](auto& a, auto& b) { return a.path < b.path; });
+  if (m.files.empty()) BadManifest("'files' lists no files");
+  for (const FileEntry& file : m.files) CheckFilePath(file.path);
+  for (const auto* specs : {&m.inputs, &m.outputs}) {
+    for (const TensorSpec& spec : *specs) {
+      bool known = std::any_of(std::begin(kManifestDtypes), std::end(kManifestDtypes),
+                               [&](const char* name) { return spec.dtype == name; });
+      bool sizes = std::all_of(spec.shape.begin(), spec.shape.end(), [](int64_t d) { return d >= 0; });
+      if (!known || !sizes) BadManifest("tensor '" + spec.name + "' needs a known dtype and a shape of ints >= 0");
+    }
+  }
+  CheckUsedFilesListed(m);
   std::optional<json::Value> requires_field = As<json::Object>(root, "manifest").Get(ffi::String("requires"));
   if (requires_field) {
-    m.required_arch = As<std::string>(Field(*requires_field, "arch"), "requires.arch");
-    m.required_glibc = As<std::string>(Field(*requires_field, "glibc"), "requires.glibc");
-    m.required_features = Strings(Field(*requires_field, "cpu_features"), "requires.cpu_features");
-    if (std::optional<json::Value> cuda = As<json::Object>(*requires_field, "requires").Get(ffi::String("cuda"))) {
+    json::Object fields = As<json::Object>(*requires_field, "requires");
+    if (std::optional<json::Value> arch = fields.Get(ffi::String("arch"))) m.required_arch = As<std::string>(*arch, "requires.arch");
+    if (std::optional<json::Value> glibc = fields.Get(ffi::String("glibc"))) m.required_glibc = As<std::string>(*glibc, "requires.glibc");
+    if (std::optional<json::Value> features = fields.Get(ffi::String("cpu_features"))) {
+      m.required_features = Strings(*features, "requires.cpu_features");
+    }
+    if (std::optional<json::Value> cuda = fields.Get(ffi::String("cuda"))) {
       m.cuda_arch = As<std::string>(Field(*cuda, "gpu_arch"), "requires.cuda.gpu_arch");
       m.cuda_driver = As<std::string>(Field(*cuda, "driver"), "requires.cuda.driver");
       m.cuda_libraries = Strings(Field(*cuda, "libraries"), "requires.cuda.libraries");

@@ -48,6 +48,14 @@ std::vector<Array> ReadArrays(const std::string& base, const std::vector<std::st
   return arrays;
 }
 
+// Golden vectors: each file's bytes read once, checked against its digest, and parsed from those bytes.
+std::vector<Array> ReadCheckedArrays(const std::string& bundle, const Manifest& m,
+                                     const std::vector<std::string>& rels) {
+  std::vector<Array> arrays;
+  for (const std::string& rel : rels) arrays.push_back(ParseNpy(ReadChecked(bundle, m, rel), rel));
+  return arrays;
+}
+
 // ---------------------------------------------------------------- the TVM model
 
 ffi::Function Global(const char* name) {
@@ -141,14 +149,22 @@ void LoadCudaRuntime(const std::string& bundle, const Manifest& m) {
   std::vector<std::string> names = m.cuda_libraries;
   std::stable_partition(names.begin(), names.end(),
                         [](const std::string& name) { return name.rfind("libtvm", 0) != 0; });
-  for (const std::string& name : names) {
-    std::string path = bundle + "/runtime/" + name;
-    if (dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
-      const char* why = dlerror();
-      Fail(kExitUser, "cannot load runtime/" + name + ": " + (why ? why : "unknown error"),
-           "check the NVIDIA driver (docs/cuda.md) and that the bundle was copied whole");
+  std::string dir = PrivateDir();  // opened from checked private copies, never in place
+  try {
+    for (const std::string& name : names) {
+      if (name.find('/') != std::string::npos) BadManifest("requires.cuda.libraries names a path: '" + name + "'");
+      std::string copy = CopyChecked(bundle, m, "runtime/" + name, dir);
+      if (dlopen(copy.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+        const char* why = dlerror();
+        Fail(kExitUser, "cannot load runtime/" + name + ": " + (why ? why : "unknown error"),
+             "check the NVIDIA driver (docs/cuda.md) and that the bundle was copied whole");
+      }
     }
+  } catch (...) {
+    RemovePrivateDir(dir);
+    throw;
   }
+  RemovePrivateDir(dir);
 }
 
 // `--device cpu|cuda` (default: the bundle's own): checks and loads what a GPU run needs.

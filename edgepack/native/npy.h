@@ -54,79 +54,177 @@ std::string ShapeText(const std::vector<int64_t>& shape) {
   return s + (shape.size() == 1 ? ",)" : ")");
 }
 
-// The text following `'key':` in a .npy header dict, with leading spaces skipped.
-std::string HeaderValue(const std::string& header, const std::string& key) {
-  size_t at = header.find("'" + key + "':");
-  if (at == std::string::npos) return "";
-  at = header.find_first_not_of(' ', at + key.size() + 3);
-  return at == std::string::npos ? "" : header.substr(at);
+// The .npy header dict, read strictly (the same grammar as runtime/edgepack_format.py's parse_npy):
+// exactly the keys 'descr' (a quoted string), 'fortran_order' (True/False) and 'shape' (a tuple of
+// decimal ints), each once, in any order; spaces, tabs and newlines between tokens.
+struct NpyHeader {
+  std::string descr;
+  bool fortran = false;
+  std::vector<int64_t> shape;
+};
+
+bool ParseNpyHeader(const std::string& h, NpyHeader* out, std::string* why) {
+  size_t i = 0;
+  auto space = [&] { while (i < h.size() && (h[i] == ' ' || h[i] == '\t' || h[i] == '\n' || h[i] == '\r')) ++i; };
+  auto eat = [&](char c) {
+    space();
+    if (i < h.size() && h[i] == c) { ++i; return true; }
+    return false;
+  };
+  auto quoted = [&](std::string* text) {
+    space();
+    if (i >= h.size() || h[i] != '\'') return false;
+    size_t close = h.find('\'', i + 1);
+    if (close == std::string::npos) return false;
+    *text = h.substr(i + 1, close - i - 1);
+    i = close + 1;
+    return text->find('\\') == std::string::npos;
+  };
+  bool seen[3] = {false, false, false};
+  if (!eat('{')) return *why = "header is not a dict", false;
+  while (!eat('}')) {
+    std::string key;
+    if (!quoted(&key) || !eat(':')) return *why = "header is not a dict of quoted keys", false;
+    int index = key == "descr" ? 0 : key == "fortran_order" ? 1 : key == "shape" ? 2 : -1;
+    if (index < 0) return *why = "header has an unknown key '" + key + "'", false;
+    if (seen[index]) return *why = "header repeats the key '" + key + "'", false;
+    seen[index] = true;
+    space();
+    if (index == 0) {
+      if (!quoted(&out->descr)) return *why = "descr is not a quoted string", false;
+    } else if (index == 1) {
+      if (h.compare(i, 4, "True") == 0) { out->fortran = true; i += 4; }
+      else if (h.compare(i, 5, "False") == 0) { out->fortran = false; i += 5; }
+      else return *why = "fortran_order is not True or False", false;
+    } else {
+      if (!eat('(')) return *why = "shape is not a tuple", false;
+      bool comma = false;
+      while (!eat(')')) {
+        space();
+        size_t start = i;
+        while (i < h.size() && h[i] >= '0' && h[i] <= '9') ++i;
+        if (i == start || i - start > 18) return *why = "shape holds something other than a dimension", false;
+        out->shape.push_back(std::strtoll(h.substr(start, i - start).c_str(), nullptr, 10));
+        comma = eat(',');
+        if (!comma && !eat(')')) return *why = "shape is not a tuple", false;
+        if (!comma) break;
+      }
+      if (out->shape.size() == 1 && !comma) return *why = "shape is not a tuple", false;
+    }
+    if (!eat(',')) {
+      if (!eat('}')) return *why = "header is not a dict", false;
+      break;
+    }
+  }
+  space();
+  if (i != h.size()) return *why = "extra text after the header", false;
+  if (!seen[0] || !seen[1] || !seen[2]) return *why = "header lacks descr, fortran_order or shape", false;
+  return true;
 }
 
-Array ReadNpy(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) Fail(kExitUser, "cannot read '" + path + "'", "check the path");
+// Parses .npy bytes (`what` names them in errors): strict header, known dtype, data exactly as long
+// as the shape says (no trust in the header's sizes before they are checked against the bytes).
+Array ParseNpy(const std::string& bytes, const std::string& what) {
   auto bad = [&](const std::string& why) {
-    Fail(kExitUser, "'" + path + "' is not a valid .npy file (" + why + ")",
+    Fail(kExitUser, "'" + what + "' is not a readable .npy file (" + why + ")",
          "write it with numpy.save");
   };
-  unsigned char prefix[10];
-  in.read(reinterpret_cast<char*>(prefix), 10);
-  if (!in || std::memcmp(prefix, "\x93NUMPY", 6) != 0) bad("no .npy magic");
-  uint32_t header_len = prefix[8] | (prefix[9] << 8);
-  if (prefix[6] >= 2) {  // versions 2 and 3 use a 4-byte header length
-    unsigned char high[2];
-    in.read(reinterpret_cast<char*>(high), 2);
-    header_len |= (uint32_t(high[0]) << 16) | (uint32_t(high[1]) << 24);
-  }
-  std::string header(header_len, '\0');
-  in.read(&header[0], header_len);
-  if (!in) bad("truncated header");
-
-  std::string descr = HeaderValue(header, "descr");
-  if (descr.empty() || descr[0] != '\'') bad("no descr");
-  descr = descr.substr(1, descr.find('\'', 1) - 1);
-  Array array{DtypeByDescr(descr), {}, {}};
+  const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
+  if (bytes.size() < 10 || std::memcmp(b, "\x93NUMPY", 6) != 0) bad("no .npy magic");
+  if (b[6] < 1 || b[6] > 3 || b[7] != 0) bad("unknown .npy version");
+  size_t prefix = b[6] == 1 ? 10 : 12;
+  if (bytes.size() < prefix) bad("truncated header");
+  uint64_t header_len = b[8] | (b[9] << 8);
+  if (b[6] >= 2) header_len |= (uint64_t(b[10]) << 16) | (uint64_t(b[11]) << 24);
+  if (header_len > bytes.size() - prefix) bad("truncated header");
+  NpyHeader header;
+  std::string why;
+  if (!ParseNpyHeader(bytes.substr(prefix, header_len), &header, &why)) bad(why);
+  Array array{DtypeByDescr(header.descr), header.shape, {}};
   if (array.dtype == nullptr) {
-    Fail(kExitUser, "'" + path + "' has unsupported dtype '" + descr + "'",
+    Fail(kExitUser, "'" + what + "' is not a readable .npy file (unsupported dtype '" + header.descr + "')",
          std::string("save it as little-endian ") + kDtypeList);
   }
-  std::string fortran = HeaderValue(header, "fortran_order");
-  if (fortran.rfind("True", 0) == 0) {
-    Fail(kExitUser, "'" + path + "' is stored in Fortran order",
+  if (header.fortran) {
+    Fail(kExitUser, "'" + what + "' is stored in Fortran order",
          "save a C-ordered array: numpy.save(path, numpy.ascontiguousarray(a))");
   }
-  std::string shape = HeaderValue(header, "shape");
-  if (shape.empty() || shape[0] != '(' || shape.find(')') == std::string::npos) bad("no shape");
-  std::istringstream dims(shape.substr(1, shape.find(')') - 1));
-  for (std::string dim; std::getline(dims, dim, ',');) {
-    if (dim.find_first_not_of(' ') == std::string::npos) {
-      continue;  // after the trailing comma
-    }
-    char* end = nullptr;
-    long long value = std::strtoll(dim.c_str(), &end, 10);
-    if (value < 0 || end == dim.c_str()) bad("bad shape " + shape.substr(0, shape.find(')') + 1));
-    array.shape.push_back(value);
+  uint64_t size = uint64_t(array.dtype->size);
+  for (int64_t d : array.shape) {
+    if (__builtin_mul_overflow(size, uint64_t(d), &size)) bad("shape " + ShapeText(array.shape) + " is too large");
   }
-  array.data.resize(NumElements(array.shape) * array.dtype->size);
-  in.read(array.data.data(), array.data.size());
-  if (size_t(in.gcount()) != array.data.size()) bad("truncated data");
+  uint64_t available = bytes.size() - prefix - header_len;
+  if (size > available) bad("truncated data: shape " + ShapeText(array.shape) + " needs " + std::to_string(size) + " bytes");
+  if (size < available) bad("extra bytes after the data");
+  array.data.assign(bytes.begin() + prefix + header_len, bytes.end());
   return array;
 }
 
+Array ReadNpy(const std::string& path) {
+  struct stat info;
+  std::ifstream in(path, std::ios::binary);
+  if (!in || stat(path.c_str(), &info) != 0) Fail(kExitUser, "cannot read '" + path + "'", "check the path");
+  if (!S_ISREG(info.st_mode)) Fail(kExitUser, "'" + path + "' is not a regular file", "pass a .npy file written with numpy.save");
+  return ParseNpy(ReadFile(path), path);
+}
+
+// Writes all of `data` to `fd`; false (errno set) on any short or failed write.
+bool WriteAll(int fd, const char* data, size_t size) {
+  while (size > 0) {
+    ssize_t n = write(fd, data, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      if (n == 0) errno = EIO;
+      return false;
+    }
+    data += n;
+    size -= size_t(n);
+  }
+  return true;
+}
+
+// Writes an .npy atomically: a temporary file beside `path`, every write, fsync and close checked,
+// then renamed over `path`. On failure nothing is left behind and one line names the file and why.
 void WriteNpy(const std::string& path, const Array& array) {
   std::string header = std::string("{'descr': '") + array.dtype->descr +
                        "', 'fortran_order': False, 'shape': " + ShapeText(array.shape) + ", }";
   header.append(63 - (10 + header.size()) % 64, ' ');  // total length a multiple of 64
   header += '\n';
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
   const char prefix[8] = {'\x93', 'N', 'U', 'M', 'P', 'Y', 1, 0};
   uint16_t len = static_cast<uint16_t>(header.size());
-  char len_bytes[2] = {char(len & 0xff), char(len >> 8)};
-  out.write(prefix, 8).write(len_bytes, 2).write(header.data(), header.size());
-  out.write(array.data.data(), array.data.size());
-  if (!out) {
-    Fail(kExitUser, "cannot write '" + path + "'",
-         "check that its directory exists and is writable");
+  std::string head(prefix, 8);
+  head += char(len & 0xff);
+  head += char(len >> 8);
+  head += header;
+  size_t slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
+  std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  std::string temp = (slash == std::string::npos ? "" : dir) + "." + name + ".XXXXXX";
+  std::vector<char> temp_buffer(temp.begin(), temp.end());
+  temp_buffer.push_back('\0');
+  auto fail = [&](int error) {
+    Fail(kExitUser, "cannot write '" + path + "' (" + std::strerror(error) + ")",
+         "free space on that disk or choose another output path");
+  };
+  int fd = mkstemp(temp_buffer.data());
+  if (fd < 0) fail(errno);
+  temp = temp_buffer.data();
+  mode_t mask = umask(0);
+  umask(mask);
+  bool ok = fchmod(fd, 0666 & ~mask) == 0 && WriteAll(fd, head.data(), head.size()) &&
+            WriteAll(fd, array.data.data(), array.data.size()) && fsync(fd) == 0;
+  int error = errno;
+  if (close(fd) != 0 && ok) {
+    ok = false;
+    error = errno;
+  }
+  if (ok && rename(temp.c_str(), path.c_str()) != 0) {
+    ok = false;
+    error = errno;
+  }
+  if (!ok) {
+    unlink(temp.c_str());
+    fail(error);
   }
 }
 

@@ -90,7 +90,7 @@ std::vector<std::pair<std::string, std::string>> LoadKeyring(const std::string& 
     if (DIR* dir = opendir(path.c_str())) {
       while (dirent* entry = readdir(dir)) {
         std::string name = entry->d_name;
-        if (name.size() > 4 && name.compare(name.size() - 4, 4, ".pub") == 0) {
+        if (name.size() >= 4 && name.compare(name.size() - 4, 4, ".pub") == 0) {
           sources.push_back(path + "/" + name);
         }
       }
@@ -104,7 +104,12 @@ std::vector<std::pair<std::string, std::string>> LoadKeyring(const std::string& 
          "pass --keyring with a .pub file or a directory of .pub files made by `edgepack keygen`");
   }
   std::vector<std::pair<std::string, std::string>> keys;
-  for (const std::string& source : sources) {
+  for (const std::string& source : sources) {  // each must be a readable regular file (a directory x.pub is refused)
+    std::ifstream in(source, std::ios::binary);
+    struct stat entry;
+    if (stat(source.c_str(), &entry) != 0 || !S_ISREG(entry.st_mode) || !in) {
+      Fail(kExitUser, "cannot read keyring file '" + source + "' (not a readable file)", "check its permissions");
+    }
     for (auto& key : ParsePublicKeys(ReadFile(source), source)) keys.push_back(key);
   }
   if (keys.empty()) {
@@ -181,11 +186,13 @@ std::string ManifestText(const std::string& bundle, const std::string& path) {
              " is missing) and this device only accepts signed bundles",
          "sign it with `edgepack sign BUNDLE KEY` using a key in the device's keyring");
   }
-  ffi::String parse_error;
-  json::Value envelope = json::Parse(ReadLimited(envelope_path), &parse_error);
   auto bad = [&](const std::string& what) {
     Fail(kExitIntegrity, std::string(kSignatureFile) + ": " + what, resign);
   };
+  std::string envelope_text = ReadLimited(envelope_path);
+  if (std::string problem = StrictJson(envelope_text).Problem(); !problem.empty()) bad(problem);
+  ffi::String parse_error;
+  json::Value envelope = json::Parse(envelope_text, &parse_error);
   if (!parse_error.empty()) bad("not valid JSON");
   std::optional<json::Object> object = envelope.try_cast<json::Object>();
   if (!object) bad("not a JSON object");

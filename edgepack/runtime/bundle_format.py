@@ -128,6 +128,41 @@ def _unique_keys(pairs: list) -> dict:
 
 
 
+MAX_JSON_DEPTH = 64  # the native loader's limit too (edgepack/native/manifest_json.h)
+
+
+
+def _no_constant(name: str):
+    """json parse_constant: refuse NaN and Infinity, which JSON does not have (the native loader refuses them)."""
+    raise ValueError(f"'{name}' is not JSON")
+
+
+
+def _json_depth(value) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (a scalar: 0), without recursion."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+
+def strict_json(data: bytes):
+    """Parse JSON bytes as both loaders do: UTF-8, unique keys, no NaN/Infinity, nesting at most MAX_JSON_DEPTH.
+
+    Raises ValueError (bad text) or RecursionError (too deep)."""
+    value = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    if _json_depth(value) > MAX_JSON_DEPTH:
+        raise RecursionError("nests too deeply")
+    return value
+
+
+
 def _read_limited(path: Path, limit: int) -> bytes:
     """A small file's bytes; refuses one larger than `limit` (a manifest or an envelope)."""
     try:
@@ -144,7 +179,7 @@ def _read_limited(path: Path, limit: int) -> bytes:
 def parse_manifest(data: bytes, path: Path | str = MANIFEST) -> dict:
     """Parse manifest bytes (duplicate keys and runaway nesting refused) and check the fields loaders use."""
     try:
-        manifest = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
+        manifest = strict_json(data)
     except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         raise IntegrityError(f"{path} is not valid JSON ({first_line(exc)})", "rebuild the bundle") from None
     except RecursionError:
@@ -195,6 +230,9 @@ def check_manifest_fields(manifest: Mapping, path: Path | str = MANIFEST) -> Non
     for key in ("name", "version", "library"):
         if not isinstance(manifest.get(key), str):
             bad(f"'{key}' must be a string")
+    for key in ("name", "version"):  # they name directories on devices
+        if not manifest[key] or manifest[key] in (".", "..") or any(ch == "/" or ord(ch) < 32 or ord(ch) == 127 for ch in manifest[key]):
+            bad(f"'{key}' must be a non-empty name without '/', NUL or control characters")
     target = manifest.get("target")
     if not isinstance(target, dict) or not isinstance(target.get("arch"), str):
         bad("'target' must be an object with an 'arch'")
@@ -414,7 +452,7 @@ def parse_envelope(data: bytes, where: str = SIGNATURE) -> tuple[bytes, list[tup
         raise IntegrityError(f"{where}: {what}", "sign the bundle again with `edgepack sign`")
 
     try:
-        envelope = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
+        envelope = strict_json(data)
     except (UnicodeDecodeError, ValueError) as exc:
         bad(f"not valid JSON ({first_line(exc)})")
     except RecursionError:
@@ -472,13 +510,14 @@ def read_trusted_manifest(bundle: Path | str, keyring: Path | str | None) -> dic
 
 
 
-def private_copy(bundle: Path, rel: str, entry: Mapping) -> Path:
-    """Copy a bundle file into a fresh 0700 directory while hashing it; refuse if it differs from `entry`.
+def private_copy(bundle: Path, rel: str, entry: Mapping, directory: Path | None = None) -> Path:
+    """Copy a bundle file into a fresh 0700 directory (or `directory`, one made so) while hashing it;
+    refuse if it differs from `entry`.
 
-    The caller loads the copy (so a file swapped after the digest check cannot run) and removes its
-    directory. TMPDIR chooses where (it must allow mapping code: not noexec).
+    The caller loads or runs the copy (so a file swapped after the digest check cannot run) and
+    removes its directory. TMPDIR chooses where (it must allow mapping code: not noexec).
     """
-    directory = Path(tempfile.mkdtemp(prefix="edgepack-load-"))
+    directory = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="edgepack-load-"))
     copy = directory / Path(rel).name
     digest, size = hashlib.sha256(), 0
     try:
@@ -698,14 +737,152 @@ def compare(got: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> dict:
 
 
 
-def load_npy(path: Path) -> np.ndarray:
-    """Read one .npy file (no pickles) with a one-line error when it is not one."""
+NPY_DESCRS = {"<f4": "float32", "<f8": "float64", "<f2": "float16", "<i8": "int64", "<i4": "int32", "<i2": "int16",
+              "|i1": "int8", "<u8": "uint64", "<u4": "uint32", "<u2": "uint16", "|u1": "uint8", "|b1": "bool",
+              "<i1": "int8", "<u1": "uint8", "<b1": "bool"}
+
+_NPY_SPACE = " \t\n\r"
+
+
+
+def _npy_header(text: str) -> tuple[str, bool, tuple[int, ...]]:
+    """(descr, fortran_order, shape) of a .npy header dict, read strictly (the native loader's grammar:
+    exactly the keys descr, fortran_order and shape, each once; a quoted descr, True/False, a tuple of ints).
+
+    Raises ValueError naming the problem."""
+    at = 0
+
+    def space():
+        nonlocal at
+        while at < len(text) and text[at] in _NPY_SPACE:
+            at += 1
+
+    def eat(char: str) -> bool:
+        nonlocal at
+        space()
+        if text.startswith(char, at):
+            at += 1
+            return True
+        return False
+
+    def quoted() -> str | None:
+        nonlocal at
+        space()
+        close = text.find("'", at + 1) if text.startswith("'", at) else -1
+        if close < 0 or "\\" in text[at + 1:close]:
+            return None
+        value, at = text[at + 1:close], close + 1
+        return value
+
+    found: dict = {}
+    if not eat("{"):
+        raise ValueError("header is not a dict")
+    while not eat("}"):
+        key = quoted()
+        if key is None or not eat(":"):
+            raise ValueError("header is not a dict of quoted keys")
+        if key not in ("descr", "fortran_order", "shape"):
+            raise ValueError(f"header has an unknown key '{key}'")
+        if key in found:
+            raise ValueError(f"header repeats the key '{key}'")
+        space()
+        if key == "descr":
+            found[key] = quoted()
+            if found[key] is None:
+                raise ValueError("descr is not a quoted string")
+        elif key == "fortran_order":
+            word = "True" if text.startswith("True", at) else "False" if text.startswith("False", at) else None
+            if word is None:
+                raise ValueError("fortran_order is not True or False")
+            found[key], at = word == "True", at + len(word)
+        else:
+            if not eat("("):
+                raise ValueError("shape is not a tuple")
+            dims, comma = [], False
+            while not eat(")"):
+                space()
+                start = at
+                while at < len(text) and text[at] in "0123456789":
+                    at += 1
+                if at == start or at - start > 18:
+                    raise ValueError("shape holds something other than a dimension")
+                dims.append(int(text[start:at]))
+                comma = eat(",")
+                if not comma and not eat(")"):
+                    raise ValueError("shape is not a tuple")
+                if not comma:
+                    break
+            if len(dims) == 1 and not comma:
+                raise ValueError("shape is not a tuple")
+            found[key] = tuple(dims)
+        if not eat(","):
+            if not eat("}"):
+                raise ValueError("header is not a dict")
+            break
+    space()
+    if at != len(text):
+        raise ValueError("extra text after the header")
+    if len(found) != 3:
+        raise ValueError("header lacks descr, fortran_order or shape")
+    return found["descr"], found["fortran_order"], found["shape"]
+
+
+
+def parse_npy(data: bytes, what: str) -> np.ndarray:
+    """An array from .npy bytes (`what` names them in errors), read as strictly as the native loader reads
+    them: header grammar, a known little-endian dtype, C order, data exactly as long as the shape says
+    (checked before anything is allocated). Raises BundleError (exit 1)."""
+    def bad(why: str):
+        raise BundleError(f"'{what}' is not a readable .npy file ({why})", "write it with numpy.save")
+
+    if len(data) < 10 or data[:6] != b"\x93NUMPY":
+        bad("no .npy magic")
+    if data[6] not in (1, 2, 3) or data[7] != 0:
+        bad("unknown .npy version")
+    prefix = 10 if data[6] == 1 else 12
+    if len(data) < prefix:
+        bad("truncated header")
+    header_len = int.from_bytes(data[8:prefix], "little")
+    if header_len > len(data) - prefix:
+        bad("truncated header")
     try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise BundleError(f"input file '{path}' does not exist", "check the path") from None
-    except (ValueError, OSError) as exc:
-        raise BundleError(f"'{path}' is not a readable .npy file ({exc})", "save the array with numpy.save") from None
+        descr, fortran, shape = _npy_header(data[prefix:prefix + header_len].decode("latin-1"))
+    except ValueError as exc:
+        bad(str(exc))
+    if descr not in NPY_DESCRS:
+        raise BundleError(f"'{what}' is not a readable .npy file (unsupported dtype '{descr}')",
+                          "save it as little-endian " + ", ".join(dict.fromkeys(NPY_DESCRS.values())))
+    if fortran:
+        raise BundleError(f"'{what}' is stored in Fortran order",
+                          "save a C-ordered array: numpy.save(path, numpy.ascontiguousarray(a))")
+    dtype = np.dtype(NPY_DESCRS[descr])
+    size = dtype.itemsize
+    for dim in shape:
+        size *= dim
+    shape_text = "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+    if size >= 1 << 64:
+        bad(f"shape {shape_text} is too large")
+    available = len(data) - prefix - header_len
+    if size > available:
+        bad(f"truncated data: shape {shape_text} needs {size} bytes")
+    if size < available:
+        bad("extra bytes after the data")
+    return np.frombuffer(data, dtype=dtype, offset=prefix + header_len).reshape(shape).copy()
+
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """Read one .npy file (no pickles, strict header: parse_npy) with a one-line error when it is not one."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            if not path.exists():
+                raise BundleError(f"input file '{path}' does not exist", "check the path")
+            raise BundleError(f"'{path}' is not a regular file", "pass a .npy file written with numpy.save")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"cannot read '{path}' ({exc.strerror})", "check the path") from None
+    return parse_npy(data, str(path))
 
 
 

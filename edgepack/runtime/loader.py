@@ -20,6 +20,7 @@ import resource
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -28,16 +29,16 @@ import numpy as np
 
 try:  # in the package: the format module beside this one
     from .bundle_format import (
-        BundleError, KEYRING_ENV, MANIFEST, TensorSpec, VerificationError, check_compatibility, check_cuda,
+        BundleError, IntegrityError, KEYRING_ENV, MANIFEST, TensorSpec, VerificationError, check_compatibility, check_cuda,
         check_files, check_inputs, check_manifest_fields, compare, decode_params, first_line, load_npy,
-        private_copy, read_checked, read_trusted_manifest, save_npy,
+        parse_npy, private_copy, read_checked, read_trusted_manifest, save_npy,
     )
 except ImportError:  # inside a bundle: runtime/edgepack_format.py sits beside this file
     sys.dont_write_bytecode = True  # no runtime/__pycache__/: a bundle holds exactly the files its manifest lists
     from edgepack_format import (  # type: ignore[no-redef]
-        BundleError, KEYRING_ENV, MANIFEST, TensorSpec, VerificationError, check_compatibility, check_cuda,
+        BundleError, IntegrityError, KEYRING_ENV, MANIFEST, TensorSpec, VerificationError, check_compatibility, check_cuda,
         check_files, check_inputs, check_manifest_fields, compare, decode_params, first_line, load_npy,
-        private_copy, read_checked, read_trusted_manifest, save_npy,
+        parse_npy, private_copy, read_checked, read_trusted_manifest, save_npy,
     )
 
 
@@ -50,10 +51,18 @@ def load_cuda_runtime(bundle: Path, manifest: Mapping) -> None:
 
     if tvm.runtime.enabled("cuda"):
         return
-    runtime = Path(bundle) / "runtime"
     names = manifest["requires"]["cuda"].get("libraries", [])
-    for name in sorted(names, key=lambda name: name.startswith("libtvm")):  # libcudart first
-        ctypes.CDLL(str(runtime / name), mode=ctypes.RTLD_GLOBAL)
+    files = manifest["files"]
+    directory = Path(tempfile.mkdtemp(prefix="edgepack-load-"))  # opened from checked private copies, never in place
+    try:
+        for name in sorted(names, key=lambda name: name.startswith("libtvm")):  # libcudart first
+            rel = f"runtime/{name}"
+            if "/" in name or rel not in files:
+                raise IntegrityError(f"requires.cuda.libraries names '{name}', which is not a file listed under runtime/",
+                                     "rebuild the bundle with `edgepack build`")
+            ctypes.CDLL(str(private_copy(bundle, rel, files[rel], directory)), mode=ctypes.RTLD_GLOBAL)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
     if not tvm.runtime.enabled("cuda"):
         raise BundleError("the TVM runtime here has no CUDA support", "install the apache-tvm wheel the bundle was built with")
 
@@ -130,15 +139,20 @@ class LoadedBundle:
     def golden_cases(self) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
         """The golden (inputs, reference outputs) pairs stored in the bundle."""
         cases = []
+        files = self.manifest["files"]
+
+        def checked(rel: str) -> np.ndarray:  # read once, digest-checked, parsed from those bytes
+            return parse_npy(read_checked(self.path, rel, files[rel]), rel)
+
         for case in self.manifest["golden"]["cases"]:
-            inputs = [load_npy(self.path / rel) for rel in case["inputs"]]
-            outputs = [load_npy(self.path / rel) for rel in case["outputs"]]
-            cases.append((inputs, outputs))
+            cases.append(([checked(rel) for rel in case["inputs"]], [checked(rel) for rel in case["outputs"]]))
         return cases
 
     def verify(self) -> dict:
         """Run every golden case and compare with the stored references."""
         golden = self.manifest["golden"]
+        if not golden["cases"]:  # as the native loader: nothing to check is not a pass
+            raise VerificationError("the bundle has no golden cases", "rebuild the bundle with golden vectors")
         atol, rtol = float(golden["atol"]), float(golden["rtol"])
         cases = []
         for index, (inputs, refs) in enumerate(self.golden_cases()):
@@ -166,6 +180,8 @@ class LoadedBundle:
             raise BundleError("bench needs runs >= 1 and warmup >= 0", "pass --runs 1 or more")
         source = "files" if arrays is not None else "golden"
         if arrays is None:
+            if not self.manifest["golden"]["cases"]:
+                raise BundleError("the bundle has no golden inputs to benchmark with", "pass --input for each model input")
             arrays = self.golden_cases()[0][0]
         arrays = [np.asarray(array) for array in arrays]
         check_inputs(self.inputs, arrays)

@@ -65,7 +65,37 @@ BUILD_ROWS = [
     ("target wrong type", lambda w: _build_with_target(w, GOOD_TARGET.replace('arch = "x86_64"', "arch = 3")), 1, "'arch' must be a string"),
     ("target binary", lambda w: _build_with_target(w, "\x00\x01\x02"), 1, "target file"),
     ("sign key missing", lambda w: ["build", tiny_onnx(w / "x" / "ok.onnx"), "--sign", "none.key", "-o", "dist"], 1, "signing key 'none.key' does not exist"),
+    ("golden inputs object array", lambda w: _golden_inputs(w, lambda p: np.savez(p, x=np.array([{"a": 1}], dtype=object))), 1, "cannot read golden inputs"),
+    ("golden inputs 0 bytes", lambda w: _golden_inputs(w, lambda p: p.write_bytes(b"")), 1, "cannot read golden inputs"),
+    ("golden inputs one array", lambda w: _golden_inputs(w, lambda p: p.write_bytes(_npy_of(np.zeros((1, 1, 4), np.float32)))), 1, "hold one array"),
+    ("factory calls sys.exit(0)", lambda w: ["build", f"{_write(w / 'f.py', b'import sys' + bytes([10]) + b'def make():' + bytes([10]) + b'    sys.exit(0)' + bytes([10]))}:make", "-o", "dist"], 1, "make() called sys.exit(0)"),
+    ("model file calls sys.exit(0)", lambda w: ["build", f"{_write(w / 'g.py', b'import sys; sys.exit(0)' + bytes([10]))}:make", "-o", "dist"], 1, "called sys.exit(0)"),
+    ("1e12 dimension", lambda w: ["build", huge_onnx(w / "huge.onnx"), "-o", "dist"], 1, "GiB per example"),
+    ("1e12 dimension in --input", lambda w: ["build", tiny_onnx(w / "x" / "ok.onnx"), "--input", "x:1x1000000000000", "-o", "dist"], 1, "GiB per example"),
 ]
+
+
+def _npy_of(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _golden_inputs(work: Path, write) -> list:
+    write(work / "cases.npz")
+    return ["build", tiny_onnx(work / "x" / "ok.onnx"), "--golden-inputs", work / "cases.npz", "-o", "dist"]
+
+
+def huge_onnx(path: Path) -> Path:
+    """y = relu(x) with x of shape [1, 10**12]: a dimension no example can be made for."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10**12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10**12])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -175,7 +205,16 @@ ARRAYS = [
     ("not npy", lambda p: p.write_bytes(b"hello"), "not a readable .npy"),
     ("pickled", lambda p: np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True), "not a readable .npy"),
     ("truncated npy", lambda p: (np.save(p, np.zeros((1, 4), np.float32)), p.write_bytes(p.read_bytes()[:-8])), "not a readable .npy"),
+    ("0-byte npy", lambda p: p.write_bytes(b""), "not a readable .npy"),
+    ("huge shape", lambda p: p.write_bytes(_npy_header("{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 4), }")), "not a readable .npy"),
+    ("overflowing shape", lambda p: p.write_bytes(_npy_header("{'descr': '<f4', 'fortran_order': False, 'shape': (999999999999999999, 999999999999999999), }")), "not a readable .npy"),
+    ("duplicate descr", lambda p: p.write_bytes(_npy_header("{'descr': '<f8', 'descr': '<f4', 'fortran_order': False, 'shape': (1, 4), }") + bytes(16)), "not a readable .npy"),
 ]
+
+
+def _npy_header(header: str) -> bytes:
+    text = header.encode() + b" " * (63 - (10 + len(header)) % 64) + bytes([10])
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
 
 
 @pytest.mark.tvm
@@ -222,4 +261,49 @@ def test_full_disk_is_one_line_and_leaves_nothing(edgepack_cli, mlp_bundle, work
     run_row(edgepack_cli, work, ["run", mlp_bundle, "--input", "x.npy", "-o", "full/y.npy"], 1, "No space left on device")
     run_row(edgepack_cli, work, ["run", mlp_bundle, "--input", "x.npy", "--output-dir", "full/out"], 1, "No space left on device")
     run_row(edgepack_cli, work, ["keygen", "full/k"], 1, "No space left on device")
-    run_row(edgepack_cli, work, ["build", "ok.onnx", "-o", "full/dist"], 1, "No space left on device")
+    line = run_row(edgepack_cli, work, ["build", "ok.onnx", "-o", "full/dist"], 1, "No space left on device")
+    assert "writing 'full/dist/" in line and f"(filesystem at {full_disk})" in line, line  # the full disk, not the build's temp dir
+
+
+@pytest.mark.tvm
+def test_native_run_on_a_full_disk_exits_one_line_and_leaves_nothing(mlp_bundle, work, full_disk):
+    """edgepack-run writes a temporary file beside the output, checks every write, fsync and close, renames."""
+    np.save(work / "x.npy", np.zeros((1, 4), np.float32))
+    (full_disk / "out").mkdir()
+    _fill(full_disk)
+    before = snapshot(work)
+    native = [str(mlp_bundle / "runtime" / "edgepack-run"), "run", "--input", "x.npy"]
+    for output in (["-o", "full/y.npy"], ["--output-dir", "full/out"], ["--output-dir", "full/new"]):
+        result = subprocess.run([*native, *output], capture_output=True, text=True, cwd=work, env={}, timeout=60, check=False)
+        line = error_line(result, 1)
+        assert "No space left on device" in line and "full/" in line, line
+        assert snapshot(work) == before
+    (full_disk / "filler").unlink()
+    result = subprocess.run([*native, "-o", "full/y.npy"], capture_output=True, text=True, cwd=work, env={}, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert np.load(work / "full" / "y.npy").shape == (1, 3)
+
+
+def _rewrite(bundle: Path, change) -> Path:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    change(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+BUNDLE_ROWS = [
+    ("inspect: provenance of the wrong type", ["inspect"], lambda m: m.__setitem__("provenance", 5), 3, "missing or mistyped field"),
+    ("inspect: tools of the wrong type", ["inspect"], lambda m: m.__setitem__("tools", [1]), 3, "missing or mistyped field"),
+    ("inspect: inputs of the wrong type", ["inspect"], lambda m: m.__setitem__("inputs", "x"), 3, "'inputs'"),
+    ("inspect: NUL byte in name", ["inspect"], lambda m: m.__setitem__("name", "a\u0000b"), 3, "'name' must be a non-empty name"),
+    ("verify: NUL byte in version", ["verify"], lambda m: m.__setitem__("version", "1\u0000"), 3, "'version' must be a non-empty name"),
+    ("verify: empty golden cases", ["verify"], lambda m: m["golden"].__setitem__("cases", []), 4, "no golden cases"),
+    ("verify: glibc refusal is a compatibility error", ["verify"], lambda m: m["requires"].__setitem__("glibc", "99.0"), 1, "needs glibc 99.0"),
+]
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("name, command, change, code, text", BUNDLE_ROWS, ids=[row[0] for row in BUNDLE_ROWS])
+def test_bad_bundle_fields_are_one_line(edgepack_cli, mlp_bundle, copy_bundle, work, name, command, change, code, text):
+    bundle = _rewrite(copy_bundle(mlp_bundle, work / "device"), change)
+    run_row(edgepack_cli, work, [*command, bundle], code, text)

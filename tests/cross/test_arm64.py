@@ -52,8 +52,9 @@ def test_emulated_run_matches_onnxruntime_on_x86(arm_bundles, tmp_path):
 
     x = np.random.default_rng(7).standard_normal((1, 3, 64, 64)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    result = run_native_loader(bundle, "run", "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy"),
-                               prefix=emulator_command(json.loads((bundle / "manifest.json").read_text())["target"]))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    result = run_native_loader(bundle, manifest["files"], "run", "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy"),
+                               prefix=emulator_command(manifest["target"]))
     assert result.returncode == 0, result.stderr
     session = ort.InferenceSession(str(bundle / "reference" / "model.onnx"), providers=["CPUExecutionProvider"])
     expected = session.run(None, {session.get_inputs()[0].name: x})[0]

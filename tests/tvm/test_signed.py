@@ -153,6 +153,39 @@ def test_no_refusal_runs_planted_code(signed, keys, planted, monkeypatch):
     assert not marker.exists()
 
 
+def test_verify_never_runs_a_native_loader_swapped_after_the_check(signed, keys, tmp_path, monkeypatch):
+    """`edgepack verify --keyring` runs the native loader from a private copy hashed while copied, never in place."""
+    from edgepack.bundle import verify as verify_stage
+
+    marker = tmp_path / "marker"
+    checked_python = verify_stage.verify_python
+
+    def swap_after_python(bundle, target, keyring=None):
+        report = checked_python(bundle, target, keyring)
+        swapped = Path(bundle) / "runtime" / "edgepack-run"
+        swapped.unlink()
+        swapped.write_text(f"#!/bin/sh\necho 'case 0: max_abs_err 0 PASS' > {marker}\nexit 0\n")
+        swapped.chmod(0o755)
+        return report
+
+    monkeypatch.setattr(verify_stage, "verify_python", swap_after_python)
+    with pytest.raises(IntegrityError, match="'runtime/edgepack-run' changed after it was checked"):
+        verify_stage.verify_bundle(signed, keyring=keys["trusted"].public)
+    assert not marker.exists()
+
+
+def test_golden_file_swapped_after_the_check_cannot_flip_the_verdict(signed, keys):
+    """Golden vectors are read once, digest-checked, and those bytes are compared (no second read)."""
+    import numpy as np
+
+    bundle = loader.load(signed, keys["trusted"].public)  # every digest checked here
+    rel = bundle.manifest["golden"]["cases"][0]["outputs"][0]
+    reference = np.load(signed / rel)
+    np.save(signed / rel, reference + 1.0)  # same shape and size, other values
+    with pytest.raises(IntegrityError, match=f"'{rel}' changed after it was checked"):
+        bundle.verify()
+
+
 def test_private_copy_is_removed_after_loading(signed, tmp_path, monkeypatch):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
