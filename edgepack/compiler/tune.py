@@ -423,24 +423,13 @@ class _scratch_dir:
 def tune(model: str, target: str, config: TuneConfig = TuneConfig(), inputs: list[str] = (),
          progress: Callable[[TuneProgress], None] = lambda state: None) -> StageRecord:
     """Tune a model given as for `edgepack build` (ONNX file, .pt2, or file.py:factory): the Python API
-    behind `edgepack tune`. Records go to `config.database`, else to the target's tuning directory."""
+    behind `edgepack tune`, the pipeline's front half stopped after pre-flight, then tuning.
+    Records go to `config.database`, else to the target's tuning directory."""
     import tempfile
 
-    from edgepack.frontends.export import ExportConfig, export_to_onnx, load_torch_model
-    from edgepack.frontends.preflight import preflight
-    from edgepack.frontends.signature import parse_input_specs
-    from edgepack.frontends.sources import OnnxSource, parse_source
-    from edgepack.targets import load_target
+    from edgepack.pipeline import plan_front, run_front
 
-    source = parse_source(model)
-    spec = load_target(target)
-    overrides = parse_input_specs(list(inputs))
+    plan = plan_front(model, target, list(inputs))
     with tempfile.TemporaryDirectory(prefix="edgepack-tune-") as workdir:
-        onnx_path = source.path
-        if not isinstance(source, OnnxSource):
-            torch_model = load_torch_model(source, overrides)
-            onnx_path = Path(workdir) / "exported.onnx"
-            export_to_onnx(torch_model, onnx_path, ExportConfig())
-            overrides = {s.name: s for s in torch_model.inputs}
-        onnx_model, _ = preflight(onnx_path, overrides, Path(workdir))
-        return tune_model(onnx_model, spec, config, progress)
+        front = run_front(plan, Path(workdir), stop="preflight")
+        return tune_model(front.model, plan.target, config, progress)
