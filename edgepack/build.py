@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
+import types
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -17,7 +19,8 @@ from edgepack.bundle.signing import load_private_key
 from edgepack.compression.passes import OnnxPass, TorchPass
 from edgepack.bundle.package import PackageConfig, bundle_path, check_destination, write_bundle
 from edgepack.frontends.preflight import load_onnx
-from edgepack.pipeline import FrontPlan, plan_front, run_front
+from edgepack.compression.quantize import quantization_config
+from edgepack.pipeline import FrontPlan, compression_passes, plan_front, run_front
 from edgepack.runtime.bundle_format import TensorSpec
 from edgepack.frontends.sources import FactorySource, ModelSource, OnnxSource, describe, import_file
 from edgepack.targets import TargetSpec
@@ -219,6 +222,25 @@ def evaluate_bundle(bundle_dir: Path, original, data: EvalData, config: Evaluati
     return report
 
 
-def build(model: str, target: str = "x86_64", out_dir: Path = Path("dist"), **options) -> BuildResult:
-    """Plan and run a build in one call: the Python API behind `edgepack build`."""
-    return run_build(plan_build(model, target, out_dir, **options))
+def build(model: str | Path, target: str = "x86_64", out_dir: str | Path = Path("dist"), *, quantize=None, prune=None,
+          tune: int | TuneConfig | None = None, progress: Callable[[str], None] = lambda stage: None,
+          **options) -> BuildResult:
+    """Plan and run a build in one call: the Python API behind `edgepack build` (`edgepack.build(...)`).
+
+    `quantize`: a mode name ("int8-dynamic", "fp16", "int4") or a config from `quantization_config`;
+    `prune`: ChannelPrune / WeightPrune (PyTorch models) or OnnxWeightPrune; `tune`: trials or a
+    TuneConfig. Other options are plan_build's (name, version, inputs, force, golden, evaluation, ...)."""
+    quantization = quantization_config(quantize) if isinstance(quantize, str) else quantize
+    tune_config = TuneConfig(trials=tune) if isinstance(tune, int) and tune > 0 else (tune or None)
+    plan = plan_build(str(model), target, Path(out_dir), tune=tune_config, **compression_passes(prune, quantization), **options)
+    return run_build(plan, progress)
+
+
+class _CallableModule(types.ModuleType):
+    """`edgepack.build(...)` builds: Python binds the package attribute `build` to this module, so the module calls `build`."""
+
+    def __call__(self, *args, **kwargs) -> BuildResult:
+        return build(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -158,3 +158,14 @@ def write_onnx(model: OnnxModel, out: Path, records: list[StageRecord] | tuple[S
 def with_prior(plan: FrontPlan, prior: tuple[StageRecord, ...]) -> FrontPlan:
     """The plan with stages that made the model before it (e.g. distillation) listed first."""
     return replace(plan, prior_stages=(*prior, *plan.prior_stages))
+
+
+def compression_passes(prune=None, quantize=None) -> dict[str, tuple]:
+    """`torch_passes` and `onnx_passes` for a build: torch pruning runs before export, ONNX magnitude
+    pruning after pre-flight and before quantization, quantization last."""
+    quantized = (quantize,) if quantize is not None else ()
+    if prune is None:
+        return {"torch_passes": (), "onnx_passes": quantized}
+    if isinstance(prune, OnnxPass):
+        return {"torch_passes": (), "onnx_passes": (prune, *quantized)}
+    return {"torch_passes": (prune,), "onnx_passes": quantized}

@@ -59,6 +59,7 @@ def build_command(
     from edgepack.errors import EdgepackError
     from edgepack.measure.evaluation import parse_max_drop
     from edgepack.compiler.tune import RpcTracker, TuneConfig
+    from edgepack.pipeline import compression_passes
 
     if max_drop is not None and eval_data is None:
         raise EdgepackError("--max-drop needs --eval data to measure the drop on", "add --eval data.npz")
@@ -76,7 +77,7 @@ def build_command(
                       reference=reference, golden=GoldenConfig(cases=cases, atol=atol, rtol=rtol),
                       golden_inputs=golden_inputs, tune=TuneConfig(trials=tune, database=database, rpc=RpcTracker.parse(rpc_tracker, rpc_key) if rpc_tracker else None) if tune else None,
                       compile=CompileConfig(cpu_schedule=schedule, tuning_database=str(database) if database else None, integer_ops=integer_ops),
-                      evaluation=evaluation, sign=sign, **_passes(pruning, quantization))
+                      evaluation=evaluation, sign=sign, **compression_passes(pruning, quantization))
     if dry_run:
         for line in plan.describe():
             out.print(line, highlight=False, soft_wrap=True)  # one line each, however long, for scripts
@@ -95,18 +96,6 @@ def build_command(
 
             print_report(record.report, out)
     print_summary(result.bundle.path, result.bundle.manifest)
-
-
-def _passes(pruning, quantization) -> dict:
-    """torch_passes and onnx_passes: torch pruning before export; ONNX magnitude pruning before quantization."""
-    quantize = (quantization,) if quantization else ()
-    if pruning is None:
-        return {"torch_passes": (), "onnx_passes": quantize}
-    from edgepack.compression.passes import OnnxPass
-
-    if isinstance(pruning, OnnxPass):
-        return {"torch_passes": (), "onnx_passes": (pruning, *quantize)}
-    return {"torch_passes": (pruning,), "onnx_passes": quantize}
 
 
 def register(app: typer.Typer) -> None:
