@@ -13,18 +13,19 @@ Examples and options: docs/api.md.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 from edgepack.artifacts import StageRecord
 from edgepack.build import BuildResult, EvaluationConfig, build
-from edgepack.compiler.tune import TuneConfig
-from edgepack.compiler.tune import tune as _tune
+from edgepack.compiler.tune import TuneConfig, TuneProgress, tune_model
 from edgepack.compression.distill import distill
 from edgepack.compression.prune import ChannelPrune, FineTune, Magnitude, OnnxWeightPrune, Taylor, WeightPrune, prune
 from edgepack.compression.quantize import QualityGate, quantization_config
 from edgepack.compression.quantize import quantize as _quantize
 from edgepack.deploy.operations import deploy
+from edgepack.pipeline import plan_front, run_front
 from edgepack.runtime.loader import load
 
 __all__ = ["build", "quantize", "prune", "distill", "tune", "load", "deploy", "quantization_config", "QualityGate",
@@ -42,8 +43,12 @@ def quantize(model: str | Path, out: str | Path, mode="int8-dynamic", *, target:
     return _quantize(model, Path(out), chosen, inputs=inputs, target=target, progress=progress)
 
 
-def tune(model: str | Path, target: str = "x86_64", trials: int | TuneConfig = 64, *, inputs: Sequence[str] = (),
-         progress=lambda state: None) -> StageRecord:
-    """Tune MODEL's kernels into the target's tuning database (as `edgepack tune`); later builds apply them."""
+def tune(model: str | Path, target: str = "x86_64", trials: int | TuneConfig = 64, inputs: Sequence[str] = (),
+         progress: Callable[[TuneProgress], None] = lambda state: None) -> StageRecord:
+    """Tune MODEL's kernels into the target's tuning database (as `edgepack tune`): the pipeline's front half
+    stopped after pre-flight, then MetaSchedule. Later builds of any model with the same kernels apply the records."""
     config = trials if isinstance(trials, TuneConfig) else TuneConfig(trials=trials)
-    return _tune(str(model), target, config, list(inputs), progress)
+    plan = plan_front(str(model), target, list(inputs))
+    with tempfile.TemporaryDirectory(prefix="edgepack-tune-") as workdir:
+        front = run_front(plan, Path(workdir), stop="preflight")
+        return tune_model(front.model, plan.target, config, progress)

@@ -75,7 +75,7 @@ def plan_front(model: str, target: str | TargetSpec, inputs: list[str] | dict[st
         raise EdgepackError(f"{', '.join(p.stage for p in torch_passes)} needs a PyTorch model, '{source.path}' is ONNX",
                             "pass file.py:factory or a .pt2 program")
     is_onnx = isinstance(source, OnnxSource)
-    prior = read_stages(source.path) if is_onnx and source.path.is_file() else ()
+    prior = _recorded_stages(source.path) if is_onnx else ()
     return FrontPlan(source, spec, overrides, None if is_onnx else export, tuple(torch_passes), tuple(onnx_passes), prior)
 
 
@@ -122,9 +122,18 @@ def pass_context(target: TargetSpec, work: Path, stage: str, progress: Progress)
     return PassContext(workdir, target, lambda line: progress(f"{stage}: {line}"))
 
 
-def read_stages(path: Path) -> tuple[StageRecord, ...]:
+def _recorded_stages(path: Path) -> tuple[StageRecord, ...]:
+    """read_stages for planning: a file that cannot be read yet has none (pre-flight reports why when it runs)."""
+    try:
+        model = load_onnx(path)
+    except EdgepackError:
+        return ()
+    return read_stages(path, model)
+
+
+def read_stages(path: Path, model=None) -> tuple[StageRecord, ...]:
     """The stage records an earlier edgepack command wrote into this ONNX file (none for other files)."""
-    props = {prop.key: prop.value for prop in load_onnx(path).metadata_props}
+    props = {prop.key: prop.value for prop in (model or load_onnx(path)).metadata_props}
     if STAGES_KEY not in props:
         return ()
     try:

@@ -1,7 +1,7 @@
 """Stage: tune a model's kernels with MetaSchedule into a tuning database that later builds apply.
 
 The database is two JSON-lines files (MetaSchedule's `JSONDatabase`) in one directory per target:
-`<cache>/tuning/<target-name>/` where `<cache>` is `edgepack.compiler.runtime_files.cache_dir()`
+`<cache>/tuning/<target-name>/` where `<cache>` is `edgepack.compiler.wheels.cache_dir()`
 (`$EDGEPACK_CACHE`, else `~/.cache/edgepack`). `$EDGEPACK_TUNING_DIR` moves the root (the target name is
 still appended); `--database DIR` names one directory exactly. Records are keyed by the kernel's
 structure (shapes included), so a build of *any* model with the same workloads reuses them. Every
@@ -26,11 +26,16 @@ from pathlib import Path
 from typing import Callable
 
 from edgepack.artifacts import OnnxModel, StageRecord
-from edgepack.errors import EdgepackError
+from edgepack.compiler.backends.cpu import lower_to_tir
+from edgepack.compiler.compile import import_relax
+from edgepack.compiler.schedules import heuristic_schedule, vector_lanes
+from edgepack.compiler.tuning_records import RECORD_FILE, WORKLOAD_FILE, open_database, tuning_dir
+from edgepack.errors import EdgepackError, first_line
 from edgepack.targets import TargetSpec
 
-WORKLOAD_FILE = "database_workload.json"
-RECORD_FILE = "database_tuning_record.json"
+__all__ = ["RpcTracker", "TuneConfig", "TuneProgress", "tune_model", "extract_kernels", "tuning_dir", "open_database",
+           "RECORD_FILE", "WORKLOAD_FILE"]
+
 
 
 @dataclass(frozen=True)
@@ -93,23 +98,6 @@ class TuneProgress:
         best = sum(self.best_ms.values())
         return (f"{self.trials_done}/{self.trials_total} trials, {self.tasks_done}/{self.tasks_total} kernels measured, "
                 f"sum of best kernel times {best:.3f} ms, {self.errors} failed{eta}")
-
-
-def tuning_dir(target: TargetSpec) -> Path:
-    """The tuning database of a target: $EDGEPACK_TUNING_DIR/<name>, else <cache>/tuning/<name>."""
-    from edgepack.compiler.runtime_files import cache_dir
-
-    root = os.environ.get("EDGEPACK_TUNING_DIR")
-    return (Path(root) if root else cache_dir() / "tuning") / target.name
-
-
-def open_database(path: Path):
-    """The MetaSchedule JSON database in `path` (created empty when missing); usable as a context."""
-    from tvm.s_tir import meta_schedule as ms
-
-    path.mkdir(parents=True, exist_ok=True)
-    return ms.database.JSONDatabase(path_workload=str(path / WORKLOAD_FILE), path_tuning_record=str(path / RECORD_FILE),
-                                    allow_missing=True, module_equality="structural")
 
 
 def tuning_target(target: TargetSpec, cores: int | None = None):
@@ -234,7 +222,6 @@ def _seed_with_heuristic(contexts, database, runner, target, builder) -> int:
     best is then never worse than an untuned build, and the search starts from it. Returns records added."""
     from tvm.s_tir import meta_schedule as ms
 
-    from edgepack.compiler.schedules import heuristic_schedule, vector_lanes
 
     added = 0
     for context in contexts:
@@ -262,7 +249,6 @@ def _searchable(contexts, weights) -> tuple[list, list, dict]:
     TVM 0.27's default CPU rules raise (uncaught, ending the whole run) on some fused kernels, e.g. a
     convolution whose clip epilogue reads scalar `where` blocks (ReLU6 whose bounds stay runtime params;
     edgepack.compiler.compile.embed_scalar_params makes them constants); those kernels keep their heuristic schedule."""
-    from edgepack.errors import first_line
 
     kept, kept_weights, skipped = [], [], {}
     for context, weight in zip(contexts, weights):
@@ -314,7 +300,6 @@ def extract_kernels(model: OnnxModel, target: TargetSpec, cores: int | None = No
     """The kernels a build of `model` for `target` compiles, as MetaSchedule tasks (deduplicated)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from edgepack.compiler.compile import import_relax, lower_to_tir
 
     tvm_target = tuning_target(target, cores)
     module, _ = import_relax(model)
@@ -418,18 +403,3 @@ class _scratch_dir:
 
     def __exit__(self, *exc) -> None:
         return None
-
-
-def tune(model: str, target: str, config: TuneConfig = TuneConfig(), inputs: list[str] = (),
-         progress: Callable[[TuneProgress], None] = lambda state: None) -> StageRecord:
-    """Tune a model given as for `edgepack build` (ONNX file, .pt2, or file.py:factory): the Python API
-    behind `edgepack tune`, the pipeline's front half stopped after pre-flight, then tuning.
-    Records go to `config.database`, else to the target's tuning directory."""
-    import tempfile
-
-    from edgepack.pipeline import plan_front, run_front
-
-    plan = plan_front(model, target, list(inputs))
-    with tempfile.TemporaryDirectory(prefix="edgepack-tune-") as workdir:
-        front = run_front(plan, Path(workdir), stop="preflight")
-        return tune_model(front.model, plan.target, config, progress)
