@@ -28,14 +28,38 @@ from edgepack.deploy.operations import deploy
 from edgepack.pipeline import plan_front, run_front
 from edgepack.runtime.loader import load
 
-__all__ = ["build", "quantize", "prune", "distill", "tune", "load", "deploy", "quantization_config", "QualityGate",
-           "ChannelPrune", "WeightPrune", "OnnxWeightPrune", "Magnitude", "Taylor", "FineTune", "TuneConfig",
-           "EvaluationConfig", "BuildResult"]
+__all__ = [
+    "build",
+    "quantize",
+    "prune",
+    "distill",
+    "tune",
+    "load",
+    "deploy",
+    "quantization_config",
+    "QualityGate",
+    "ChannelPrune",
+    "WeightPrune",
+    "OnnxWeightPrune",
+    "Magnitude",
+    "Taylor",
+    "FineTune",
+    "TuneConfig",
+    "EvaluationConfig",
+    "BuildResult",
+]
 
 
-def quantize(model: str | Path, out: str | Path, mode="int8-dynamic", *, target: str = "x86_64",
-             inputs: Sequence[str] = (), progress: Callable[[str], None] = lambda line: None,
-             **config) -> StageRecord:
+def quantize(
+    model: str | Path,
+    out: str | Path,
+    mode="int8-dynamic",
+    *,
+    target: str = "x86_64",
+    inputs: Sequence[str] = (),
+    progress: Callable[[str], None] = lambda line: None,
+    **config,
+) -> StageRecord:
     """Quantize MODEL into the ONNX file `out` (as `edgepack quantize`); `mode` is a name or a config.
 
     Keyword options of `quantization_config` (calibration, method, gate, exclude, group_size) go with a name."""
@@ -43,8 +67,13 @@ def quantize(model: str | Path, out: str | Path, mode="int8-dynamic", *, target:
     return _quantize(model, Path(out), chosen, inputs=inputs, target=target, progress=progress)
 
 
-def tune(model: str | Path, target: str = "x86_64", trials: int | TuneConfig = 64, inputs: Sequence[str] = (),
-         progress: Callable[[TuneProgress], None] = lambda state: None) -> StageRecord:
+def tune(
+    model: str | Path,
+    target: str = "x86_64",
+    trials: int | TuneConfig = 64,
+    inputs: Sequence[str] = (),
+    progress: Callable[[TuneProgress], None] = lambda state: None,
+) -> StageRecord:
     """Tune MODEL's kernels into the target's tuning database (as `edgepack tune`): the pipeline's front half
     stopped after pre-flight, then MetaSchedule. Later builds of any model with the same kernels apply the records."""
     config = trials if isinstance(trials, TuneConfig) else TuneConfig(trials=trials)

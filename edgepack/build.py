@@ -7,7 +7,6 @@ import tempfile
 import types
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from edgepack.artifacts import Bundle, StageRecord
 from edgepack.compiler.compile import CompileConfig, check_toolchain, compile_model
@@ -21,10 +20,11 @@ from edgepack.bundle.package import PackageConfig, bundle_path, check_destinatio
 from edgepack.frontends.preflight import load_onnx
 from edgepack.compression.quantize import quantization_config
 from edgepack.pipeline import FrontPlan, compression_passes, plan_front, run_front
+from edgepack.progress import Progress, ProgressEvent, ignore
 from edgepack.runtime.bundle_format import TensorSpec
 from edgepack.frontends.sources import FactorySource, ModelSource, OnnxSource, describe, import_file
 from edgepack.targets import TargetSpec
-from edgepack.compiler.tune import TuneConfig, tune_model, tuning_dir
+from edgepack.compiler.tune import TuneConfig, tune_event, tune_model, tuning_dir
 from edgepack.bundle.verify import verify_bundle
 
 DEFAULT_VERSION = "0.1.0"
@@ -165,25 +165,25 @@ class BuildResult:
     stages: list[StageRecord] = field(default_factory=list)
 
 
-def run_build(plan: BuildPlan, progress: Callable[[str], None] = lambda stage: None) -> BuildResult:
+def run_build(plan: BuildPlan, progress: Progress = ignore) -> BuildResult:
     """Run the stages of a checked plan; the bundle appears only when every stage passed."""
     with tempfile.TemporaryDirectory(prefix="edgepack-build-") as workdir:
         work = Path(workdir)
         front = run_front(plan.front, work, progress, golden=plan.golden)
         records, model, original, golden_config = front.records, front.model, front.original, front.golden
         if plan.tune is not None:
-            progress("tune")
-            records.append(tune_model(model, plan.target, plan.tune, progress=lambda state: progress(f"tune: {state.line()}")))
-        progress("compile")
+            progress(ProgressEvent("tune"))
+            records.append(tune_model(model, plan.target, plan.tune, progress=lambda state: progress(tune_event(state))))
+        progress(ProgressEvent("compile"))
         compiled, record = compile_model(model, plan.target, work, plan.compile)
         records.append(record)
-        progress("package")
+        progress(ProgressEvent("package"))
         cases = load_input_cases(plan.golden_inputs, model) if plan.golden_inputs else None
         golden = make_golden(model, golden_config, cases)
         provenance = {"source": describe(plan.source), "stages": [r.to_json() for r in (*plan.prior_stages, *records)]}
         assess = None
         if plan.evaluation is not None:
-            progress("evaluate")
+            progress(ProgressEvent("evaluate"))
             data = load_eval_data(plan.evaluation.data, original.inputs, plan.evaluation.limit)
             assess = lambda staging: evaluate_bundle(staging, original, data, plan.evaluation,  # noqa: E731
                                                      compiled=model, target=plan.target)
@@ -223,7 +223,7 @@ def evaluate_bundle(bundle_dir: Path, original, data: EvalData, config: Evaluati
 
 
 def build(model: str | Path, target: str = "x86_64", out_dir: str | Path = Path("dist"), *, quantize=None, prune=None,
-          tune: int | TuneConfig | None = None, progress: Callable[[str], None] = lambda stage: None,
+          tune: int | TuneConfig | None = None, progress: Progress = ignore,
           **options) -> BuildResult:
     """Plan and run a build in one call: the Python API behind `edgepack build` (`edgepack.build(...)`).
 

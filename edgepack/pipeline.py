@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from edgepack.artifacts import OnnxModel, StageRecord
 from edgepack.bundle.golden import GoldenConfig
@@ -25,11 +25,11 @@ from edgepack.frontends.export import ExportConfig, TorchModel, export_to_onnx, 
 from edgepack.frontends.preflight import load_onnx, preflight
 from edgepack.frontends.signature import parse_input_specs
 from edgepack.frontends.sources import ExportedProgramSource, ModelSource, OnnxSource, parse_source
+from edgepack.progress import Progress, ProgressEvent, ignore, step_reporter
 from edgepack.runtime.bundle_format import TensorSpec
 from edgepack.targets import TargetSpec, load_target
 
 STAGES_KEY = "edgepack.stages"  # ONNX metadata_props key holding the stage records of a written model
-Progress = Callable[[str], None]
 StopAt = Literal["torch", "preflight", "passes"]
 
 
@@ -47,8 +47,13 @@ class FrontPlan:
 
     @property
     def stages(self) -> list[str]:
-        return ([r.stage for r in self.prior_stages] + [p.stage for p in self.torch_passes]
-                + (["export"] if self.export else []) + ["preflight"] + [p.stage for p in self.onnx_passes])
+        return (
+            [r.stage for r in self.prior_stages]
+            + [p.stage for p in self.torch_passes]
+            + (["export"] if self.export else [])
+            + ["preflight"]
+            + [p.stage for p in self.onnx_passes]
+        )
 
 
 @dataclass
@@ -62,42 +67,64 @@ class FrontResult:
     torch_model: TorchModel | None = None  # after the torch passes (PyTorch sources)
 
 
-def plan_front(model: str, target: str | TargetSpec, inputs: list[str] | dict[str, TensorSpec] = (), *,
-               export: ExportConfig = ExportConfig(), torch_passes: tuple = (), onnx_passes: tuple = ()) -> FrontPlan:
+def plan_front(
+    model: str,
+    target: str | TargetSpec,
+    inputs: list[str] | dict[str, TensorSpec] = (),
+    *,
+    export: ExportConfig = ExportConfig(),
+    torch_passes: tuple = (),
+    onnx_passes: tuple = (),
+) -> FrontPlan:
     """Parse the source and target, read the stages recorded in an ONNX source, refuse passes the source cannot take."""
     source = parse_source(str(model))
     spec = target if isinstance(target, TargetSpec) else load_target(target)
     overrides = inputs if isinstance(inputs, dict) else parse_input_specs(list(inputs))
     if torch_passes and isinstance(source, ExportedProgramSource):
-        raise EdgepackError(f"{', '.join(p.stage for p in torch_passes)} needs the model's nn.Module layers, "
-                            f"which the .pt2 program '{source.path}' does not keep", "pass the model as file.py:factory")
+        raise EdgepackError(
+            f"{', '.join(p.stage for p in torch_passes)} needs the model's nn.Module layers, "
+            f"which the .pt2 program '{source.path}' does not keep",
+            "pass the model as file.py:factory",
+        )
     if torch_passes and isinstance(source, OnnxSource):
-        raise EdgepackError(f"{', '.join(p.stage for p in torch_passes)} needs a PyTorch model, '{source.path}' is ONNX",
-                            "pass file.py:factory or a .pt2 program")
+        raise EdgepackError(
+            f"{', '.join(p.stage for p in torch_passes)} needs a PyTorch model, '{source.path}' is ONNX",
+            "pass file.py:factory or a .pt2 program",
+        )
     is_onnx = isinstance(source, OnnxSource)
     prior = _recorded_stages(source.path) if is_onnx else ()
-    return FrontPlan(source, spec, overrides, None if is_onnx else export, tuple(torch_passes), tuple(onnx_passes), prior)
+    return FrontPlan(
+        source, spec, overrides, None if is_onnx else export, tuple(torch_passes), tuple(onnx_passes), prior
+    )
 
 
-def run_front(plan: FrontPlan, work: Path, progress: Progress = lambda stage: None, *,
-              golden: GoldenConfig = GoldenConfig(), stop: StopAt = "passes") -> FrontResult:
+def run_front(
+    plan: FrontPlan,
+    work: Path,
+    progress: Progress = ignore,
+    *,
+    golden: GoldenConfig = GoldenConfig(),
+    stop: StopAt = "passes",
+) -> FrontResult:
     """Run the front half in `work` (a private directory) up to `stop`; every artifact lands under it."""
     result = FrontResult(None, None, golden=golden)
     onnx_path, overrides = plan.source.path, plan.input_overrides
     if plan.export is not None:
         torch_model = load_torch_model(plan.source, overrides)
         for stage_pass in plan.torch_passes:
-            progress(stage_pass.stage)
-            torch_model, record = stage_pass.run(torch_model, pass_context(plan.target, work, stage_pass.stage, progress))
+            progress(ProgressEvent(stage_pass.stage))
+            torch_model, record = stage_pass.run(
+                torch_model, pass_context(plan.target, work, stage_pass.stage, progress)
+            )
             result.records.append(record)
         result.torch_model = torch_model
         if stop == "torch":
             return result
-        progress("export")
+        progress(ProgressEvent("export"))
         onnx_path = work / "exported.onnx"
         result.records.append(export_to_onnx(torch_model, onnx_path, plan.export))
         overrides = {spec.name: spec for spec in torch_model.inputs}
-    progress("preflight")
+    progress(ProgressEvent("preflight"))
     (work / "preflight").mkdir(parents=True, exist_ok=True)
     model, record = preflight(onnx_path, overrides, work / "preflight")
     result.records.append(record)
@@ -105,7 +132,7 @@ def run_front(plan: FrontPlan, work: Path, progress: Progress = lambda stage: No
     if stop == "preflight":
         return result
     for stage_pass in plan.onnx_passes:
-        progress(stage_pass.stage)
+        progress(ProgressEvent(stage_pass.stage))
         context = pass_context(plan.target, work, stage_pass.stage, progress)
         changed, record = stage_pass.run(result.model, context)
         result.records.append(record)
@@ -119,7 +146,7 @@ def pass_context(target: TargetSpec, work: Path, stage: str, progress: Progress)
     """A pass's private work directory under `work`, the target, and progress lines prefixed with the stage."""
     workdir = work / f"pass-{stage}"
     workdir.mkdir(parents=True, exist_ok=True)
-    return PassContext(workdir, target, lambda line: progress(f"{stage}: {line}"))
+    return PassContext(workdir, target, step_reporter(stage, progress))
 
 
 def _recorded_stages(path: Path) -> tuple[StageRecord, ...]:
@@ -139,8 +166,10 @@ def read_stages(path: Path, model=None) -> tuple[StageRecord, ...]:
     try:
         return tuple(StageRecord.from_json(item) for item in json.loads(props[STAGES_KEY]))
     except (ValueError, TypeError, KeyError):
-        raise EdgepackError(f"'{path}' has unreadable edgepack stage records (metadata '{STAGES_KEY}')",
-                            "write the model again with edgepack, or remove that metadata entry") from None
+        raise EdgepackError(
+            f"'{path}' has unreadable edgepack stage records (metadata '{STAGES_KEY}')",
+            "write the model again with edgepack, or remove that metadata entry",
+        ) from None
 
 
 def write_onnx(model: OnnxModel, out: Path, records: list[StageRecord] | tuple[StageRecord, ...]) -> Path:

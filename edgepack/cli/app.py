@@ -11,7 +11,23 @@ import typer
 from typer._click import exceptions as click  # typer vendors click; its usage errors are these classes
 
 from edgepack import __version__
-from edgepack.cli import bench, build, deploy, distill, doctor, inspect, keygen, monitor, prune, quantize, run, sign, targets, tune, verify
+from edgepack.cli import (
+    bench,
+    build,
+    deploy,
+    distill,
+    doctor,
+    inspect,
+    keygen,
+    monitor,
+    prune,
+    quantize,
+    run,
+    sign,
+    targets,
+    tune,
+    verify,
+)
 from edgepack.errors import EXIT_INTERNAL, EXIT_USAGE, EXIT_USER, BundleError, first_line
 
 app = typer.Typer(
@@ -20,8 +36,11 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-device_app = typer.Typer(name="device", help="Manage bundles on device stores: deploy, status, versions, rollback, remove.",
-                         no_args_is_help=True)
+device_app = typer.Typer(
+    name="device",
+    help="Manage bundles on device stores: deploy, status, versions, rollback, remove.",
+    no_args_is_help=True,
+)
 DEVICE_COMMANDS = ("deploy", "status", "versions", "rollback", "remove")
 _state = {"debug": False}
 
@@ -33,9 +52,12 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and third-party warnings."),
-          version: Optional[bool] = typer.Option(None, "--version", callback=_print_version, is_eager=True,
-                                                 help="Print edgepack's version and exit.")) -> None:
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and third-party warnings."),
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_print_version, is_eager=True, help="Print edgepack's version and exit."
+    ),
+) -> None:
     _state["debug"] = debug
     if not debug:
         quiet_third_party()
@@ -48,7 +70,22 @@ def quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-for module in (build, quantize, prune, distill, tune, inspect, run, verify, bench, targets, doctor, monitor, keygen, sign):
+for module in (
+    build,
+    quantize,
+    prune,
+    distill,
+    tune,
+    inspect,
+    run,
+    verify,
+    bench,
+    targets,
+    doctor,
+    monitor,
+    keygen,
+    sign,
+):
     module.register(app)
 deploy.register(device_app)  # `edgepack device deploy|status|versions|rollback|remove`
 deploy.register(app)  # the old top-level names stay as aliases, out of the help screen
@@ -93,13 +130,19 @@ def main() -> None:
         if _state["debug"]:
             raise
         where = f" '{exc.filename}'" if exc.filename else ""
-        print(f"error: {exc.strerror or first_line(exc)}{where}; free space or check permissions there, then run it again",
-              file=sys.stderr)
+        print(
+            f"error: {exc.strerror or first_line(exc)}{where}; free space or check permissions there, "
+            "then run it again",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_USER)
     except Exception as exc:  # a bug in edgepack: one line unless --debug
         if _state["debug"]:
             raise
-        print(f"error: internal error ({type(exc).__name__}: {first_line(exc)}); "
-              "rerun with --debug and report the traceback", file=sys.stderr)
+        print(
+            f"error: internal error ({type(exc).__name__}: {first_line(exc)}); "
+            "rerun with --debug and report the traceback",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)

@@ -10,6 +10,7 @@ import typer
 
 from edgepack.cli.console import err, out
 from edgepack.cli.inspect import print_summary
+from edgepack.cli.progress import progress_reporter
 from edgepack.cli.quantize import CalibrationMethod, QuantizeMode, quantize_pass
 from edgepack.cli.prune import Criterion, Granularity, Scope, prune_config
 
@@ -86,8 +87,8 @@ def build_command(
         for line in plan.describe():
             out.print(line, highlight=False, soft_wrap=True)  # one line each, however long, for scripts
         return
-    with err.status("building") as status:
-        result = run_build(plan, progress=lambda stage: status.update(f"{stage}…"))
+    with progress_reporter("build") as report:
+        result = run_build(plan, progress=report)
     for record in result.stages:  # e.g. fp16 on a target without fp16 arithmetic
         for warning in record.report.get("warnings", []):
             err.print(f"warning: {warning}", highlight=False, soft_wrap=True)

@@ -16,5 +16,6 @@ class CompileConfig:
     # MetaSchedule database (edgepack.compiler.tune) whose records replace the heuristic where workloads match;
     # None applies none
     tuning_database: str | None = None
-    # QDQ conv2d/matmul run as int8 ops with int32 accumulation + requantize (edgepack.compiler.integer_ops); CPU targets
+    # QDQ conv2d/matmul run as int8 ops with int32 accumulation + requantize (edgepack.compiler.integer_ops);
+    # CPU targets
     integer_ops: bool = True

@@ -31,6 +31,7 @@ from edgepack.compiler.compile import import_relax
 from edgepack.compiler.schedules import heuristic_schedule, vector_lanes
 from edgepack.compiler.tuning_records import RECORD_FILE, WORKLOAD_FILE, open_database, tuning_dir
 from edgepack.errors import EdgepackError, first_line
+from edgepack.progress import ProgressEvent
 from edgepack.targets import TargetSpec
 
 __all__ = ["RpcTracker", "TuneConfig", "TuneProgress", "tune_model", "extract_kernels", "tuning_dir", "open_database",
@@ -98,6 +99,11 @@ class TuneProgress:
         best = sum(self.best_ms.values())
         return (f"{self.trials_done}/{self.trials_total} trials, {self.tasks_done}/{self.tasks_total} kernels measured, "
                 f"sum of best kernel times {best:.3f} ms, {self.errors} failed{eta}")
+
+
+def tune_event(state: TuneProgress) -> ProgressEvent:
+    """A tuning batch as the library's progress event: trials done of total, best latency so far in the message."""
+    return ProgressEvent("tune", state.line(), state.trials_done, state.trials_total)
 
 
 def tuning_target(target: TargetSpec, cores: int | None = None):
@@ -350,7 +356,13 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
         seeded = _seed_with_heuristic(contexts, database, runner, tvm_target, builder)
         names = [context.task_name for context in contexts]
         max_seconds = config.max_minutes * 60 if config.max_minutes else None
-        callback = _progress_callback(progress, config.trials, names, started, max_seconds)
+        curve: list[list[float]] = []  # [trials measured, sum of best kernel times] after each batch
+
+        def record_curve(state: TuneProgress) -> None:
+            curve.append([state.trials_done, round(sum(state.best_ms.values()), 4)])
+            progress(state)
+
+        callback = _progress_callback(record_curve, config.trials, names, started, max_seconds)
         try:
             ms.tune.tune_tasks(
                 tasks=contexts,
@@ -378,6 +390,7 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
         "best_ms_sum": round(sum(state.best_ms.values()), 4),
         "stopped_by_time_budget": state.out_of_time,
         "seconds": round(time.perf_counter() - started, 1),
+        "curve": curve,
     }
     if state.trials_done and state.errors == state.trials_done:
         raise EdgepackError(f"all {state.errors} tuning candidates failed to build or run",

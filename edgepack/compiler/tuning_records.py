@@ -25,5 +25,9 @@ def open_database(path: Path):
     from tvm.s_tir import meta_schedule as ms
 
     path.mkdir(parents=True, exist_ok=True)
-    return ms.database.JSONDatabase(path_workload=str(path / WORKLOAD_FILE), path_tuning_record=str(path / RECORD_FILE),
-                                    allow_missing=True, module_equality="structural")
+    return ms.database.JSONDatabase(
+        path_workload=str(path / WORKLOAD_FILE),
+        path_tuning_record=str(path / RECORD_FILE),
+        allow_missing=True,
+        module_equality="structural",
+    )

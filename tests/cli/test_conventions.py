@@ -25,20 +25,28 @@ def _usage_line(result) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("args, problem", [
-    (["build", "m.onnx", "--no-such-option"], "error: no such option: --no-such-option; see `edgepack build --help`"),
-    (["build"], "error: missing argument 'model'; see `edgepack build --help`"),
-    (["build", "m.onnx", "--cases", "many"], "error: invalid value for '--cases'"),
-    (["no-such-command"], "error: no such command 'no-such-command'"),
-    (["device", "status"], "error: missing argument"),
-])
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        (
+            ["build", "m.onnx", "--no-such-option"],
+            "error: no such option: --no-such-option; see `edgepack build --help`",
+        ),
+        (["build"], "error: missing argument 'model'; see `edgepack build --help`"),
+        (["build", "m.onnx", "--cases", "many"], "error: invalid value for '--cases'"),
+        (["no-such-command"], "error: no such command 'no-such-command'"),
+        (["device", "status"], "error: missing argument"),
+    ],
+)
 def test_usage_errors_are_one_line_with_exit_2(edgepack_cli, args, problem):
     assert _usage_line(edgepack_cli(*args)).startswith(problem)
 
 
 def test_version_and_python_dash_m(edgepack_cli):
     assert edgepack_cli("--version").stdout.strip() == f"edgepack {__version__}"
-    result = subprocess.run([sys.executable, "-m", "edgepack", "--version"], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "edgepack", "--version"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0 and result.stdout.strip() == f"edgepack {__version__}"
 
 
@@ -100,7 +108,9 @@ def _device_options() -> set[str]:
     for path in (ROOT / "edgepack" / "runtime").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
-                names.update(arg.value for arg in node.args if isinstance(arg, ast.Constant) and str(arg.value).startswith("--"))
+                names.update(
+                    arg.value for arg in node.args if isinstance(arg, ast.Constant) and str(arg.value).startswith("--")
+                )
     return names
 
 
@@ -113,7 +123,9 @@ def _advised_options() -> dict[str, str]:
             name = getattr(node, "func", None)
             name = getattr(name, "id", getattr(name, "attr", ""))
             if isinstance(node, ast.Call) and name.endswith("Error"):
-                for text in (n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)):
+                for text in (
+                    n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                ):
                     text = re.sub(r"`(?!edgepack)[^`]*`", "", text)
                     for option in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text):
                         found.setdefault(option, f"{path.relative_to(ROOT)}:{node.lineno}")

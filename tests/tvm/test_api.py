@@ -30,9 +30,11 @@ def _comparable(bundle: Path) -> dict:
 
 
 def test_import_edgepack_is_light_and_names_the_verbs():
-    code = ("import sys, edgepack; assert not {'torch', 'tvm', 'onnx'} & set(sys.modules), sorted(sys.modules); "
-            "assert callable(edgepack.build) and callable(edgepack.deploy) and callable(edgepack.load); "
-            "assert {'build', 'quantize', 'prune', 'distill', 'tune', 'load', 'deploy'} <= set(edgepack.__all__)")
+    code = (
+        "import sys, edgepack; assert not {'torch', 'tvm', 'onnx'} & set(sys.modules), sorted(sys.modules); "
+        "assert callable(edgepack.build) and callable(edgepack.deploy) and callable(edgepack.load); "
+        "assert {'build', 'quantize', 'prune', 'distill', 'tune', 'load', 'deploy'} <= set(edgepack.__all__)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
 

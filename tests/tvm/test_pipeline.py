@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 from edgepack.pipeline import STAGES_KEY, read_stages
 
@@ -13,8 +18,16 @@ def test_quantize_then_build_lists_the_quantization_in_provenance(onnx_models, t
     assert result.returncode == 0, result.stderr
     assert [record.stage for record in read_stages(quantized)] == ["preflight", "quantize"]
 
-    result = edgepack_cli("build", quantized, "-o", tmp_path / "dist", "--json")
+    env = {**os.environ, "EDGEPACK_PROGRESS": "auto"}  # stderr is a pipe here, as in CI
+    edgepack = Path(sys.executable).parent / "edgepack"
+    result = subprocess.run([str(edgepack), "build", str(quantized), "-o", str(tmp_path / "dist"), "--json"],
+                            capture_output=True, text=True, env=env, check=False)
     assert result.returncode == 0, result.stderr
+    # stderr is a pipe here: one plain line per stage with its time, then the total
+    lines = [line for line in result.stderr.splitlines() if line.startswith("build: ")]
+    assert [line.split(" done in ")[0] for line in lines[:-1]] == ["build: preflight", "build: compile", "build: package"]
+    assert all(re.fullmatch(r"build: \w+ done in \d+\.\d s", line) for line in lines[:-1]), lines
+    assert re.fullmatch(r"build: finished in \d+\.\d s", lines[-1]), lines
     stages = [stage["stage"] for stage in json.loads(result.stdout)["provenance"]["stages"]]
     assert stages[:4] == ["preflight", "quantize", "preflight", "compile"]
     quantize = json.loads(result.stdout)["provenance"]["stages"][1]

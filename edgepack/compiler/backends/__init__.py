@@ -52,16 +52,22 @@ def backend_for(target: TargetSpec) -> Backend:
     try:
         return BACKENDS[target.device]
     except KeyError:
-        raise EdgepackError(f"target '{target.name}' has device '{target.device}', which no backend builds for",
-                            f"use one of {', '.join(BACKENDS)}") from None
+        raise EdgepackError(
+            f"target '{target.name}' has device '{target.device}', which no backend builds for",
+            f"use one of {', '.join(BACKENDS)}",
+        ) from None
 
 
 def check_toolchain(target: TargetSpec) -> str:
-    """The path of the target's C++ compiler, after the backend's own tool checks; refuses, with the install command, when absent."""
+    """The path of the target's C++ compiler, after the backend's own tool checks.
+
+    Refuses, with the install command, when a tool is absent."""
     found = shutil.which(target.toolchain.cxx)
     if found is None:
         packages = " ".join(target.toolchain.apt_packages) or target.toolchain.cxx
-        raise EdgepackError(f"target '{target.name}' needs the compiler '{target.toolchain.cxx}', which is not installed",
-                            f"install it: apt-get install {packages}")
+        raise EdgepackError(
+            f"target '{target.name}' needs the compiler '{target.toolchain.cxx}', which is not installed",
+            f"install it: apt-get install {packages}",
+        )
     backend_for(target).check_tools(target)
     return found

@@ -43,7 +43,11 @@ class CpuBackend:
         """Natively, or under the target's emulator; else what to install."""
         if target.arch == platform.machine() or shutil.which(target.toolchain.emulator or "") is not None:
             return True, None
-        return False, f"apt-get install {' '.join(target.toolchain.emulator_apt_packages) or 'qemu-user'} (to verify builds here)"
+        return (
+            False,
+            f"apt-get install {' '.join(target.toolchain.emulator_apt_packages) or 'qemu-user'} "
+            "(to verify builds here)",
+        )
 
 
 def lower_to_tir(module, tvm_target):
@@ -54,7 +58,9 @@ def lower_to_tir(module, tvm_target):
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     with tvm_target:
-        return tvm.transform.Sequential(cpu.library_dispatch_passes(tvm_target) + cpu.legalize_passes(tvm_target))(module)
+        return tvm.transform.Sequential(cpu.library_dispatch_passes(tvm_target) + cpu.legalize_passes(tvm_target))(
+            module
+        )
 
 
 def schedule_kernels(module, tvm_target, config: CompileConfig):
@@ -79,6 +85,8 @@ def _finish_pipeline(tvm_target):
     @tvm.transform.module_pass(opt_level=0, name="EdgepackFinish")
     def _pipeline(module, _ctx):
         with tvm_target:
-            return tvm.transform.Sequential(cpu.dataflow_lower_passes(tvm_target) + cpu.finalize_passes(tvm_target))(module)
+            return tvm.transform.Sequential(cpu.dataflow_lower_passes(tvm_target) + cpu.finalize_passes(tvm_target))(
+                module
+            )
 
     return _pipeline
