@@ -50,11 +50,12 @@ def tuning_curve(points: Sequence[Sequence[float]], path: Path, title: str = "tu
 def tradeoff_plot(rows: Sequence[Mapping], path: Path, title: str = "size, quality and latency") -> Path:
     """One point per variant (fp32, int8, pruned, ...): weight size on x, quality on y, latency as the label."""
     figure, axes = plt.subplots(figsize=(6.4, 3.8))
-    for row in rows:
+    for index, row in enumerate(rows):
         size_kib = row["size_bytes"] / 1024
         axes.scatter([size_kib], [row["quality"]], s=60)
         latency = f", {row['latency_ms']:.3g} ms" if row.get("latency_ms") is not None else ""
-        axes.annotate(f"{row['label']}{latency}", (size_kib, row["quality"]), textcoords="offset points", xytext=(6, 4))
+        offset = (6, 6 + 12 * (index % 3))  # neighbours of similar size get labels at different heights
+        axes.annotate(f"{row['label']}{latency}", (size_kib, row["quality"]), textcoords="offset points", xytext=offset)
     axes.set_xlabel("weights (KiB)")
     axes.set_ylabel(rows[0].get("metric", "quality") if rows else "quality")
     axes.set_title(title)
