@@ -232,7 +232,10 @@ def build(model: str | Path, target: str = "x86_64", out_dir: str | Path = Path(
     TuneConfig. Other options are plan_build's (name, version, inputs, force, golden, evaluation, ...)."""
     quantization = quantization_config(quantize) if isinstance(quantize, str) else quantize
     tune_config = TuneConfig(trials=tune) if isinstance(tune, int) and tune > 0 else (tune or None)
-    plan = plan_build(str(model), target, Path(out_dir), tune=tune_config, **compression_passes(prune, quantization), **options)
+    passes = compression_passes(prune, quantization)  # after any passes given as torch_passes / onnx_passes
+    for kind in ("torch_passes", "onnx_passes"):
+        passes[kind] = (*options.pop(kind, ()), *passes[kind])
+    plan = plan_build(str(model), target, Path(out_dir), tune=tune_config, **passes, **options)
     return run_build(plan, progress)
 
 

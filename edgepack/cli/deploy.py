@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgepack.cli.console import out
+from edgepack.deploy.oci import local_bundle
 
 _MODEL = typer.Option(None, "--model", help="model name; needed when the device holds several models")
 _TIMEOUT = typer.Option(120.0, "--health-timeout", help="seconds the health check's loader may run")
@@ -23,7 +24,7 @@ def _print(line: str) -> None:
 
 
 def deploy_command(
-    bundle: Path = typer.Argument(..., help="bundle directory"),
+    bundle: str = typer.Argument(..., help="bundle directory, or oci://HOST/REPO:TAG|@sha256:... (pulled and checked first)"),
     devices: Optional[List[str]] = typer.Argument(None, help="device store(s): a directory, file:///path or ssh://[user@]host[:port]/path"),
     device_file: Optional[Path] = typer.Option(None, "--devices", help="file with one device per line (# comments allowed)"),
     jobs: int = typer.Option(4, "--jobs", "-j", help="devices deployed to at once (fleet deploys)"),
@@ -34,11 +35,19 @@ def deploy_command(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object per device instead of the table"),
 ) -> None:
     """Install a bundle on one or more devices; each keeps it only if its health check passes (exit 5: rolled back)."""
-    from edgepack.deploy import HealthConfig, deploy
-    from edgepack.deploy.fleet import FleetConfig, deploy_fleet, fleet_error, read_device_file
+    from edgepack.deploy import HealthConfig
+    from edgepack.deploy.fleet import read_device_file
 
     health = HealthConfig(timeout, latency_budget_ms, keyring=keyring)
     targets = list(devices or []) + (read_device_file(device_file) if device_file else [])
+    with local_bundle(bundle) as path:
+        _deploy(path, targets, device_file, jobs, force, health, as_json)
+
+
+def _deploy(bundle: Path, targets: list[str], device_file: Optional[Path], jobs: int, force: bool, health, as_json: bool) -> None:
+    from edgepack.deploy import deploy
+    from edgepack.deploy.fleet import FleetConfig, deploy_fleet, fleet_error
+
     if len(targets) == 1 and device_file is None and not as_json:
         result = deploy(bundle, targets[0], force=force, health=health)
         _print(f"{result.model} {result.version} is active (health check passed: {result.health.detail}); "

@@ -127,3 +127,15 @@ def ssh_url(ssh_server, monkeypatch):
 def remote(ssh_url, device) -> str:
     """An ssh:// URL for the test's device directory."""
     return ssh_url(device)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """A real OCI registry (docker-registry) on loopback for the session: its "127.0.0.1:PORT"."""
+    from deploy_registry import REGISTRY, start_registry
+
+    assert REGISTRY, "docker-registry is not installed: run bash scripts/test.sh, which installs it"
+    process, address = start_registry(tmp_path_factory.mktemp("registry"))
+    yield address
+    process.terminate()
+    process.wait(timeout=10)
