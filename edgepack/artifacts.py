@@ -22,6 +22,11 @@ class StageRecord:
     def to_json(self) -> dict:
         return {"stage": self.stage, "config": self.config, "report": self.report}
 
+    @classmethod
+    def from_json(cls, data: dict) -> "StageRecord":
+        """The record `to_json` wrote (stage records travel in ONNX metadata between commands)."""
+        return cls(str(data["stage"]), dict(data["config"]), dict(data.get("report", {})))
+
 
 @dataclass(frozen=True)
 class OnnxModel:

@@ -117,4 +117,5 @@ def bench_bundle(bundle_dir: Path, config: BenchConfig, arrays: list[np.ndarray]
                               f"after a {SETTLE_S} s pause and {TURN_WARMUP} untimed calls"},
         "engines": rows,
         "peak_rss_kb": peak_rss_kb(),
+        "samples_ms": times,  # every timed call per engine (`bench --plot` draws their distribution)
     }

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
+import types
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from edgepack.artifacts import Bundle, StageRecord
 from edgepack.compiler.compile import CompileConfig, check_toolchain, compile_model
 from edgepack.errors import EdgepackError
 from edgepack.measure.evaluation import EvalData, compare_quality, load_eval_data, onnx_predictor, predict, require_quality
-from edgepack.frontends.export import ExportConfig, export_to_onnx, load_torch_model
+from edgepack.frontends.export import ExportConfig
 from edgepack.bundle.golden import GoldenConfig, load_input_cases, make_golden
-from edgepack.compression.passes import OnnxPass, PassContext, TorchPass
+from edgepack.bundle.signing import load_private_key
+from edgepack.compression.passes import OnnxPass, TorchPass
 from edgepack.bundle.package import PackageConfig, bundle_path, check_destination, write_bundle
-from edgepack.frontends.preflight import load_onnx, preflight
+from edgepack.frontends.preflight import load_onnx
+from edgepack.compression.quantize import quantization_config
+from edgepack.pipeline import FrontPlan, compression_passes, plan_front, run_front
+from edgepack.progress import Progress, ProgressEvent, ignore
 from edgepack.runtime.bundle_format import TensorSpec
-from edgepack.frontends.signature import parse_input_specs
-from edgepack.frontends.sources import ExportedProgramSource, FactorySource, ModelSource, OnnxSource, describe, import_file, parse_source
-from edgepack.targets import TargetSpec, load_target
-from edgepack.compiler.tune import TuneConfig, tune_model, tuning_dir
+from edgepack.frontends.sources import FactorySource, ModelSource, OnnxSource, describe, import_file
+from edgepack.targets import TargetSpec
+from edgepack.compiler.tune import TuneConfig, tune_event, tune_model, tuning_dir
 from edgepack.bundle.verify import verify_bundle
 
 DEFAULT_VERSION = "0.1.0"
@@ -56,10 +60,14 @@ class BuildPlan:
     prior_stages: tuple[StageRecord, ...] = ()  # stages that made the model before this build (distill), first in provenance
 
     @property
+    def front(self) -> FrontPlan:
+        """The front half of this build (source to pre-flighted, compressed ONNX), shared with quantize/prune/tune."""
+        return FrontPlan(self.source, self.target, self.input_overrides, self.export, self.torch_passes, self.onnx_passes)
+
+    @property
     def stages(self) -> list[str]:
-        return ([r.stage for r in self.prior_stages] + [p.stage for p in self.torch_passes] + (["export"] if self.export else []) + ["preflight"]
-                + [p.stage for p in self.onnx_passes] + (["tune"] if self.tune else []) + ["compile", "package", "verify"]
-                + (["evaluate"] if self.evaluation else []))
+        return ([r.stage for r in self.prior_stages] + self.front.stages + (["tune"] if self.tune else [])
+                + ["compile", "package", "verify"] + (["evaluate"] if self.evaluation else []))
 
     def describe(self) -> list[str]:
         """Human-readable lines for `--dry-run`."""
@@ -102,10 +110,9 @@ def plan_build(model: str, target: str, out_dir: Path, *, name: str | None = Non
                evaluation: EvaluationConfig | None = None, sign: Path | None = None,
                extra_files: tuple[tuple[str, Path], ...] = (), prior_stages: tuple[StageRecord, ...] = ()) -> BuildPlan:
     """Resolve the model, target, toolchain and destination; refuse anything wrong before work."""
-    source = parse_source(model)
-    spec = load_target(target)
+    front = plan_front(model, target, inputs, export=export, torch_passes=torch_passes, onnx_passes=onnx_passes)
+    source, spec = front.source, front.target
     check_toolchain(spec)
-    overrides = parse_input_specs(list(inputs))
     package = PackageConfig(name or source.default_name, version or _declared_version(source) or DEFAULT_VERSION,
                             Path(out_dir), force, archive, reference)
     for label, value in (("name", package.name), ("version", package.version)):
@@ -115,16 +122,8 @@ def plan_build(model: str, target: str, out_dir: Path, *, name: str | None = Non
     if extra_files:
         package = replace(package, extra_files=_check_extra_files(extra_files))
     if sign is not None:  # `--sign KEY`: a missing or bad key is refused before any work
-        from edgepack.bundle.signing import load_private_key
-
         load_private_key(sign)
         package = replace(package, sign_key=Path(sign))
-    if torch_passes and isinstance(source, ExportedProgramSource):
-        raise EdgepackError(f"{', '.join(p.stage for p in torch_passes)} needs the model's nn.Module layers, "
-                            f"which the .pt2 program '{source.path}' does not keep", "pass the model as file.py:factory")
-    if torch_passes and isinstance(source, OnnxSource):
-        raise EdgepackError(f"{', '.join(p.stage for p in torch_passes)} needs a PyTorch model, '{source.path}' is ONNX",
-                            "pass file.py:factory or a .pt2 program")
     if evaluation is not None and not Path(evaluation.data).is_file():
         raise EdgepackError(f"evaluation data '{evaluation.data}' does not exist", "pass an .npz with one array per input and 'labels'")
     if golden_inputs is not None and not Path(golden_inputs).is_file():
@@ -137,10 +136,10 @@ def plan_build(model: str, target: str, out_dir: Path, *, name: str | None = Non
         if tune.rpc is None and not spec.runs_on_this_machine():
             raise EdgepackError(f"--tune measures on this machine, which cannot run target '{spec.name}' ({spec.arch})",
                                 "tune on the device, or build without --tune (records already tuned are applied)")
-    return BuildPlan(source, spec, package, overrides, None if isinstance(source, OnnxSource) else export,
+    return BuildPlan(source, spec, package, front.input_overrides, front.export,
                      compile=compile, golden=golden, golden_inputs=golden_inputs, tune=tune,
-                     torch_passes=tuple(torch_passes), onnx_passes=tuple(onnx_passes), evaluation=evaluation,
-                     prior_stages=tuple(prior_stages))
+                     torch_passes=front.torch_passes, onnx_passes=front.onnx_passes, evaluation=evaluation,
+                     prior_stages=(*prior_stages, *front.prior_stages))
 
 
 def _check_extra_files(extra_files) -> tuple[tuple[str, Path], ...]:
@@ -166,48 +165,25 @@ class BuildResult:
     stages: list[StageRecord] = field(default_factory=list)
 
 
-def run_build(plan: BuildPlan, progress: Callable[[str], None] = lambda stage: None) -> BuildResult:
+def run_build(plan: BuildPlan, progress: Progress = ignore) -> BuildResult:
     """Run the stages of a checked plan; the bundle appears only when every stage passed."""
-    records: list[StageRecord] = []
     with tempfile.TemporaryDirectory(prefix="edgepack-build-") as workdir:
         work = Path(workdir)
-        onnx_path, overrides = plan.source.path, plan.input_overrides
-        if plan.export is not None:
-            torch_model = load_torch_model(plan.source, overrides)
-            for stage_pass in plan.torch_passes:
-                progress(stage_pass.stage)
-                torch_model, record = stage_pass.run(torch_model, _context(plan, work, stage_pass.stage, progress))
-                records.append(record)
-            progress("export")
-            onnx_path = work / "exported.onnx"
-            records.append(export_to_onnx(torch_model, onnx_path, plan.export))
-            overrides = {spec.name: spec for spec in torch_model.inputs}
-        progress("preflight")
-        model, record = preflight(onnx_path, overrides, work)
-        records.append(record)
-        original = model
-        golden_config = plan.golden
-        for stage_pass in plan.onnx_passes:
-            progress(stage_pass.stage)
-            context = _context(plan, work, stage_pass.stage, progress)
-            changed, record = stage_pass.run(model, context)
-            records.append(record)
-            (context.workdir / "preflight").mkdir()
-            model, _ = preflight(changed.path, {}, context.workdir / "preflight")
-            golden_config = stage_pass.golden_config(model, golden_config)
+        front = run_front(plan.front, work, progress, golden=plan.golden)
+        records, model, original, golden_config = front.records, front.model, front.original, front.golden
         if plan.tune is not None:
-            progress("tune")
-            records.append(tune_model(model, plan.target, plan.tune, progress=lambda state: progress(f"tune: {state.line()}")))
-        progress("compile")
+            progress(ProgressEvent("tune"))
+            records.append(tune_model(model, plan.target, plan.tune, progress=lambda state: progress(tune_event(state))))
+        progress(ProgressEvent("compile"))
         compiled, record = compile_model(model, plan.target, work, plan.compile)
         records.append(record)
-        progress("package")
+        progress(ProgressEvent("package"))
         cases = load_input_cases(plan.golden_inputs, model) if plan.golden_inputs else None
         golden = make_golden(model, golden_config, cases)
         provenance = {"source": describe(plan.source), "stages": [r.to_json() for r in (*plan.prior_stages, *records)]}
         assess = None
         if plan.evaluation is not None:
-            progress("evaluate")
+            progress(ProgressEvent("evaluate"))
             data = load_eval_data(plan.evaluation.data, original.inputs, plan.evaluation.limit)
             assess = lambda staging: evaluate_bundle(staging, original, data, plan.evaluation,  # noqa: E731
                                                      compiled=model, target=plan.target)
@@ -215,12 +191,6 @@ def run_build(plan: BuildPlan, progress: Callable[[str], None] = lambda stage: N
                                       verify=lambda staging, manifest: verify_bundle(staging), assess=assess)
         records.append(record)
     return BuildResult(bundle, records)
-
-
-def _context(plan: BuildPlan, work: Path, stage: str, progress: Callable[[str], None]) -> PassContext:
-    workdir = work / f"pass-{stage}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    return PassContext(workdir, plan.target, lambda line: progress(f"{stage}: {line}"))
 
 
 def evaluate_bundle(bundle_dir: Path, original, data: EvalData, config: EvaluationConfig,
@@ -252,6 +222,28 @@ def evaluate_bundle(bundle_dir: Path, original, data: EvalData, config: Evaluati
     return report
 
 
-def build(model: str, target: str = "x86_64", out_dir: Path = Path("dist"), **options) -> BuildResult:
-    """Plan and run a build in one call: the Python API behind `edgepack build`."""
-    return run_build(plan_build(model, target, out_dir, **options))
+def build(model: str | Path, target: str = "x86_64", out_dir: str | Path = Path("dist"), *, quantize=None, prune=None,
+          tune: int | TuneConfig | None = None, progress: Progress = ignore,
+          **options) -> BuildResult:
+    """Plan and run a build in one call: the Python API behind `edgepack build` (`edgepack.build(...)`).
+
+    `quantize`: a mode name ("int8-dynamic", "fp16", "int4") or a config from `quantization_config`;
+    `prune`: ChannelPrune / WeightPrune (PyTorch models) or OnnxWeightPrune; `tune`: trials or a
+    TuneConfig. Other options are plan_build's (name, version, inputs, force, golden, evaluation, ...)."""
+    quantization = quantization_config(quantize) if isinstance(quantize, str) else quantize
+    tune_config = TuneConfig(trials=tune) if isinstance(tune, int) and tune > 0 else (tune or None)
+    passes = compression_passes(prune, quantization)  # after any passes given as torch_passes / onnx_passes
+    for kind in ("torch_passes", "onnx_passes"):
+        passes[kind] = (*options.pop(kind, ()), *passes[kind])
+    plan = plan_build(str(model), target, Path(out_dir), tune=tune_config, **passes, **options)
+    return run_build(plan, progress)
+
+
+class _CallableModule(types.ModuleType):
+    """`edgepack.build(...)` builds: Python binds the package attribute `build` to this module, so the module calls `build`."""
+
+    def __call__(self, *args, **kwargs) -> BuildResult:
+        return build(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

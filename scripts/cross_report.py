@@ -43,7 +43,7 @@ def main() -> None:
     for model, files in sizes.items():
         lines += [f"## Files of the {model} bundle (arm64)", "", "| file | bytes |", "|---|---|"]
         lines += [f"| {name} | {size:,} |" for name, size in files.items()]
-        lines += [f"| golden/ and manifest | small |", ""]
+        lines += ["| golden/ and manifest | small |", ""]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 bash scripts/test_packages.sh
+.venv/bin/ruff check edgepack tests scripts
 exec .venv/bin/python -m pytest -q "$@"

@@ -6,6 +6,7 @@ Builds are session-scoped and read-only for tests: a test that modifies a bundle
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,9 @@ if str(TESTS_DIR) not in sys.path:  # `import models` from every test directory
     sys.path.insert(0, str(TESTS_DIR))
 
 EDGEPACK = Path(sys.executable).parent / "edgepack"  # the console script of this environment
+# progress lines off in every command the tests start: a refusal's stderr is then its one error line
+# (tests/tvm/test_pipeline.py turns them on to check them)
+os.environ["EDGEPACK_PROGRESS"] = "none"
 
 
 @pytest.fixture(scope="session")

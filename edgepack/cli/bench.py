@@ -33,10 +33,15 @@ def bench_command(
     repeat: int = typer.Option(10, "--repeat", help="RPC: timings of runs/repeat calls each (time_evaluator's repeat)"),
     timeout: float = typer.Option(600.0, "--timeout", help="--device: seconds the device's loader may run"),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="also draw the latency distribution per engine into this PNG"),
 ) -> None:
     """Time the bundle (warm-up, then N runs) here beside ONNX Runtime / PyTorch, or on a device (--device, --rpc-tracker)."""
+    from edgepack.errors import EdgepackError
     from edgepack.runtime.bundle_format import load_npy
 
+    if plot is not None and (device is not None or rpc_tracker is not None or rpc_key is not None):
+        raise EdgepackError("--plot draws the calls timed on this machine; a device reports only a summary",
+                            "drop --plot, or bench here without --device/--rpc-tracker")
     if device is not None or rpc_tracker is not None or rpc_key is not None:
         _bench_remote(bundle, device, rpc_tracker, rpc_key, compare, runs, warmup, threads, repeat, timeout, inputs, as_json)
         return
@@ -46,6 +51,12 @@ def bench_command(
     arrays = [load_npy(path) for path in inputs] or None
     config = BenchConfig(warmup=warmup, runs=runs, threads=threads, compare=tuple(e.value for e in compare))
     report = bench_bundle(bundle, config, arrays)
+    if plot is not None:
+        try:
+            from edgepack.measure.plots import latency_plot
+        except ImportError:
+            raise EdgepackError("--plot needs matplotlib, which is not installed", "pip install 'edgepack[plots]'") from None
+        latency_plot(report["samples_ms"], plot, title=f"{Path(bundle).name}: {report['protocol']['runs']} calls, {threads} threads")
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -57,6 +68,8 @@ def bench_command(
                       f"{row['throughput_per_s']:.0f}", ratio)
     out.print(table)
     out.print(f"peak RSS {report['peak_rss_kb'] / 1024:.0f} MiB; {report['protocol']['timed']}", highlight=False)
+    if plot is not None:
+        out.print(f"wrote {plot}", highlight=False)
 
 
 def _bench_remote(bundle: Path, device: Optional[str], rpc_tracker: Optional[str], rpc_key: Optional[str], compare: list,

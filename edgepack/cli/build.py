@@ -10,47 +10,50 @@ import typer
 
 from edgepack.cli.console import err, out
 from edgepack.cli.inspect import print_summary
+from edgepack.cli.progress import progress_reporter
 from edgepack.cli.quantize import CalibrationMethod, QuantizeMode, quantize_pass
 from edgepack.cli.prune import Criterion, Granularity, Scope, prune_config
 
 
 def build_command(
     model: str = typer.Argument(..., help="model.onnx, program.pt2, or path/to/file.py:factory"),
-    target: str = typer.Option("x86_64", "--target", "-t", help="target name (see `edgepack targets`) or a .toml path"),
-    out_dir: Path = typer.Option(Path("dist"), "--out", "-o", help="directory the bundle is written into"),
-    name: Optional[str] = typer.Option(None, help="bundle name (default: model file stem or factory name)"),
-    version: Optional[str] = typer.Option(None, help="bundle version (default: from the model file, else 0.1.0)"),
-    inputs: List[str] = typer.Option([], "--input", "-i", help="name:1x3x224x224:float32, for dynamic or torch inputs"),
-    golden_inputs: Optional[Path] = typer.Option(None, help=".npz of real inputs (one array per input, cases stacked on axis 0)"),
-    cases: int = typer.Option(3, help="random golden cases when --golden-inputs is not given"),
-    atol: float = typer.Option(1e-4, help="absolute tolerance of the golden check"),
-    rtol: float = typer.Option(1e-3, help="relative tolerance of the golden check"),
-    force: bool = typer.Option(False, "--force", help="replace a bundle already at the destination"),
-    archive: bool = typer.Option(False, "--archive", help="also write <bundle>.tar.gz"),
-    sign: Optional[Path] = typer.Option(None, "--sign", help="private key from `edgepack keygen`: sign the manifest (manifest.sig.json)"),
-    reference: bool = typer.Option(True, "--reference/--no-reference", help="ship the ONNX model for --compare"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved plan and stop"),
-    as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON when done"),
-    tune: int = typer.Option(0, "--tune", min=0, help="tune N MetaSchedule trials first (records kept for later builds)"),
-    database: Optional[Path] = typer.Option(None, "--database", help="tuning database directory (default: see `edgepack tune`)"),
-    rpc_tracker: Optional[str] = typer.Option(None, "--rpc-tracker", help="with --tune: host:port of a TVM RPC tracker to measure on"),
-    rpc_key: Optional[str] = typer.Option(None, "--rpc-key", help="with --tune: device key registered at the tracker"),
-    schedule: bool = typer.Option(True, "--schedule/--no-schedule", help="heuristic CPU schedules for untuned kernels"),
-    integer_ops: bool = typer.Option(True, "--integer-ops/--no-integer-ops", help="run QDQ conv/matmul as int8 ops (else dequantize-then-float)"),
-    eval_data: Optional[Path] = typer.Option(None, "--eval", help=".npz of samples per input (+ 'labels'): measure the bundle against the original model"),
-    max_drop: Optional[str] = typer.Option(None, "--max-drop", help="with --eval: fail when accuracy (or top-1 agreement) drops more, e.g. 1%"),
-    quantize: Optional[QuantizeMode] = typer.Option(None, "--quantize", help="quantize after pre-flight (see `edgepack quantize`)"),
-    calib: Optional[str] = typer.Option(None, "--calib", help="with --quantize int8: .npz, folder of .npy, or file.py:function"),
-    calib_method: CalibrationMethod = typer.Option(CalibrationMethod.minmax, "--calib-method", help="activation calibration"),
-    auto: bool = typer.Option(False, "--auto", help="with --quantize and --max-drop: keep the most sensitive layers in float"),
-    prune: Optional[Granularity] = typer.Option(None, "--prune", help="prune before export: channels or weights (see `edgepack prune`)"),
-    prune_criterion: Criterion = typer.Option(Criterion.magnitude, "--prune-criterion", help="magnitude, or taylor (uses --calib .npz or --train)"),
-    prune_sparsity: Optional[str] = typer.Option(None, "--prune-sparsity", help="share removed, e.g. 50% (default 50%)"),
-    prune_threshold: Optional[float] = typer.Option(None, "--prune-threshold", help="remove scores <= this instead of a sparsity"),
-    prune_scope: Scope = typer.Option(Scope.layer, "--prune-scope", help="sparsity per layer or ranked over the whole model"),
-    train: Optional[str] = typer.Option(None, "--train", help="with --prune: fine-tune with file.py:function (inputs, labels)"),
-    epochs: int = typer.Option(3, "--epochs", min=1, help="with --train: fine-tuning epochs"),
-    lr: float = typer.Option(1e-3, "--lr", help="with --train: fine-tuning learning rate"),
+    target: str = typer.Option("x86_64", "--target", "-t", help="target name (see `edgepack targets`) or a .toml path", rich_help_panel="Model"),
+    out_dir: Path = typer.Option(Path("dist"), "--out", "-o", help="directory the bundle is written into", rich_help_panel="Bundle"),
+    name: Optional[str] = typer.Option(None, help="bundle name (default: model file stem or factory name)", rich_help_panel="Bundle"),
+    version: Optional[str] = typer.Option(None, help="bundle version (default: from the model file, else 0.1.0)", rich_help_panel="Bundle"),
+    inputs: List[str] = typer.Option([], "--input", "-i", help="name:1x3x224x224:float32, for dynamic or torch inputs", rich_help_panel="Model"),
+    export_atol: float = typer.Option(1e-4, "--export-atol", help="PyTorch models: how far ONNX Runtime may differ from PyTorch "
+                                      "after export (absolute; relative 1e-3)", rich_help_panel="Model"),
+    golden_inputs: Optional[Path] = typer.Option(None, help=".npz of real inputs (one array per input, cases stacked on axis 0)", rich_help_panel="Golden check"),
+    cases: int = typer.Option(3, help="random golden cases when --golden-inputs is not given", rich_help_panel="Golden check"),
+    atol: float = typer.Option(1e-4, help="absolute tolerance of the golden check", rich_help_panel="Golden check"),
+    rtol: float = typer.Option(1e-3, help="relative tolerance of the golden check", rich_help_panel="Golden check"),
+    force: bool = typer.Option(False, "--force", help="replace a bundle already at the destination", rich_help_panel="Bundle"),
+    archive: bool = typer.Option(False, "--archive", help="also write <bundle>.tar.gz", rich_help_panel="Bundle"),
+    sign: Optional[Path] = typer.Option(None, "--sign", help="private key from `edgepack keygen`: sign the manifest (manifest.sig.json)", rich_help_panel="Bundle"),
+    reference: bool = typer.Option(True, "--reference/--no-reference", help="ship the ONNX model for --compare", rich_help_panel="Bundle"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved plan and stop", rich_help_panel="Bundle"),
+    as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON when done", rich_help_panel="Bundle"),
+    tune: int = typer.Option(0, "--tune", min=0, help="tune N MetaSchedule trials first (records kept for later builds)", rich_help_panel="Compile and tuning"),
+    database: Optional[Path] = typer.Option(None, "--database", help="tuning database directory (default: see `edgepack tune`)", rich_help_panel="Compile and tuning"),
+    rpc_tracker: Optional[str] = typer.Option(None, "--rpc-tracker", help="with --tune: host:port of a TVM RPC tracker to measure on", rich_help_panel="Compile and tuning"),
+    rpc_key: Optional[str] = typer.Option(None, "--rpc-key", help="with --tune: device key registered at the tracker", rich_help_panel="Compile and tuning"),
+    schedule: bool = typer.Option(True, "--schedule/--no-schedule", help="heuristic CPU schedules for untuned kernels", rich_help_panel="Compile and tuning"),
+    integer_ops: bool = typer.Option(True, "--integer-ops/--no-integer-ops", help="run QDQ conv/matmul as int8 ops (else dequantize-then-float)", rich_help_panel="Compile and tuning"),
+    eval_data: Optional[Path] = typer.Option(None, "--eval", help=".npz of samples per input (+ 'labels'): measure the bundle against the original model", rich_help_panel="Quality"),
+    max_drop: Optional[str] = typer.Option(None, "--max-drop", help="with --eval: fail when accuracy (or top-1 agreement) drops more, e.g. 1%", rich_help_panel="Quality"),
+    quantize: Optional[QuantizeMode] = typer.Option(None, "--quantize", help="quantize after pre-flight (see `edgepack quantize`)", rich_help_panel="Quantization"),
+    calib: Optional[str] = typer.Option(None, "--calib", help="with --quantize int8: .npz, folder of .npy, or file.py:function", rich_help_panel="Quantization"),
+    calib_method: CalibrationMethod = typer.Option(CalibrationMethod.minmax, "--calib-method", help="activation calibration", rich_help_panel="Quantization"),
+    auto: bool = typer.Option(False, "--auto", help="with --quantize and --max-drop: keep the most sensitive layers in float", rich_help_panel="Quantization"),
+    prune: Optional[Granularity] = typer.Option(None, "--prune", help="prune before export: channels or weights (see `edgepack prune`)", rich_help_panel="Pruning"),
+    prune_criterion: Criterion = typer.Option(Criterion.magnitude, "--prune-criterion", help="magnitude, or taylor (uses --calib .npz or --train)", rich_help_panel="Pruning"),
+    prune_sparsity: Optional[str] = typer.Option(None, "--prune-sparsity", help="share removed, e.g. 50% (default 50%)", rich_help_panel="Pruning"),
+    prune_threshold: Optional[float] = typer.Option(None, "--prune-threshold", help="remove scores <= this instead of a sparsity", rich_help_panel="Pruning"),
+    prune_scope: Scope = typer.Option(Scope.layer, "--prune-scope", help="sparsity per layer or ranked over the whole model", rich_help_panel="Pruning"),
+    train: Optional[str] = typer.Option(None, "--train", help="with --prune: fine-tune with file.py:function (inputs, labels)", rich_help_panel="Pruning"),
+    epochs: int = typer.Option(3, "--epochs", min=1, help="with --train: fine-tuning epochs", rich_help_panel="Pruning"),
+    lr: float = typer.Option(1e-3, "--lr", help="with --train: fine-tuning learning rate", rich_help_panel="Pruning"),
 ) -> None:
     """Compile MODEL for a target and write a self-contained, verified bundle."""
     from edgepack.build import EvaluationConfig, plan_build, run_build
@@ -59,6 +62,8 @@ def build_command(
     from edgepack.errors import EdgepackError
     from edgepack.measure.evaluation import parse_max_drop
     from edgepack.compiler.tune import RpcTracker, TuneConfig
+    from edgepack.frontends.export import ExportConfig
+    from edgepack.pipeline import compression_passes
 
     if max_drop is not None and eval_data is None:
         raise EdgepackError("--max-drop needs --eval data to measure the drop on", "add --eval data.npz")
@@ -76,13 +81,14 @@ def build_command(
                       reference=reference, golden=GoldenConfig(cases=cases, atol=atol, rtol=rtol),
                       golden_inputs=golden_inputs, tune=TuneConfig(trials=tune, database=database, rpc=RpcTracker.parse(rpc_tracker, rpc_key) if rpc_tracker else None) if tune else None,
                       compile=CompileConfig(cpu_schedule=schedule, tuning_database=str(database) if database else None, integer_ops=integer_ops),
-                      evaluation=evaluation, sign=sign, **_passes(pruning, quantization))
+                      evaluation=evaluation, sign=sign, export=ExportConfig(atol=export_atol),
+                      **compression_passes(pruning, quantization))
     if dry_run:
         for line in plan.describe():
             out.print(line, highlight=False, soft_wrap=True)  # one line each, however long, for scripts
         return
-    with err.status("building") as status:
-        result = run_build(plan, progress=lambda stage: status.update(f"{stage}…"))
+    with progress_reporter("build") as report:
+        result = run_build(plan, progress=report)
     for record in result.stages:  # e.g. fp16 on a target without fp16 arithmetic
         for warning in record.report.get("warnings", []):
             err.print(f"warning: {warning}", highlight=False, soft_wrap=True)
@@ -95,18 +101,6 @@ def build_command(
 
             print_report(record.report, out)
     print_summary(result.bundle.path, result.bundle.manifest)
-
-
-def _passes(pruning, quantization) -> dict:
-    """torch_passes and onnx_passes: torch pruning before export; ONNX magnitude pruning before quantization."""
-    quantize = (quantization,) if quantization else ()
-    if pruning is None:
-        return {"torch_passes": (), "onnx_passes": quantize}
-    from edgepack.compression.passes import OnnxPass
-
-    if isinstance(pruning, OnnxPass):
-        return {"torch_passes": (), "onnx_passes": (pruning, *quantize)}
-    return {"torch_passes": (pruning,), "onnx_passes": quantize}
 
 
 def register(app: typer.Typer) -> None:

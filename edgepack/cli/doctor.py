@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import json
+
 import typer
 from rich.table import Table
 
 from edgepack.cli.console import out
 
 
-def doctor_command() -> None:
+def doctor_command(as_json: bool = typer.Option(False, "--json", help="print the readiness of every target as JSON")) -> None:
     """Report, per target, whether the compiler, runtime libraries and emulator are here."""
     from edgepack.compiler.doctor import check_all
 
+    rows = check_all()
+    if as_json:
+        print(json.dumps([{"target": row.target.name, "arch": row.target.arch, "can_build": row.can_build,
+                           "can_verify": row.can_verify, "runtime": row.runtime, "todo": list(row.todo)} for row in rows], indent=2))
+        return
     table = Table("target", "arch", "build", "verify here", "runtime libraries", "to do")
-    for row in check_all():
+    for row in rows:
         table.add_row(row.target.name, row.target.arch, "yes" if row.can_build else "no",
                       "yes" if row.can_verify else "no", row.runtime, "; ".join(row.todo) or "—")
     out.print(table)

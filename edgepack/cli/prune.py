@@ -9,7 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from edgepack.cli.console import err, out
+from edgepack.cli.console import out
+from edgepack.cli.progress import progress_reporter
 
 
 class Granularity(str, Enum):
@@ -86,8 +87,8 @@ def prune_command(
 
     config = prune_config(model, granularity, criterion, sparsity, threshold, scope, calib, train, epochs, lr, eval_data, max_drop, bench)
     check_output(out_path, force)
-    with err.status("pruning") as status:
-        result = prune(model, config, target, out_path, inputs, force, progress=lambda line: status.update(f"{line}…"))
+    with progress_reporter("prune") as report:
+        result = prune(model, config, target, out_path, inputs, force, progress=report)
     if as_json:
         print(json.dumps({"path": str(result.path), **result.record.to_json()}, indent=2))
         return

@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from edgepack.cli.console import err, out
+from edgepack.cli.progress import progress_reporter
 
 
 class QuantizeMode(str, Enum):
@@ -55,8 +56,8 @@ def quantize_command(
     from edgepack.compression.quantize import quantize, summary_line
 
     config = quantize_pass(mode, calib, calib_method, eval_data, max_drop, auto, exclude, group_size)
-    with err.status("quantizing") as status:
-        record = quantize(model, output, config, inputs=inputs, target=target, progress=lambda line: status.update(f"{line}…"))
+    with progress_reporter("quantize") as report:
+        record = quantize(model, output, config, inputs=inputs, target=target, progress=report)
     for warning in record.report["warnings"]:
         err.print(f"warning: {warning}", highlight=False, soft_wrap=True)
     if as_json:

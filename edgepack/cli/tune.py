@@ -28,7 +28,8 @@ def tune_command(
 
     Ctrl-C stops tuning and keeps every record measured so far."""
     from edgepack.targets import load_target
-    from edgepack.compiler.tune import RpcTracker, TuneConfig, tune, tuning_dir
+    from edgepack.api import tune
+    from edgepack.compiler.tune import RpcTracker, TuneConfig, tuning_dir
 
     rpc = RpcTracker.parse(rpc_tracker, rpc_key) if rpc_tracker else None
     directory = database or tuning_dir(load_target(target))

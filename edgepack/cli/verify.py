@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +34,7 @@ def verify_command(
     emulate: bool = typer.Option(False, "--emulate", help="run a foreign-arch bundle's native loader under qemu-user"),
     keyring: Optional[Path] = typer.Option(None, "--keyring", envvar="EDGEPACK_KEYRING",
                                            help="trusted public keys (.pub file or directory): refuse unsigned or wrongly signed bundles"),
+    as_json: bool = typer.Option(False, "--json", help="print the verification report as JSON (a failure still exits non-zero)"),
 ) -> None:
     """Check the signature (with --keyring) and digests, then run the golden vectors with every loader that can run here."""
     from edgepack.bundle.archive import unpacked
@@ -40,7 +42,11 @@ def verify_command(
 
     with unpacked(bundle) as directory:
         report = verify_bundle(directory, emulate=emulate, keyring=keyring)
+    if as_json:
+        print(json.dumps(report, indent=2))
     require_verified(report, emulate)
+    if as_json:
+        return
     for line in verification_lines(report):
         out.print(line, highlight=False)
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from edgepack.compiler.wheels import cache_dir, fetch_wheel_files
 from edgepack.errors import EdgepackError, first_line
 from edgepack.targets import TargetSpec
 
@@ -130,8 +131,6 @@ def _c_compiler() -> str | None:
 
 def stub_driver(cache: Path | None = None) -> Path:
     """The build-only stub libcuda.so.1, compiled from cuda_stub.c into the cache once."""
-    from edgepack.compiler.runtime_files import cache_dir
-
     source = STUB_SOURCE.read_bytes()
     compiler = _c_compiler()
     if compiler is None:
@@ -303,16 +302,12 @@ def require_gpu_code(library: Path, target: TargetSpec) -> dict:
 
 def foreign_cuda_dir(arch: str) -> Path:
     """Cache folder for another architecture's CUDA runtime libraries, keyed by the installed versions."""
-    from edgepack.compiler.runtime_files import cache_dir
-
     versions = f"tvm-{metadata.version('apache-tvm')}-cudart-{find_toolkit().runtime_version}"
     return cache_dir() / "runtime" / arch / f"cuda-{versions}"
 
 
 def _fetch_foreign(arch: str, destination: Path, soname: str) -> None:
     """TVM's CUDA runtime module and libcudart for `arch`, from its apache-tvm and nvidia-cuda-runtime wheels."""
-    from edgepack.compiler.runtime_files import fetch_wheel_files
-
     fetch_wheel_files(arch, destination,
                       [f"apache-tvm=={metadata.version('apache-tvm')}", f"nvidia-cuda-runtime=={find_toolkit().runtime_version}"],
                       {"apache_tvm": f"tvm/lib/{TVM_CUDA_RUNTIME}", "nvidia_cuda_runtime": f"/lib/{soname}"},

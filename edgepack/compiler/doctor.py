@@ -6,6 +6,7 @@ import platform
 import shutil
 from dataclasses import dataclass
 
+from edgepack.compiler.backends import backend_for
 from edgepack.compiler.runtime_files import RUNTIME_LIBRARIES, foreign_runtime_dir
 from edgepack.targets import TargetSpec, load_target, target_names
 
@@ -33,16 +34,9 @@ def check_target(target: TargetSpec) -> TargetReadiness:
         directory = foreign_runtime_dir(target.arch)
         cached = all((directory / name).is_file() for name in RUNTIME_LIBRARIES)
         runtime = f"cached in {directory}" if cached else "downloaded by pip at the first build"
-    emulator = native or shutil.which(target.toolchain.emulator or "") is not None
-    if target.device == "cuda":  # no emulator runs CUDA: verifying needs a fit GPU here (docs/cuda.md)
-        from edgepack.runtime.bundle_format import cuda_problem
-
-        problem = "" if native and cuda_problem({"gpu_arch": target.gpu_arch, "driver": "0.0"}) is None else "no fit GPU here"
-        emulator = not problem
-        if problem:
-            todo.append(f"verify on a machine with an NVIDIA GPU for {target.gpu_arch} ({problem})")
-    elif not emulator:
-        todo.append(f"apt-get install {' '.join(target.toolchain.emulator_apt_packages) or 'qemu-user'} (to verify builds here)")
+    emulator, fix = backend_for(target).verify_here(target)
+    if fix:
+        todo.append(fix)
     can_build = shutil.which(target.toolchain.cxx) is not None
     return TargetReadiness(target, can_build, can_build and emulator, runtime, tuple(todo))
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from importlib import metadata
 from pathlib import Path
 
+from edgepack.compiler.backends import backend_for, check_toolchain
+from edgepack.compiler.wheels import cache_dir, fetch_wheel_files
 from edgepack.errors import EdgepackError
+from edgepack.native import build_native_loader
+from edgepack.runtime import bundle_format, loader, serve
 from edgepack.targets import TargetSpec
 
 RUNTIME_LIBRARIES = ("libtvm_runtime.so", "libtvm_ffi.so")
@@ -21,14 +19,6 @@ NATIVE_LOADER = "edgepack-run"
 PYTHON_LOADER = "edgepack_loader.py"
 FORMAT_MODULE = "edgepack_format.py"  # the bundle format (edgepack/runtime/bundle_format.py), imported by the loader
 SERVE_MODULE = "edgepack_serve.py"  # HTTP server (edgepack/runtime/serve.py), beside the Python loader
-
-
-def cache_dir() -> Path:
-    """Where edgepack caches built loaders and downloaded runtimes (EDGEPACK_CACHE overrides)."""
-    override = os.environ.get("EDGEPACK_CACHE")
-    if override:
-        return Path(override)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgepack"
 
 
 _WHEEL_PLATFORMS = {"aarch64": "manylinux_2_28_aarch64", "x86_64": "manylinux_2_28_x86_64"}
@@ -43,42 +33,6 @@ def foreign_runtime_dir(arch: str) -> Path:
     """Cache folder for another architecture's runtime libraries, keyed by the installed TVM versions."""
     versions = _installed_versions()
     return cache_dir() / "runtime" / arch / f"tvm-{versions['apache-tvm']}-ffi-{versions['apache-tvm-ffi']}"
-
-
-def fetch_wheel_files(arch: str, destination: Path, requirements: list[str], members: dict[str, str],
-                      platforms: tuple[str, ...], what: str, docs: str) -> None:
-    """pip-download `requirements` built for `arch` and keep only `members` in `destination`.
-
-    `members` maps a wheel's file-name prefix (e.g. `apache_tvm`) to the path suffix of the file to
-    keep from it; the files land under their own names, and the folder is moved into place whole."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=destination.parent, prefix=".fetch-") as scratch:
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                   *(f"--platform={tag}" for tag in platforms),
-                   "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}", "--dest", scratch, *requirements]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise EdgepackError(f"cannot download the {arch} {what} wheels ({last})",
-                                f"connect to the package index once, or fill {destination} by hand ({docs})")
-        staged = Path(scratch) / "libs"
-        staged.mkdir()
-        for prefix, suffix in members.items():
-            _wheel_member(next(Path(scratch).glob(f"{prefix}-*.whl")), suffix, staged / Path(suffix).name)
-        try:
-            os.replace(staged, destination)
-        except OSError:
-            if not destination.is_dir():  # another build filled it meanwhile: fine
-                raise
-
-
-def _wheel_member(wheel: Path, suffix: str, destination: Path) -> None:
-    with zipfile.ZipFile(wheel) as archive:
-        member = next((name for name in archive.namelist() if name.endswith(suffix)), None)
-        if member is None:
-            raise EdgepackError(f"{wheel.name} has no {suffix}", "report it; the wheel layout changed")
-        with archive.open(member) as source, open(destination, "wb") as target:
-            shutil.copyfileobj(source, target)
 
 
 def _fetch_foreign_runtime(arch: str, destination: Path) -> None:
@@ -119,40 +73,27 @@ def runtime_libraries(target: TargetSpec) -> list[Path]:
     if missing:
         raise EdgepackError(f"runtime libraries {', '.join(missing)} for {target.arch} were not found",
                             "reinstall apache-tvm and apache-tvm-ffi")
-    if target.device == "cuda":  # + TVM's CUDA runtime module and libcudart of the host arch
-        from edgepack.compiler.cuda import runtime_libraries as cuda_libraries
-
-        return [found[name] for name in RUNTIME_LIBRARIES] + cuda_libraries(target)
-    return [found[name] for name in RUNTIME_LIBRARIES]
+    return [found[name] for name in RUNTIME_LIBRARIES] + backend_for(target).runtime_libraries(target)
 
 
 def native_loader(target: TargetSpec) -> Path:
     """The native loader built (or taken from the cache) with the target's toolchain."""
-    from edgepack.compiler.compile import check_toolchain
-    from edgepack.native import build_native_loader
-
     cxx = check_toolchain(target)
     return build_native_loader(cxx, runtime_library_dirs(target), cache_dir() / "native")
 
 
 def python_loader() -> Path:
     """The Python loader's source, copied verbatim into every bundle."""
-    from edgepack.runtime import loader
-
     return Path(loader.__file__)
 
 
 def format_module() -> Path:
     """The bundle-format module's source (an island the Python loader imports), copied verbatim into every bundle."""
-    from edgepack.runtime import bundle_format
-
     return Path(bundle_format.__file__)
 
 
 def serve_module() -> Path:
     """The HTTP server's source (an island beside the Python loader), copied verbatim into every bundle."""
-    from edgepack.runtime import serve
-
     return Path(serve.__file__)
 
 
@@ -181,9 +122,5 @@ def device_requirements(target: TargetSpec, elf_files: list[Path]) -> dict:
     if _version_tuple(needed) > _version_tuple(target.toolchain.glibc):
         raise EdgepackError(f"the built code needs glibc {needed}, but target '{target.name}' promises {target.toolchain.glibc}",
                             "raise [toolchain] glibc in the target file, or use a toolchain for an older glibc")
-    requires = {"arch": target.arch, "cpu_features": list(target.cpu_features), "glibc": needed}
-    if target.device == "cuda":  # GPU arch, CUDA driver floor, shipped CUDA runtime (edgepack.compiler.cuda)
-        from edgepack.compiler.cuda import requirements
-
-        requires["cuda"] = requirements(target)
-    return requires
+    return {"arch": target.arch, "cpu_features": list(target.cpu_features), "glibc": needed,
+            **backend_for(target).requirements(target)}

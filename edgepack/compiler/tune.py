@@ -1,7 +1,7 @@
 """Stage: tune a model's kernels with MetaSchedule into a tuning database that later builds apply.
 
 The database is two JSON-lines files (MetaSchedule's `JSONDatabase`) in one directory per target:
-`<cache>/tuning/<target-name>/` where `<cache>` is `edgepack.compiler.runtime_files.cache_dir()`
+`<cache>/tuning/<target-name>/` where `<cache>` is `edgepack.compiler.wheels.cache_dir()`
 (`$EDGEPACK_CACHE`, else `~/.cache/edgepack`). `$EDGEPACK_TUNING_DIR` moves the root (the target name is
 still appended); `--database DIR` names one directory exactly. Records are keyed by the kernel's
 structure (shapes included), so a build of *any* model with the same workloads reuses them. Every
@@ -26,11 +26,17 @@ from pathlib import Path
 from typing import Callable
 
 from edgepack.artifacts import OnnxModel, StageRecord
-from edgepack.errors import EdgepackError
+from edgepack.compiler.backends.cpu import lower_to_tir
+from edgepack.compiler.compile import import_relax
+from edgepack.compiler.schedules import heuristic_schedule, vector_lanes
+from edgepack.compiler.tuning_records import RECORD_FILE, WORKLOAD_FILE, open_database, tuning_dir
+from edgepack.errors import EdgepackError, first_line
+from edgepack.progress import ProgressEvent
 from edgepack.targets import TargetSpec
 
-WORKLOAD_FILE = "database_workload.json"
-RECORD_FILE = "database_tuning_record.json"
+__all__ = ["RpcTracker", "TuneConfig", "TuneProgress", "tune_model", "extract_kernels", "tuning_dir", "open_database",
+           "RECORD_FILE", "WORKLOAD_FILE"]
+
 
 
 @dataclass(frozen=True)
@@ -95,21 +101,9 @@ class TuneProgress:
                 f"sum of best kernel times {best:.3f} ms, {self.errors} failed{eta}")
 
 
-def tuning_dir(target: TargetSpec) -> Path:
-    """The tuning database of a target: $EDGEPACK_TUNING_DIR/<name>, else <cache>/tuning/<name>."""
-    from edgepack.compiler.runtime_files import cache_dir
-
-    root = os.environ.get("EDGEPACK_TUNING_DIR")
-    return (Path(root) if root else cache_dir() / "tuning") / target.name
-
-
-def open_database(path: Path):
-    """The MetaSchedule JSON database in `path` (created empty when missing); usable as a context."""
-    from tvm.s_tir import meta_schedule as ms
-
-    path.mkdir(parents=True, exist_ok=True)
-    return ms.database.JSONDatabase(path_workload=str(path / WORKLOAD_FILE), path_tuning_record=str(path / RECORD_FILE),
-                                    allow_missing=True, module_equality="structural")
+def tune_event(state: TuneProgress) -> ProgressEvent:
+    """A tuning batch as the library's progress event: trials done of total, best latency so far in the message."""
+    return ProgressEvent("tune", state.line(), state.trials_done, state.trials_total)
 
 
 def tuning_target(target: TargetSpec, cores: int | None = None):
@@ -234,7 +228,6 @@ def _seed_with_heuristic(contexts, database, runner, target, builder) -> int:
     best is then never worse than an untuned build, and the search starts from it. Returns records added."""
     from tvm.s_tir import meta_schedule as ms
 
-    from edgepack.compiler.schedules import heuristic_schedule, vector_lanes
 
     added = 0
     for context in contexts:
@@ -262,7 +255,6 @@ def _searchable(contexts, weights) -> tuple[list, list, dict]:
     TVM 0.27's default CPU rules raise (uncaught, ending the whole run) on some fused kernels, e.g. a
     convolution whose clip epilogue reads scalar `where` blocks (ReLU6 whose bounds stay runtime params;
     edgepack.compiler.compile.embed_scalar_params makes them constants); those kernels keep their heuristic schedule."""
-    from edgepack.errors import first_line
 
     kept, kept_weights, skipped = [], [], {}
     for context, weight in zip(contexts, weights):
@@ -314,7 +306,6 @@ def extract_kernels(model: OnnxModel, target: TargetSpec, cores: int | None = No
     """The kernels a build of `model` for `target` compiles, as MetaSchedule tasks (deduplicated)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from edgepack.compiler.compile import import_relax, lower_to_tir
 
     tvm_target = tuning_target(target, cores)
     module, _ = import_relax(model)
@@ -365,7 +356,13 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
         seeded = _seed_with_heuristic(contexts, database, runner, tvm_target, builder)
         names = [context.task_name for context in contexts]
         max_seconds = config.max_minutes * 60 if config.max_minutes else None
-        callback = _progress_callback(progress, config.trials, names, started, max_seconds)
+        curve: list[list[float]] = []  # [trials measured, sum of best kernel times] after each batch
+
+        def record_curve(state: TuneProgress) -> None:
+            curve.append([state.trials_done, round(sum(state.best_ms.values()), 4)])
+            progress(state)
+
+        callback = _progress_callback(record_curve, config.trials, names, started, max_seconds)
         try:
             ms.tune.tune_tasks(
                 tasks=contexts,
@@ -393,6 +390,7 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
         "best_ms_sum": round(sum(state.best_ms.values()), 4),
         "stopped_by_time_budget": state.out_of_time,
         "seconds": round(time.perf_counter() - started, 1),
+        "curve": curve,
     }
     if state.trials_done and state.errors == state.trials_done:
         raise EdgepackError(f"all {state.errors} tuning candidates failed to build or run",
@@ -418,29 +416,3 @@ class _scratch_dir:
 
     def __exit__(self, *exc) -> None:
         return None
-
-
-def tune(model: str, target: str, config: TuneConfig = TuneConfig(), inputs: list[str] = (),
-         progress: Callable[[TuneProgress], None] = lambda state: None) -> StageRecord:
-    """Tune a model given as for `edgepack build` (ONNX file, .pt2, or file.py:factory): the Python API
-    behind `edgepack tune`. Records go to `config.database`, else to the target's tuning directory."""
-    import tempfile
-
-    from edgepack.frontends.export import ExportConfig, export_to_onnx, load_torch_model
-    from edgepack.frontends.preflight import preflight
-    from edgepack.frontends.signature import parse_input_specs
-    from edgepack.frontends.sources import OnnxSource, parse_source
-    from edgepack.targets import load_target
-
-    source = parse_source(model)
-    spec = load_target(target)
-    overrides = parse_input_specs(list(inputs))
-    with tempfile.TemporaryDirectory(prefix="edgepack-tune-") as workdir:
-        onnx_path = source.path
-        if not isinstance(source, OnnxSource):
-            torch_model = load_torch_model(source, overrides)
-            onnx_path = Path(workdir) / "exported.onnx"
-            export_to_onnx(torch_model, onnx_path, ExportConfig())
-            overrides = {s.name: s for s in torch_model.inputs}
-        onnx_model, _ = preflight(onnx_path, overrides, Path(workdir))
-        return tune_model(onnx_model, spec, config, progress)

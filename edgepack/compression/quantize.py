@@ -639,43 +639,22 @@ def _drop_unused_initializers(model, nodes) -> None:
 
 def quantize(model: str | Path, out: Path, config: _Quantization, *, inputs: Sequence[str] = (),
              target: str = "x86_64", progress=lambda line: None) -> StageRecord:
-    """The Python API behind `edgepack quantize`: export (torch) or read (ONNX), pre-flight, quantize, write `out`.
+    """The Python API behind `edgepack quantize`: the pipeline's front half stopped after this pass, written to `out`.
 
-    Nothing is written when a stage fails (the quality gate included)."""
-    import os
+    `out` carries every stage record in its ONNX metadata, so a later build lists them. Nothing is
+    written when a stage fails (the quality gate included)."""
     import tempfile
 
-    from edgepack.frontends.export import ExportConfig, export_to_onnx, load_torch_model
-    from edgepack.frontends.preflight import preflight
-    from edgepack.frontends.signature import parse_input_specs
-    from edgepack.frontends.sources import OnnxSource, parse_source
-    from edgepack.targets import load_target
+    from edgepack.pipeline import plan_front, run_front, write_onnx
 
-    source = parse_source(str(model))
-    spec = load_target(target)
-    overrides = parse_input_specs(list(inputs))
     out = Path(out)
     if out.suffix != ".onnx":
         raise EdgepackError(f"output '{out}' is not an .onnx file", "pass -o model.int8.onnx")
+    plan = plan_front(str(model), target, list(inputs), onnx_passes=(config,))
     with tempfile.TemporaryDirectory(prefix="edgepack-quantize-") as workdir:
-        work = Path(workdir)
-        path = source.path
-        if not isinstance(source, OnnxSource):
-            progress("export")
-            torch_model = load_torch_model(source, overrides)
-            path = work / "exported.onnx"
-            export_to_onnx(torch_model, path, ExportConfig())
-            overrides = {item.name: item for item in torch_model.inputs}
-        progress("preflight")
-        (work / "preflight").mkdir()
-        checked, _ = preflight(path, overrides, work / "preflight")
-        (work / "pass").mkdir()
-        result, record = config.run(checked, PassContext(work / "pass", spec, progress))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.copyfile(result.path, temporary)
-        os.replace(temporary, out)
-    return record
+        result = run_front(plan, Path(workdir), progress)
+        write_onnx(result.model, out, [*plan.prior_stages, *result.records])
+    return result.records[-1]
 
 
 def summary_line(report: dict) -> str:

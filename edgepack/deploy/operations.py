@@ -94,7 +94,7 @@ def deploy(bundle: Path, device: str, force: bool = False, health: HealthConfig 
         result = activate_on_trial(store, state, version, health)
         if not result.passed:
             raise _failed(model, version, state["active"], result,
-                          f"check the bundle with `edgepack verify`, then deploy it again with --force")
+                          "check the bundle with `edgepack verify`, then deploy it again with --force")
         return ActivationResult(model, version, previous, result)
 
 

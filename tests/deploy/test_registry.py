@@ -14,7 +14,7 @@ import pytest
 from edgepack.deploy import oci
 from edgepack.deploy.channels import read_channel
 from edgepack.deploy.oci import FILE_LAYER_TYPE, MANIFEST_TYPE, TITLE, parse_reference, put_manifest, upload_bytes
-from edgepack.errors import EdgepackError, IntegrityError
+from edgepack.errors import EdgepackError
 from deploy_helpers import current_verifies, linked, state
 
 pytestmark = [pytest.mark.tvm, pytest.mark.cli]

@@ -4,7 +4,6 @@ the device needs, and the loaders say clearly why they cannot run it here."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess

@@ -11,7 +11,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ import pytest
 from edgepack.runtime import bundle_format
 
 from edgepack.runtime import loader
-from edgepack.runtime.bundle_format import MANIFEST, SIGNATURE, BundleError, IntegrityError
+from edgepack.runtime.bundle_format import MANIFEST, SIGNATURE, IntegrityError
 from edgepack.bundle.signing import generate_keypair, sign_bundle
 
 pytestmark = pytest.mark.tvm

@@ -58,6 +58,11 @@ def test_tune_then_fresh_build_applies_records(tmp_path):
     report = json.loads(tuned.stdout[tuned.stdout.index("{"):])["report"]
     assert report["kernels"] >= 1 and report["trials"] >= 1 and report["failed_trials"] == 0
     assert report["heuristic_records"] >= 1  # the untuned schedule is a record: tuning never makes it worse
+    assert report["curve"] and report["curve"][-1][0] == report["trials"]  # best latency after each batch
+    from plot_helpers import keep_picture
+    from edgepack.measure.plots import tuning_curve
+
+    keep_picture(tuning_curve(report["curve"], tmp_path / "tuning-curve.png", title="tiny model: 2 trials"))
     database = tmp_path / "tuning" / "x86_64"
     assert (database / "database_tuning_record.json").stat().st_size > 0
 

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import stat
-import subprocess
 import tarfile
 from pathlib import Path
 

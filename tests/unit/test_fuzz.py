@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from edgepack.bundle.archive import ArchiveError, ArchiveLimits, extract_archive
 from edgepack.errors import BundleError
 from edgepack.bundle.manifest import file_entries, new_manifest, write_manifest
-from edgepack.runtime.bundle_format import MANIFEST, PAYLOAD_TYPE, SIGNATURE, check_manifest_fields, load_keyring, parse_envelope, parse_manifest, read_signed_manifest
+from edgepack.runtime.bundle_format import MANIFEST, SIGNATURE, check_manifest_fields, load_keyring, parse_envelope, parse_manifest, read_signed_manifest
 from edgepack.bundle.signing import generate_keypair, sign_bundle
 from edgepack.targets import parse_target
 

@@ -35,43 +35,30 @@ def check_output(out: Path | None, force: bool) -> None:
 def prune(model: str, config, target: str = "x86_64", out: Path | None = None, inputs: list[str] = (),
           force: bool = False, progress: Callable[[str], None] = lambda line: None) -> PruneResult:
     """Prune MODEL with `config` (ChannelPrune, WeightPrune or OnnxWeightPrune) and write it to `out`."""
-    from edgepack.frontends.export import ExportConfig, export_to_onnx, load_torch_model
-    from edgepack.compression.passes import PassContext
-    from edgepack.frontends.preflight import preflight
     from edgepack.compression.prune.config import OnnxWeightPrune
-    from edgepack.frontends.signature import parse_input_specs
     from edgepack.frontends.sources import OnnxSource, parse_source
-    from edgepack.targets import load_target
+    from edgepack.pipeline import plan_front, run_front, write_onnx
 
-    source = parse_source(model)
-    spec = load_target(target)
-    overrides = parse_input_specs(list(inputs))
     check_output(out, force)
-    is_onnx = isinstance(source, OnnxSource)
+    is_onnx = isinstance(parse_source(model), OnnxSource)
     if is_onnx != isinstance(config, OnnxWeightPrune):
         raise EdgepackError("channel and taylor pruning need a PyTorch model (file.py:factory)" if is_onnx
                             else "ONNX-only pruning was asked for a PyTorch model",
                             "prune ONNX files by weight magnitude (granularity weights, criterion magnitude)" if is_onnx else "use ChannelPrune or WeightPrune")
     if is_onnx and out is not None and Path(out).suffix != ".onnx":
         raise EdgepackError("an ONNX model is written back as ONNX", "pass -o pruned.onnx")
+    passes = {"onnx_passes": (config,)} if is_onnx else {"torch_passes": (config,)}
+    plan = plan_front(model, target, list(inputs), **passes)
+    to_program = out is not None and Path(out).suffix == ".pt2"
     with tempfile.TemporaryDirectory(prefix="edgepack-prune-") as workdir:
         work = Path(workdir)
-        (work / "pass").mkdir()
-        context = PassContext(work / "pass", spec, progress)
-        if is_onnx:
-            onnx_model, _ = preflight(source.path, overrides, work)
-            pruned, record = config.run(onnx_model, context)
-            written = work / "pruned.onnx"
-            shutil.copyfile(pruned.path, written)
+        result = run_front(plan, work, progress, stop="torch" if to_program else "passes")
+        record = next(r for r in result.records if r.stage == config.stage)
+        written = work / ("pruned" + (Path(out).suffix if out else ".onnx"))
+        if to_program:
+            _save_program(result.torch_model, written)
         else:
-            torch_model = load_torch_model(source, overrides)
-            pruned, record = config.run(torch_model, context)
-            written = work / ("pruned" + (Path(out).suffix if out else ".onnx"))
-            if written.suffix == ".pt2":
-                _save_program(pruned, written)
-            else:
-                progress("export")
-                export_to_onnx(pruned, written, ExportConfig())
+            write_onnx(result.model, written, [*plan.prior_stages, *result.records])
         if out is not None:
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(written), str(out))
