@@ -45,7 +45,7 @@ device_app = typer.Typer(
     help="Manage bundles on device stores: deploy, status, versions, rollback, remove.",
     no_args_is_help=True,
 )
-DEVICE_COMMANDS = ("deploy", "status", "versions", "rollback", "remove")
+DEVICE_COMMANDS = ("deploy", "status", "versions", "rollback", "remove", "repair")
 _state = {"debug": False}
 
 

@@ -15,7 +15,7 @@ import shlex
 import stat
 import subprocess
 import tarfile
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Iterator
 
 from edgepack.deploy.faults import fault_point

@@ -8,6 +8,7 @@ bundles, device stores) is byte-for-byte unchanged afterwards.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
