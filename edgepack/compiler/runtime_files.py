@@ -21,6 +21,7 @@ NATIVE_LOADER = "edgepack-run"
 PYTHON_LOADER = "edgepack_loader.py"
 FORMAT_MODULE = "edgepack_format.py"  # the bundle format (edgepack/runtime/bundle_format.py), imported by the loader
 SERVE_MODULE = "edgepack_serve.py"  # HTTP server (edgepack/runtime/serve.py), beside the Python loader
+GENERATE_MODULE = "edgepack_generate.py"  # language-model bundles: token generation (edgepack/runtime/generate.py)
 
 
 def cache_dir() -> Path:
@@ -154,6 +155,13 @@ def serve_module() -> Path:
     from edgepack.runtime import serve
 
     return Path(serve.__file__)
+
+
+def generate_module() -> Path:
+    """The generation module's source (an island beside the Python loader), copied into language-model bundles."""
+    from edgepack.runtime import generate
+
+    return Path(generate.__file__)
 
 
 _GLIBC_VERSION = re.compile(rb"GLIBC_(\d+)\.(\d+)")
