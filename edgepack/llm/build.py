@@ -95,9 +95,12 @@ def run_llm_build(plan: LlmBuildPlan, progress: Callable[[str], None] = lambda s
     weights = canonical_weights(read_safetensors(plan.model_dir), c)
     if plan.scheme is not None:
         progress("quantize")
+        fp32_bytes = sum(array.nbytes for array in weights.values())
         weights = quantize_weights(weights, c, plan.scheme)
-        records.append(StageRecord("quantize", {"mode": plan.scheme.name, "group": plan.scheme.group},
-                                   {"matrices": "embedding, attention, MLP and output head; norms and biases stay fp32"}))
+        records.append(StageRecord("quantize", {"mode": plan.scheme.name, "group": plan.scheme.group}, {
+            "mode": f"{plan.scheme.name} group-wise ({plan.scheme.group})", "weights_bytes_fp32": fp32_bytes,
+            "weights_bytes": sum(array.nbytes for array in weights.values()),
+            "matrices": "embedding, attention, MLP and output head; norms and biases stay fp32"}))
     with tempfile.TemporaryDirectory(prefix="edgepack-llm-") as workdir:
         progress("compile")
         model_plan = ModelPlan(c, plan.max_seq_len, plan.scheme)
