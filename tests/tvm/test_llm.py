@@ -115,3 +115,34 @@ def test_quantized_bundles_keep_weights_compressed_and_match_pytorch(tmp_path, f
     matrices = {name: value for name, value in params.items() if name.endswith(".q")}
     assert matrices and all(str(value.dtype) == dtype for value in matrices.values())
     assert not any(name.endswith(".weight") and len(value.shape) == 2 for name, value in params.items())
+
+
+ISLAND = """\
+import sys
+
+class _Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("edgepack", "torch", "onnx", "onnxruntime", "transformers", "tokenizers", "safetensors") \\
+                or name.startswith("tvm.relax"):
+            raise ImportError(f"{name} is blocked on this island")
+        return None
+
+sys.meta_path.insert(0, _Blocker())
+"""
+
+
+def test_generate_runs_on_an_island_with_the_stdlib_tokenizer(llama, tmp_path):
+    import os
+
+    from tokenizers import Tokenizer
+
+    model_dir, bundle = llama
+    (tmp_path / "sitecustomize.py").write_text(ISLAND)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    script = bundle.path / "runtime" / "edgepack_generate.py"
+    result = subprocess.run([sys.executable, str(script), "--prompt", "the lazy dog", "--max-new-tokens", "5", "--ids"],
+                            capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    native = _native(bundle.path, "--prompt-ids", ",".join(map(str, Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+                                                             .encode("the lazy dog").ids)), "--max-new-tokens", "5")
+    assert result.stdout == native.stdout
