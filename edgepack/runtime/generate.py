@@ -261,3 +261,50 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---------------------------------------------------------------- server-sent events (edgepack_serve.py)
+
+def serve_generation(handler, bundle: LoadedBundle, model_lock, max_body_bytes: int) -> None:
+    """POST /v1/generate for the bundle's HTTP server: {"prompt": TEXT | "prompt_ids": [...], "max_new_tokens": N,
+    "temperature", "top_p", "seed"} answered as server-sent events, one `data: {"token": id, "text": ...}` per
+    token, then `data: {"done": true, "tokens": [...]}`. Bad requests get a JSON 400 before any event."""
+    try:
+        length = handler.headers.get("Content-Length")
+        if length is None or not length.isdigit() or int(length) > max_body_bytes:
+            raise BundleError("the request needs a Content-Length within the server's limit", "send a small JSON body")
+        payload = json.loads(handler.rfile.read(int(length)) or b"{}")
+        generator, tokenizer = Generator(bundle), load_tokenizer(bundle)
+        if not isinstance(payload, dict):
+            raise BundleError("the request body is not a JSON object", 'send {"prompt_ids": [1, 2], "max_new_tokens": 8}')
+        if "prompt_ids" in payload:
+            prompt = [int(t) for t in payload["prompt_ids"]]
+        elif isinstance(payload.get("prompt"), str) and tokenizer is not None:
+            prompt = tokenizer.encode(payload["prompt"])
+        else:
+            raise BundleError("the request has no prompt_ids (or prompt text with a bundled tokenizer)", "add \"prompt_ids\"")
+        options = {"temperature": float(payload.get("temperature", 0.0)), "top_p": float(payload.get("top_p", 1.0)),
+                   "seed": int(payload.get("seed", 0))}
+        max_new = int(payload.get("max_new_tokens", 16))
+        check_request(prompt, max_new, generator.max_seq_len, generator.vocab_size, options["temperature"], options["top_p"])
+    except (BundleError, ValueError, TypeError) as exc:
+        problem = f"{exc.problem}; {exc.fix}" if isinstance(exc, BundleError) else f"bad request ({exc})"
+        handler.close_connection = True
+        handler._json(400, {"error": problem})
+        return
+    handler.close_connection = True
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Cache-Control", "no-cache")
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    tokens: list[int] = []
+    with model_lock:
+        for token in generator.stream(prompt, max_new, **options):
+            tokens.append(token)
+            event = {"token": token, **({"text": tokenizer.decode([token])} if tokenizer else {})}
+            handler.wfile.write(f"data: {json.dumps(event)}\n\n".encode("utf-8"))
+            handler.wfile.flush()
+    done = {"done": True, "tokens": tokens, **({"text": tokenizer.decode(tokens)} if tokenizer else {})}
+    handler.wfile.write(f"data: {json.dumps(done)}\n\n".encode("utf-8"))
+    handler.wfile.flush()

@@ -343,6 +343,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": f"no such path '{path}'; use POST /v1/infer, GET /healthz, /metrics or /v1/model"})
 
     def do_POST(self) -> None:  # noqa: N802
+        if self._path() == "/v1/generate" and "generator" in self.app.bundle.manifest:  # language models: SSE
+            self._generate()
+            return
         if self._path() != "/v1/infer":
             self._json(404, {"error": f"no such path '{self._path()}'; use POST /v1/infer"})
             return
@@ -377,6 +380,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, response)
         else:
             self._json(code, {"error": error})
+
+
+    def _generate(self) -> None:
+        """POST /v1/generate: token streaming for language-model bundles (edgepack_generate.serve_generation)."""
+        try:
+            from . import generate
+        except ImportError:  # inside a bundle: runtime/edgepack_generate.py beside this file
+            import edgepack_generate as generate  # type: ignore[no-redef]
+        generate.serve_generation(self, self.app.bundle, self.app.model_lock, self.app.max_body_bytes)
 
 
 class Server(ThreadingHTTPServer):

@@ -146,3 +146,36 @@ def test_generate_runs_on_an_island_with_the_stdlib_tokenizer(llama, tmp_path):
     native = _native(bundle.path, "--prompt-ids", ",".join(map(str, Tokenizer.from_file(str(model_dir / "tokenizer.json"))
                                                              .encode("the lazy dog").ids)), "--max-new-tokens", "5")
     assert result.stdout == native.stdout
+
+
+def test_server_streams_generated_tokens_as_server_sent_events(llama):
+    import threading
+    import urllib.request
+
+    from edgepack.runtime import serve
+    from edgepack.runtime.generate import Generator
+    from edgepack.runtime.loader import load
+
+    _, bundle = llama
+    loaded = load(bundle.path)
+    server = serve.Server(("127.0.0.1", 0), serve.ServeApp(loaded, serve.JsonLog(None)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        def post(body: dict):
+            request = urllib.request.Request(f"{server.url}/v1/generate", data=json.dumps(body).encode(), method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    return response.status, response.headers["Content-Type"], response.read().decode()
+            except urllib.error.HTTPError as error:
+                return error.code, error.headers["Content-Type"], error.read().decode()
+
+        status, kind, text = post({"prompt_ids": [5, 9, 17], "max_new_tokens": 6})
+        events = [json.loads(line[len("data: "):]) for line in text.splitlines() if line.startswith("data: ")]
+        expected = Generator(loaded).generate([5, 9, 17], 6)
+        assert status == 200 and kind == "text/event-stream"
+        assert [e["token"] for e in events[:-1]] == expected and events[-1]["done"] and events[-1]["tokens"] == expected
+        status, _, text = post({"prompt_ids": [5], "max_new_tokens": MAX_SEQ_LEN})
+        assert status == 400 and "exceed the KV cache" in json.loads(text)["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
