@@ -61,6 +61,14 @@ def build_command(
     from edgepack.llm.build import is_llm_dir
 
     if is_llm_dir(model):
+        given = [flag for flag, value in (("--input", inputs), ("--golden-inputs", golden_inputs), ("--tune", tune),
+                                          ("--eval", eval_data), ("--prune", prune), ("--calib", calib), ("--archive", archive))
+                 if value]
+        if given:
+            from edgepack.errors import EdgepackError
+
+            raise EdgepackError(f"{', '.join(given)} do(es) not apply to language-model builds ('{model}' holds config.json)",
+                                "drop it; language models take --max-seq-len, --quantize int8|int4, --group-size (docs/llm.md)")
         _build_llm(model, target, out_dir, name, version, force, sign, dry_run, as_json, max_seq_len,
                    quantize.value if quantize else None, group_size)
         return

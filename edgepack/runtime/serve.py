@@ -13,6 +13,7 @@ Requests (docs/deployment.md, "Serving and monitoring"):
                     optional "output_format": "list" (default) or "npy"
     GET  /healthz   {"status": "ok", "model": ..., "version": ...}
     GET  /v1/model  name, version, target and I/O signature
+    POST /v1/generate  language-model bundles: tokens as server-sent events (edgepack_generate.py)
     GET  /metrics   Prometheus text format: requests, errors, latency histogram, input drift
 
 Every /v1/infer request is logged as one JSON line (time, model, version, status, code,

@@ -72,3 +72,12 @@ def test_build_refuses_a_cache_longer_than_the_model_allows(tmp_path):
     assert result.stderr.strip().splitlines() == ["error: --max-seq-len 64 is outside 2..16 (the model's max_position_embeddings); "
                                                   "pass a value up to 16"]
     assert not (tmp_path / "out").exists()
+
+
+def test_build_refuses_options_that_do_not_apply_to_language_models(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    result = subprocess.run([sys.executable, "-m", "edgepack.cli", "build", str(tmp_path / "m"), "-o", str(tmp_path / "out"),
+                             "--tune", "4"], capture_output=True, text=True, check=False)
+    assert result.returncode == 1 and result.stderr.startswith("error: --tune do(es) not apply to language-model builds")
+    assert not (tmp_path / "out").exists()
