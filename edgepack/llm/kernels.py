@@ -27,8 +27,22 @@ def dequantized(q: te.Tensor, scale: te.Tensor, scheme: QuantScheme | None, colu
 
 
 def linear(x: te.Tensor, q: te.Tensor, scale: te.Tensor | None, scheme: QuantScheme | None, out_features: int) -> te.Tensor:
-    """y[i, o] = Σ_k x[i, k] · W[o, k], with W dequantized inside the reduction."""
+    """y[i, o] = Σ_k x[i, k] · W[o, k], with W dequantized inside the reduction.
+
+    int4 reduces over bytes: each byte's two values (low nibble: even input, high: odd) are unpacked with
+    constant shifts, and one group scale applies to both (group sizes are even)."""
     rows, columns = x.shape
+    if scheme is not None and scheme.bits == 4:
+        group = scheme.group_for(int(columns))
+        b = te.reduce_axis((0, int(columns) // 2), name="b")
+
+        def pair(i, o, b):
+            byte = q[o, b]
+            low = tir.bitwise_and(byte, tir.const(15, "uint8")).astype("float32") - 8.0
+            high = tir.shift_right(byte, tir.const(4, "uint8")).astype("float32") - 8.0
+            return (x[i, 2 * b] * low + x[i, 2 * b + 1] * high) * scale[o, 2 * b // group]
+
+        return te.compute((rows, out_features), lambda i, o: te.sum(pair(i, o, b), axis=b), name="linear")
     weight = dequantized(q, scale, scheme, int(columns))
     k = te.reduce_axis((0, columns), name="k")
     return te.compute((rows, out_features), lambda i, o: te.sum(x[i, k] * weight(o, k), axis=k), name="linear")
