@@ -54,20 +54,21 @@ def check_destination(config: PackageConfig, target_name: str) -> None:
             raise EdgepackError(f"'{path}' already exists", "pass --force to replace it, or choose another -o/--version")
 
 
-def _copy_runtime(compiled: CompiledModule, staging: Path) -> None:
+def copy_runtime(target, staging: Path) -> None:
+    """runtime/: the TVM runtime libraries of `target`, both loaders, the format module and the server."""
     runtime_dir = staging / "runtime"
     runtime_dir.mkdir()
-    for library in runtime_libraries(compiled.target):
+    for library in runtime_libraries(target):
         shutil.copy2(library, runtime_dir / library.name)
     loader = runtime_dir / NATIVE_LOADER
-    shutil.copy2(native_loader(compiled.target), loader)
+    shutil.copy2(native_loader(target), loader)
     loader.chmod(loader.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     shutil.copy2(python_loader(), runtime_dir / PYTHON_LOADER)
     shutil.copy2(format_module(), runtime_dir / FORMAT_MODULE)
     shutil.copy2(serve_module(), runtime_dir / SERVE_MODULE)
 
 
-def _replace(staging: Path, destination: Path) -> None:
+def replace_atomically(staging: Path, destination: Path) -> None:
     """Swap staging into place; an existing bundle is moved aside first and removed only after."""
     backup = None
     if destination.exists():
@@ -112,7 +113,7 @@ def write_bundle(compiled: CompiledModule, golden: GoldenVectors, config: Packag
         if config.reference:
             (staging / "reference").mkdir()
             shutil.copy2(compiled.source.path, staging / REFERENCE_MODEL)
-        _copy_runtime(compiled, staging)
+        copy_runtime(compiled.target, staging)
         for rel, source_file in config.extra_files:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source_file, staging / rel)
@@ -140,7 +141,7 @@ def write_bundle(compiled: CompiledModule, golden: GoldenVectors, config: Packag
             from edgepack.bundle.signing import sign_bundle
 
             sign_bundle(staging, config.sign_key)
-        _replace(staging, destination)
+        replace_atomically(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if created_out_dir:

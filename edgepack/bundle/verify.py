@@ -109,6 +109,31 @@ def verify_python(bundle_dir: Path, target: dict, keyring: Path | None = None) -
     return {"ran": True, **loader.load(bundle_dir, keyring).verify()}
 
 
+def verify_generation(bundle_dir: Path, manifest: dict, python: dict, native: dict, keyring: Path | None = None) -> dict:
+    """Language-model bundles: the golden prompt's greedy continuation, token by token, through every loader
+    that ran the logits check (the Python generator and `edgepack-run generate`)."""
+    from edgepack.runtime.generate import Generator
+
+    golden = manifest["generator"]["golden"]
+    expected = [int(t) for t in golden["tokens"]]
+    report = {"prompt_ids": golden["prompt_ids"], "expected": expected}
+    if python["ran"]:
+        report["python_loader"] = Generator(loader.load(bundle_dir, keyring)).generate(golden["prompt_ids"], len(expected))
+    if native["ran"]:
+        prefix = emulator_command(manifest["target"]) if manifest["target"]["arch"] != platform.machine() else []
+        result = run_native_loader(bundle_dir, "generate", "--prompt-ids", ",".join(map(str, golden["prompt_ids"])),
+                                   "--max-new-tokens", str(len(expected)), *keyring_args(keyring), prefix=prefix or [])
+        report["native_loader"] = ([int(t) for t in result.stdout.split()] if result.returncode == 0
+                                   else (result.stderr.strip().splitlines() or ["no output"])[-1])
+    mismatched = [name for name in ("python_loader", "native_loader") if name in report and report[name] != expected]
+    report["passed"] = not mismatched
+    if mismatched:
+        raise VerificationError(f"the greedy continuation through the {' and '.join(m.replace('_', ' ') for m in mismatched)} "
+                                f"differs from PyTorch's: {report[mismatched[0]]} vs {expected}",
+                                "report the model's config.json; the logits check is in the verification report")
+    return report
+
+
 def verify_bundle(bundle_dir: Path, emulate: bool = True, keyring: Path | None = None) -> dict:
     """Check digests and golden vectors with every loader that can run here; raises if one fails.
 
@@ -143,6 +168,8 @@ def verify_bundle(bundle_dir: Path, emulate: bool = True, keyring: Path | None =
             f"the bundle does not match ONNX Runtime through the {' and '.join(failed)} ({detail}; atol {golden['atol']}, rtol {golden['rtol']})",
             "loosen --atol/--rtol if the difference is acceptable, or report the model",
         )
+    if "generator" in manifest and ran:
+        report["generation"] = verify_generation(Path(bundle_dir), manifest, python, native, keyring)
     return report
 
 

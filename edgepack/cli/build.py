@@ -54,8 +54,27 @@ def build_command(
     train: Optional[str] = typer.Option(None, "--train", help="with --prune: fine-tune with file.py:function (inputs, labels)", rich_help_panel="Pruning"),
     epochs: int = typer.Option(3, "--epochs", min=1, help="with --train: fine-tuning epochs", rich_help_panel="Pruning"),
     lr: float = typer.Option(1e-3, "--lr", help="with --train: fine-tuning learning rate", rich_help_panel="Pruning"),
+    max_seq_len: int = typer.Option(256, "--max-seq-len", help="language models: KV-cache positions (prompt + new tokens)", rich_help_panel="Language models"),
+    group_size: int = typer.Option(32, "--group-size", help="language models with --quantize int8|int4: inputs per weight scale", rich_help_panel="Language models"),
 ) -> None:
-    """Compile MODEL for a target and write a self-contained, verified bundle."""
+    """Compile MODEL for a target and write a self-contained, verified bundle.
+
+    MODEL may also be a transformers model directory (config.json + model.safetensors) of the Llama, Qwen2
+    or GPT-2 family: the bundle then generates tokens (docs/llm.md)."""
+    from edgepack.llm.build import is_llm_dir
+
+    if is_llm_dir(model):
+        given = [flag for flag, value in (("--input", inputs), ("--golden-inputs", golden_inputs), ("--tune", tune),
+                                          ("--eval", eval_data), ("--prune", prune), ("--calib", calib), ("--archive", archive))
+                 if value]
+        if given:
+            from edgepack.errors import EdgepackError
+
+            raise EdgepackError(f"{', '.join(given)} do(es) not apply to language-model builds ('{model}' holds config.json)",
+                                "drop it; language models take --max-seq-len, --quantize int8|int4, --group-size (docs/llm.md)")
+        _build_llm(model, target, out_dir, name, version, force, sign, dry_run, as_json, max_seq_len,
+                   quantize.value if quantize else None, group_size)
+        return
     from edgepack.build import EvaluationConfig, plan_build, run_build
     from edgepack.compiler.compile import CompileConfig
     from edgepack.bundle.golden import GoldenConfig
@@ -101,6 +120,24 @@ def build_command(
 
             print_report(record.report, out)
     print_summary(result.bundle.path, result.bundle.manifest)
+
+
+def _build_llm(model, target, out_dir, name, version, force, sign, dry_run, as_json, max_seq_len, quantize, group_size) -> None:
+    """`edgepack build MODEL_DIR`: a language-model bundle (edgepack.llm)."""
+    from edgepack.llm.build import plan_llm_build, run_llm_build
+
+    plan = plan_llm_build(model, target, out_dir, name=name, version=version, max_seq_len=max_seq_len, quantize=quantize,
+                          group_size=group_size, force=force, sign=sign)
+    if dry_run:
+        for line in plan.describe():
+            out.print(line, highlight=False, soft_wrap=True)
+        return
+    with err.status("building") as status:
+        bundle, _ = run_llm_build(plan, progress=lambda stage: status.update(f"{stage}…"))
+    if as_json:
+        print(json.dumps(bundle.manifest, indent=2))
+        return
+    print_summary(bundle.path, bundle.manifest)
 
 
 def register(app: typer.Typer) -> None:

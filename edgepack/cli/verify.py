@@ -26,7 +26,14 @@ def verification_lines(report: dict) -> list[str]:
         f"verification: {state}; {report['cases']} golden case(s), atol {report['atol']}, rtol {report['rtol']}",
         "  " + _engine_line("python loader", report["python_loader"]),
         "  " + _engine_line("native loader", report["native_loader"]),
-    ]
+    ] + ([_generation_line(report["generation"])] if report.get("generation") else [])
+
+
+def _generation_line(generation: dict) -> str:
+    """Language models: the greedy continuation of the golden prompt against PyTorch's, per loader."""
+    loaders = [name.replace("_", " ") for name in ("python_loader", "native_loader") if name in generation]
+    return (f"  greedy tokens: {len(generation['expected'])} of PyTorch's continuation "
+            f"{'matched' if generation['passed'] else 'NOT matched'} by the {' and '.join(loaders)}")
 
 
 def verify_command(

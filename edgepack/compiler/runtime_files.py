@@ -19,6 +19,7 @@ NATIVE_LOADER = "edgepack-run"
 PYTHON_LOADER = "edgepack_loader.py"
 FORMAT_MODULE = "edgepack_format.py"  # the bundle format (edgepack/runtime/bundle_format.py), imported by the loader
 SERVE_MODULE = "edgepack_serve.py"  # HTTP server (edgepack/runtime/serve.py), beside the Python loader
+GENERATE_MODULE = "edgepack_generate.py"  # language-model bundles: token generation (edgepack/runtime/generate.py)
 
 
 _WHEEL_PLATFORMS = {"aarch64": "manylinux_2_28_aarch64", "x86_64": "manylinux_2_28_x86_64"}
@@ -95,6 +96,13 @@ def format_module() -> Path:
 def serve_module() -> Path:
     """The HTTP server's source (an island beside the Python loader), copied verbatim into every bundle."""
     return Path(serve.__file__)
+
+
+def generate_module() -> Path:
+    """The generation module's source (an island beside the Python loader), copied into language-model bundles."""
+    from edgepack.runtime import generate
+
+    return Path(generate.__file__)
 
 
 _GLIBC_VERSION = re.compile(rb"GLIBC_(\d+)\.(\d+)")

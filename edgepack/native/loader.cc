@@ -9,6 +9,7 @@
 #include "integrity.h"
 #include "compat.h"
 #include "model.h"
+#include "generate.h"
 
 namespace {
 
@@ -272,7 +273,9 @@ int Bench(const Options& opt, const std::string& bundle, const Manifest& m) {
 }
 
 int Main(int argc, char** argv) {
-  Options opt = ParseArgs(argc, argv);
+  bool generate = argc > 1 && std::string(argv[1]) == "generate";  // language models (generate.h)
+  GenerateOptions generation = generate ? ParseGenerateArgs(argc, argv) : GenerateOptions{};
+  Options opt = generate ? Options{"generate", generation.bundle, "", "", generation.keyring} : ParseArgs(argc, argv);
   std::string bundle = opt.bundle.empty() ? DefaultBundle() : opt.bundle;
   const char* keyring_env = std::getenv("EDGEPACK_KEYRING");
   g_keyring = !opt.keyring.empty() ? opt.keyring : (keyring_env ? keyring_env : "");
@@ -281,6 +284,7 @@ int Main(int argc, char** argv) {
   CheckNoExtraFiles(bundle, manifest);
   CheckCompatibility(bundle, manifest);
   SelectDevice(opt.device, bundle, manifest);
+  if (generate) return Generate(generation, bundle, manifest);
   if (opt.command == "run") return Run(opt, bundle, manifest);
   if (opt.command == "verify") return Verify(bundle, manifest);
   return Bench(opt, bundle, manifest);

@@ -261,6 +261,7 @@ class Model {
       InitializeVm(ModuleFunction(vm, "vm_initialization", m.library));
       main_ = ModuleFunction(vm, "main", m.library);
       vm_ = vm;
+      library_ = m.library;
     } catch (const ffi::Error& e) {
       Fail(kExitUser, "cannot load '" + m.library + "': " + e.message(),
            "run the bundle on a machine matching its target (see 'target' in manifest.json)");
@@ -288,6 +289,10 @@ class Model {
     }
   }
 
+  // Another function of the library (language models: prefill, decode, create_cache).
+  ffi::Function Function(const char* name) const { return ModuleFunction(vm_.value(), name, library_); }
+  const std::vector<ffi::Tensor>& params() const { return params_; }
+
   // main(inputs..., params...) returns a tensor or a tuple (ffi::Array) of tensors.
   std::vector<ffi::Tensor> Run(const std::vector<ffi::Tensor>& inputs) const {
     std::vector<ffi::AnyView> args(inputs.begin(), inputs.end());
@@ -305,6 +310,7 @@ class Model {
  private:
   ffi::Optional<ffi::Module> vm_;  // keeps the VM alive behind main_
   ffi::Function main_;
+  std::string library_;
   std::vector<ffi::Tensor> params_;
 };
 

@@ -136,6 +136,11 @@ class LoadedBundle:
             self.device.sync()
         return [result] if hasattr(result, "numpy") else list(result)
 
+    def call_function(self, name: str, *args, with_params: bool = True):
+        """Call the library's function `name` on TVM values, followed by the weights (language models:
+        prefill, decode, create_cache); returns what it returns, on the device."""
+        return self._vm[name](*args, *(self._params if with_params else ()))
+
     def golden_cases(self) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
         """The golden (inputs, reference outputs) pairs stored in the bundle."""
         cases = []

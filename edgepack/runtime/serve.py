@@ -13,6 +13,7 @@ Requests (docs/deployment.md, "Serving and monitoring"):
                     optional "output_format": "list" (default) or "npy"
     GET  /healthz   {"status": "ok", "model": ..., "version": ...}
     GET  /v1/model  name, version, target and I/O signature
+    POST /v1/generate  language-model bundles: tokens as server-sent events (edgepack_generate.py)
     GET  /metrics   Prometheus text format: requests, errors, latency histogram, input drift
 
 Every /v1/infer request is logged as one JSON line (time, model, version, status, code,
@@ -343,6 +344,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": f"no such path '{path}'; use POST /v1/infer, GET /healthz, /metrics or /v1/model"})
 
     def do_POST(self) -> None:  # noqa: N802
+        if self._path() == "/v1/generate" and "generator" in self.app.bundle.manifest:  # language models: SSE
+            self._generate()
+            return
         if self._path() != "/v1/infer":
             self._json(404, {"error": f"no such path '{self._path()}'; use POST /v1/infer"})
             return
@@ -377,6 +381,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, response)
         else:
             self._json(code, {"error": error})
+
+
+    def _generate(self) -> None:
+        """POST /v1/generate: token streaming for language-model bundles (edgepack_generate.serve_generation)."""
+        try:
+            from . import generate
+        except ImportError:  # inside a bundle: runtime/edgepack_generate.py beside this file
+            import edgepack_generate as generate  # type: ignore[no-redef]
+        generate.serve_generation(self, self.app.bundle, self.app.model_lock, self.app.max_body_bytes)
 
 
 class Server(ThreadingHTTPServer):

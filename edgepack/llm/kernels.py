@@ -1,0 +1,120 @@
+"""Tensor-expression kernels of the language model: weight matmuls that dequantize int8/int4 weights inside
+the reduction, embedding gathers, rotary embedding, causal attention over the KV cache, and the in-place
+cache write (TVMScript, called with `call_tir_inplace`)."""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx as tir
+
+from edgepack.llm.weights import QuantScheme
+
+
+def dequantized(q: te.Tensor, scale: te.Tensor, scheme: QuantScheme | None, columns: int):
+    """A function (row, column) → fp32 weight value read from the compressed tensors."""
+    if scheme is None:
+        return lambda o, k: q[o, k]
+    group = scheme.group_for(columns)
+    if scheme.bits == 8:
+        return lambda o, k: q[o, k].astype("float32") * scale[o, k // group]
+
+    def int4(o, k):
+        byte = q[o, k // 2]
+        nibble = tir.bitwise_and(tir.shift_right(byte, (k % 2 * 4).astype("uint8")), tir.const(15, "uint8"))
+        return (nibble.astype("float32") - 8.0) * scale[o, k // group]
+
+    return int4
+
+
+def linear(x: te.Tensor, q: te.Tensor, scale: te.Tensor | None, scheme: QuantScheme | None, out_features: int) -> te.Tensor:
+    """y[i, o] = Σ_k x[i, k] · W[o, k], with W dequantized inside the reduction.
+
+    int4 reduces over bytes: each byte's two values (low nibble: even input, high: odd) are unpacked with
+    constant shifts, and one group scale applies to both (group sizes are even)."""
+    rows, columns = x.shape
+    if scheme is not None and scheme.bits == 4:
+        group = scheme.group_for(int(columns))
+        b = te.reduce_axis((0, int(columns) // 2), name="b")
+
+        def pair(i, o, b):
+            byte = q[o, b]
+            low = tir.bitwise_and(byte, tir.const(15, "uint8")).astype("float32") - 8.0
+            high = tir.shift_right(byte, tir.const(4, "uint8")).astype("float32") - 8.0
+            return (x[i, 2 * b] * low + x[i, 2 * b + 1] * high) * scale[o, 2 * b // group]
+
+        return te.compute((rows, out_features), lambda i, o: te.sum(pair(i, o, b), axis=b), name="linear")
+    weight = dequantized(q, scale, scheme, int(columns))
+    k = te.reduce_axis((0, columns), name="k")
+    return te.compute((rows, out_features), lambda i, o: te.sum(x[i, k] * weight(o, k), axis=k), name="linear")
+
+
+def gather_rows(ids: te.Tensor, q: te.Tensor, scale: te.Tensor | None, scheme: QuantScheme | None, hidden: int) -> te.Tensor:
+    """The (dequantized) embedding rows of `ids`."""
+    weight = dequantized(q, scale, scheme, hidden)
+    return te.compute((ids.shape[0], hidden), lambda i, c: weight(ids[i], c), name="embed")
+
+
+def positions(table: te.Tensor, start, count) -> te.Tensor:
+    """Learned position embeddings of positions start .. start+count-1 (GPT-2)."""
+    return te.compute((count, table.shape[1]), lambda i, c: table[start + i, c], name="pos_embed")
+
+
+def inverse_frequencies(head_dim: int, theta: float) -> np.ndarray:
+    """RoPE's inverse frequencies, computed as transformers does (float32)."""
+    exponent = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+    return (1.0 / (np.float32(theta) ** exponent)).astype(np.float32)
+
+
+def rotary(x: te.Tensor, inv_freq: te.Tensor, start) -> te.Tensor:
+    """Rotary embedding (rotate-half form of Llama/Qwen2) of x [n, heads, head_dim] at positions start + i."""
+    _, _, dim = x.shape
+    half = int(dim) // 2
+
+    def value(i, h, d):
+        angle = (start + i).astype("float32") * inv_freq[d % half]
+        rotated = tir.Select(d < half, -x[i, h, tir.min(d + half, dim - 1)], x[i, h, tir.max(d - half, 0)])
+        return x[i, h, d] * tir.cos(angle) + rotated * tir.sin(angle)
+
+    return te.compute(x.shape, value, name="rotary")
+
+
+def attention(q: te.Tensor, cache: te.Tensor, layer: int, start, kv_heads: int) -> te.Tensor:
+    """Causal attention of q [n, heads, dim] (positions start + i) over cache[layer] positions 0 .. start+n-1.
+
+    Returns [n, heads * dim]."""
+    n, heads, dim = q.shape
+    group = int(heads) // kv_heads
+    total = start + n
+    scale = 1.0 / float(np.sqrt(int(dim)))
+    d = te.reduce_axis((0, dim), name="d")
+    dots = te.compute((heads, n, total), lambda h, i, j: te.sum(q[i, h, d] * cache[layer, 0, j, h // group, d], axis=d),
+                      name="dots")
+    scores = te.compute((heads, n, total), lambda h, i, j: tir.Select(j <= start + i, dots[h, i, j] * scale,
+                                                                      tir.min_value("float32")), name="scores")
+    j = te.reduce_axis((0, total), name="j")
+    peak = te.compute((heads, n), lambda h, i: te.max(scores[h, i, j], axis=j), name="peak")
+    weights = te.compute((heads, n, total), lambda h, i, t: te.exp(scores[h, i, t] - peak[h, i]), name="weights")
+    j2 = te.reduce_axis((0, total), name="j2")
+    norm = te.compute((heads, n), lambda h, i: te.sum(weights[h, i, j2], axis=j2), name="norm")
+    j3 = te.reduce_axis((0, total), name="j3")
+    mixed = te.compute((n, heads * dim), lambda i, c: te.sum(
+        weights[c // dim, i, j3] * cache[layer, 1, j3, c // dim // group, c % dim], axis=j3), name="mixed")
+    return te.compute((n, heads * dim), lambda i, c: mixed[i, c] / norm[c // dim, i], name="attention")
+
+
+def write_kv_function(layers: int, max_seq: int, kv_heads: int, head_dim: int):
+    """A PrimFunc writing k, v [n, kv_heads, head_dim] into cache[layer, 0/1, start:start+n] in place."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(private=True)
+    def write_kv(var_cache: T.handle, var_k: T.handle, var_v: T.handle, layer: T.int64, start: T.int64):
+        T.func_attr({"tir.noalias": True})
+        n = T.int64()
+        cache = T.match_buffer(var_cache, (T.int64(layers), T.int64(2), T.int64(max_seq), T.int64(kv_heads), T.int64(head_dim)), "float32")
+        k = T.match_buffer(var_k, (n, T.int64(kv_heads), T.int64(head_dim)), "float32")
+        v = T.match_buffer(var_v, (n, T.int64(kv_heads), T.int64(head_dim)), "float32")
+        for i, h, d in T.grid(n, T.int64(kv_heads), T.int64(head_dim)):
+            cache[layer, T.int64(0), start + i, h, d] = k[i, h, d]
+            cache[layer, T.int64(1), start + i, h, d] = v[i, h, d]
+
+    return write_kv
