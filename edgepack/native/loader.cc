@@ -9,6 +9,7 @@
 #include "integrity.h"
 #include "compat.h"
 #include "model.h"
+#include "serve.h"
 
 namespace {
 
@@ -263,6 +264,18 @@ int Bench(const Options& opt, const std::string& bundle, const Manifest& m) {
 }
 
 int Main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "serve") {  // serve.h: the bundle over HTTP
+    ServeOptions serve = ParseServeArgs(argc, argv);
+    std::string bundle = serve.bundle.empty() ? DefaultBundle() : serve.bundle;
+    const char* keyring_env = std::getenv("EDGEPACK_KEYRING");
+    g_keyring = !serve.keyring.empty() ? serve.keyring : (keyring_env ? keyring_env : "");
+    Manifest manifest = ReadManifest(bundle);
+    CheckFiles(bundle, manifest);
+    CheckNoExtraFiles(bundle, manifest);
+    CheckCompatibility(bundle, manifest);
+    SelectDevice(serve.device, bundle, manifest);
+    return Serve(serve, bundle, manifest);
+  }
   Options opt = ParseArgs(argc, argv);
   std::string bundle = opt.bundle.empty() ? DefaultBundle() : opt.bundle;
   const char* keyring_env = std::getenv("EDGEPACK_KEYRING");
