@@ -63,6 +63,9 @@ DEFAULT_PORT = 8080
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STATUS_FILE = "serve.json"
 MAX_JSON_DEPTH = 64
+DEFAULT_DRIFT_THRESHOLD = 0.25
+MIN_DRIFT_SAMPLES = 20
+MAX_FEATURES = 256
 MAX_INT_DIGITS = 40
 V2_DATATYPES = {"FP16": "float16", "FP32": "float32", "FP64": "float64", "INT8": "int8", "INT16": "int16",
                 "INT32": "int32", "INT64": "int64", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32",
@@ -108,6 +111,66 @@ class RunningStats:
         return math.sqrt(self.m2 / self.count) if self.count else math.nan
 
 
+class FeatureDrift:
+    """Population stability index (PSI) per feature of one input against the bundle's golden inputs.
+
+    Computed exactly as `edgepack-run serve` does (edgepack/native/serve_drift.h): features are the
+    elements of one sample (every axis after the first), or the channels of axis 1 when a sample has
+    more than 256 elements; up to 10 bins cut at the baseline's deciles; PSI = sum (a - e) ln(a / e)
+    with proportions floored at 1e-4, reported once a feature has seen 20 values. Without a baseline
+    (golden inputs that are random, not real data) every PSI is NaN: "no baseline".
+    """
+
+    def __init__(self, shape: Sequence[int], golden: list[np.ndarray], baseline: bool):
+        dims = [max(int(d), 1) for d in (shape[1:] if len(shape) >= 2 else shape)]
+        self.per_sample = int(np.prod(dims)) if dims else 1
+        self.features, self.inner = self.per_sample, 1
+        if self.features > MAX_FEATURES and len(shape) >= 2:
+            self.features = max(int(shape[1]), 1)
+            self.inner = self.per_sample // self.features
+        self.baseline = baseline
+        values = [[] for _ in range(self.features)]
+        for array in golden:
+            flat = np.asarray(array, dtype=np.float64).ravel()
+            features = self.feature_of(flat.size)
+            for f in range(self.features):
+                chosen = flat[features == f]
+                values[f].append(chosen[np.isfinite(chosen)])
+        self.edges, self.expected, self.counts = [], [], []
+        for f in range(self.features):
+            v = np.sort(np.concatenate(values[f])) if values[f] else np.zeros(0)
+            edges: list[float] = []
+            for k in range(1, 10):
+                if v.size:
+                    edge = float(v[k * v.size // 10])
+                    if edge > v[0] and (not edges or edge > edges[-1]):
+                        edges.append(edge)
+            self.edges.append(np.array(edges))
+            bins = np.bincount(np.searchsorted(self.edges[f], v, side="right"), minlength=len(edges) + 1)
+            self.expected.append(bins / v.size if v.size else bins.astype(np.float64))
+            self.counts.append(np.zeros(len(edges) + 1, dtype=np.int64))
+
+    def feature_of(self, size: int) -> np.ndarray:
+        return (np.arange(size) % self.per_sample) // self.inner % self.features
+
+    def add(self, array: np.ndarray) -> None:
+        flat = np.asarray(array, dtype=np.float64).ravel()
+        features = self.feature_of(flat.size)
+        finite = np.isfinite(flat)
+        for f in range(self.features):
+            chosen = flat[(features == f) & finite]
+            if chosen.size:
+                self.counts[f] += np.bincount(np.searchsorted(self.edges[f], chosen, side="right"), minlength=self.counts[f].size)
+
+    def psi(self, feature: int) -> float:
+        counts, total = self.counts[feature], int(self.counts[feature].sum())
+        if not self.baseline or total < MIN_DRIFT_SAMPLES or counts.size < 2:
+            return math.nan
+        actual = np.maximum(counts / total, 1e-4)
+        expected = np.maximum(self.expected[feature], 1e-4)
+        return float(((actual - expected) * np.log(actual / expected)).sum())
+
+
 def _label(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
 
@@ -117,13 +180,16 @@ def _number(value: float) -> str:
         return "NaN"
     if isinstance(value, float) and math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
     return repr(value) if isinstance(value, float) else str(value)
 
 
 class Metrics:
     """Request counts, errors, a latency histogram and per-input drift, rendered as Prometheus text."""
 
-    def __init__(self, model: str, version: str, target: str, golden: dict[str, RunningStats], inputs: list[str]):
+    def __init__(self, model: str, version: str, target: str, golden: dict[str, RunningStats], inputs: list[str],
+                 features: dict[str, FeatureDrift] | None = None, drift_threshold: float = DEFAULT_DRIFT_THRESHOLD):
         self.labels = {"model": model, "version": version}
         self.target = target
         self.lock = threading.Lock()
@@ -133,6 +199,8 @@ class Metrics:
         self.golden = golden
         self.inputs = {name: RunningStats() for name in inputs}
         self.started = time.time()
+        self.features = features or {}
+        self.drift_threshold = drift_threshold
         self.log_failures = lambda: 0  # set by ServeApp to its log's failure count
         self.refused_connections = 0
 
@@ -145,8 +213,16 @@ class Metrics:
                 if seconds <= bound:
                     self.buckets[index] += 1
             if arrays is not None:
-                for stats, array in zip(self.inputs.values(), arrays):
+                for (name, stats), array in zip(self.inputs.items(), arrays):
                     stats.add(array)
+                    if name in self.features:
+                        self.features[name].add(array)
+
+    def drifting(self) -> dict[str, list[int]]:
+        """{input: [feature, ...]} whose PSI is above the threshold."""
+        with self.lock:
+            found = {name: [f for f in range(d.features) if d.psi(f) > self.drift_threshold] for name, d in self.features.items()}
+        return {name: features for name, features in found.items() if features}
 
     def _line(self, name: str, value: float, **extra: str) -> str:
         labels = ",".join(f'{key}="{_label(val)}"' for key, val in {**self.labels, **extra}.items())
@@ -193,6 +269,14 @@ class Metrics:
                    [self._line("edgepack_input_values_total", stats.count, input=n) for n, stats in self.inputs.items()])
             family("edgepack_input_nonfinite_total", "counter", "NaN or infinite input elements seen since start.",
                    [self._line("edgepack_input_nonfinite_total", stats.nonfinite, input=n) for n, stats in self.inputs.items()])
+            family("edgepack_input_drift_baseline", "gauge", "1 when the bundle's golden inputs are real data (golden.origin user) "
+                   "and serve as the PSI baseline; 0: no baseline.",
+                   [self._line("edgepack_input_drift_baseline", int(d.baseline), input=n) for n, d in self.features.items()])
+            family("edgepack_input_psi", "gauge", "Population stability index of a feature against the golden inputs "
+                   "(NaN: no baseline or too few values).",
+                   [self._line("edgepack_input_psi", d.psi(f), input=n, feature=str(f)) for n, d in self.features.items() for f in range(d.features)])
+            family("edgepack_drift_threshold", "gauge", "PSI above which a feature is reported as drifting.",
+                   [self._line("edgepack_drift_threshold", float(self.drift_threshold))])
         return "\n".join(lines) + "\n"
 
 
@@ -341,18 +425,22 @@ def encode_outputs(outputs: list[np.ndarray], specs, output_format: str) -> dict
 class ServeApp:
     """The loaded bundle, its metrics and log; `infer` answers one request body."""
 
-    def __init__(self, bundle, log: JsonLog, max_body_bytes: int = 64 << 20):
+    def __init__(self, bundle, log: JsonLog, max_body_bytes: int = 64 << 20, drift_threshold: float = DEFAULT_DRIFT_THRESHOLD):
         self.bundle = bundle
         self.model, self.version = str(bundle.manifest["name"]), str(bundle.manifest["version"])
         self.log = log
         self.max_body_bytes = max_body_bytes
         self.model_lock = threading.Lock()  # one model call at a time: the VM is not shared between threads
         golden = {spec.name: RunningStats() for spec in bundle.inputs}
-        for inputs, _ in bundle.golden_cases():
+        cases = [inputs for inputs, _ in bundle.golden_cases()]
+        for inputs in cases:
             for spec, array in zip(bundle.inputs, inputs):
                 golden[spec.name].add(array)
+        real_data = bundle.manifest.get("golden", {}).get("origin") == "user"  # random golden inputs are no baseline
+        features = {spec.name: FeatureDrift(spec.shape, [inputs[i] for inputs in cases if i < len(inputs)], real_data)
+                    for i, spec in enumerate(bundle.inputs)}
         target = bundle.manifest.get("target", {}).get("name", "unknown")
-        self.metrics = Metrics(self.model, self.version, target, golden, [spec.name for spec in bundle.inputs])
+        self.metrics = Metrics(self.model, self.version, target, golden, [spec.name for spec in bundle.inputs], features, drift_threshold)
         self.metrics.log_failures = lambda: self.log.failures
 
     def health(self) -> dict:
@@ -360,7 +448,14 @@ class ServeApp:
         problems = []
         if self.log.failures:
             problems.append(f"{self.log.failures} log write(s) failed ({self.log.last_error})")
-        health = {"status": "degraded" if problems else "ok", "model": self.model, "version": self.version}
+        drifting = self.metrics.drifting()
+        if drifting:
+            problems.append("drifting: " + ", ".join(f"{name}[{f}] (psi {self.metrics.features[name].psi(f):.3g})"
+                                                     for name, features in drifting.items() for f in features))
+        status = "ok" if not problems else "degraded" if self.log.failures or not drifting else "drifting"
+        health = {"status": status, "model": self.model, "version": self.version}
+        if drifting:
+            health["drifting"] = drifting
         if problems:
             health["problems"] = problems
         return health
@@ -678,6 +773,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted (MiB; larger: 413)")
     parser.add_argument("--max-connections", type=int, default=64, help="connections served at once (more: 503 with Retry-After)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each read of a request, or on an idle connection")
+    parser.add_argument("--drift-threshold", type=float, default=DEFAULT_DRIFT_THRESHOLD,
+                        help="PSI above which a feature is reported as drifting in /healthz (default 0.25)")
     parser.add_argument("--keyring", type=Path, default=None,
                         help=f"trusted public keys (.pub file or directory); refuse unsigned bundles (default: ${loader.KEYRING_ENV})")
     parser.add_argument("--verify", action="store_true", help="run the golden vectors before serving; refuse to start if they fail")
@@ -690,15 +787,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     bundle_dir = args.bundle or Path(__file__).resolve().parent.parent
     try:
-        if args.max_connections < 1 or not args.timeout > 0 or not args.max_body_mb > 0:
-            raise loader.BundleError("--max-connections, --timeout and --max-body-mb must be positive", "pass positive limits")
+        if args.max_connections < 1 or not args.timeout > 0 or not args.max_body_mb > 0 or not args.drift_threshold > 0:
+            raise loader.BundleError("--max-connections, --timeout, --max-body-mb and --drift-threshold must be positive", "pass positive limits")
         bundle = loader.load(bundle_dir, args.keyring or os.environ.get(loader.KEYRING_ENV) or None)
         if args.verify and not bundle.verify()["passed"]:
             raise loader.VerificationError("outputs differ from the golden vectors beyond tolerance", "do not serve this bundle; rebuild it")
         defaults = store_files(bundle_dir, str(bundle.manifest["version"]))
         log_path = None if args.log == "-" else Path(args.log) if args.log else (defaults[0] if defaults else None)
         status_path = args.status_file or (defaults[1] if defaults else None)
-        app = ServeApp(bundle, JsonLog(log_path), int(args.max_body_mb * (1 << 20)))
+        app = ServeApp(bundle, JsonLog(log_path), int(args.max_body_mb * (1 << 20)), args.drift_threshold)
         try:
             server = Server((args.host, args.port), app, args.max_connections, args.timeout)
         except OSError as exc:
