@@ -563,6 +563,8 @@ class ServeApp:
 class _Handler(BaseHTTPRequestHandler):
     server_version = "edgepack-serve"
     protocol_version = "HTTP/1.1"
+    wbufsize = -1  # headers and body leave in one write (flushed per request), not two small segments
+    disable_nagle_algorithm = True
 
     @property
     def app(self) -> ServeApp:
