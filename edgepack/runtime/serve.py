@@ -136,7 +136,7 @@ class FeatureDrift:
             for f in range(self.features):
                 chosen = flat[features == f]
                 values[f].append(chosen[np.isfinite(chosen)])
-        self.edges, self.expected, self.counts = [], [], []
+        self.edges, self.expected = [], []
         for f in range(self.features):
             v = np.sort(np.concatenate(values[f])) if values[f] else np.zeros(0)
             edges: list[float] = []
@@ -148,22 +148,26 @@ class FeatureDrift:
             self.edges.append(np.array(edges))
             bins = np.bincount(np.searchsorted(self.edges[f], v, side="right"), minlength=len(edges) + 1)
             self.expected.append(bins / v.size if v.size else bins.astype(np.float64))
-            self.counts.append(np.zeros(len(edges) + 1, dtype=np.int64))
+        width = max(len(edges) for edges in self.edges)
+        self.padded_edges = np.full((self.features, max(width, 1)), np.inf)
+        for f, edges in enumerate(self.edges):
+            self.padded_edges[f, :len(edges)] = edges
+        self.bin_counts = np.zeros((self.features, max(width, 1) + 1), dtype=np.int64)
 
     def feature_of(self, size: int) -> np.ndarray:
         return (np.arange(size) % self.per_sample) // self.inner % self.features
 
     def add(self, array: np.ndarray) -> None:
         flat = np.asarray(array, dtype=np.float64).ravel()
-        features = self.feature_of(flat.size)
         finite = np.isfinite(flat)
-        for f in range(self.features):
-            chosen = flat[(features == f) & finite]
-            if chosen.size:
-                self.counts[f] += np.bincount(np.searchsorted(self.edges[f], chosen, side="right"), minlength=self.counts[f].size)
+        features = self.feature_of(flat.size)[finite]
+        values = flat[finite]
+        bins = (values[:, None] >= self.padded_edges[features]).sum(axis=1)  # searchsorted "right", every feature at once
+        np.add.at(self.bin_counts, (features, bins), 1)
 
     def psi(self, feature: int) -> float:
-        counts, total = self.counts[feature], int(self.counts[feature].sum())
+        counts = self.bin_counts[feature, :len(self.edges[feature]) + 1]
+        total = int(counts.sum())
         if not self.baseline or total < MIN_DRIFT_SAMPLES or counts.size < 2:
             return math.nan
         actual = np.maximum(counts / total, 1e-4)
