@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Optional
 
 import typer
@@ -26,14 +27,34 @@ def monitor_command(
     lines: int = typer.Option(20, "--lines", "-n", help="log lines to show"),
     scrape: bool = typer.Option(True, "--scrape/--no-scrape", help="read the server's /metrics (on the device)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="refresh every --interval seconds until Ctrl-C"),
+    interval: float = typer.Option(2.0, "--interval", min=0.1, help="seconds between refreshes with --follow"),
+    times: int = typer.Option(0, "--times", min=0, help="with --follow: stop after this many reports (0: never)"),
 ) -> None:
     """Show the serving version, request counts, errors, latency, input drift and the last log lines."""
     from edgepack.deploy.monitor import MonitorConfig, monitor
 
-    report = monitor(device, model, MonitorConfig(lines=lines, scrape=scrape))
-    if as_json:
-        print(json.dumps(report, indent=2))
+    shown = 0
+    try:
+        while True:
+            report = monitor(device, model, MonitorConfig(lines=lines, scrape=scrape))
+            if follow and out.is_terminal:
+                out.clear()
+            if as_json:
+                print(json.dumps(report, indent=2), flush=True)
+            else:
+                _show(report, scrape)
+            shown += 1
+            if not follow or (times and shown >= times):
+                return
+            if not out.is_terminal:
+                _print("")
+            time.sleep(interval)
+    except KeyboardInterrupt:
         return
+
+
+def _show(report: dict, scrape: bool) -> None:
     _print(f"model:    {report['model']} on {report['device']} (active {report['active'] or 'none'}, {report['health'] or '-'})")
     serve = report["serve"]
     if serve:
@@ -51,10 +72,21 @@ def monitor_command(
         latency = metrics["latency"] or {}
         _print(f"latency:  mean {_ms(latency.get('mean_ms'))} ms, p50 <= {_ms(latency.get('p50_le_ms'))} ms, "
                f"p99 <= {_ms(latency.get('p99_le_ms'))} ms (histogram bounds)")
+        if metrics.get("log_write_failures"):
+            _print(f"log:      {metrics['log_write_failures']} log write(s) failed (answers were sent; check the log disk)")
         for name, entry in metrics["inputs"].items():
             values = {key: ("-" if entry.get(key) is None else f"{entry[key]:.4g}") for key in ("mean", "std", "golden_mean", "golden_std", "drift")}
             _print(f"drift:    {name}: mean {values['mean']} (golden {values['golden_mean']}), std {values['std']} "
                    f"(golden {values['golden_std']}), |mean - golden| / golden std = {values['drift']}")
+            psi = entry.get("psi") or {}
+            if entry.get("baseline") is False:
+                _print(f"          {name}: no baseline (the bundle's golden inputs are random, not real data): no PSI")
+            elif name in metrics["drifting"]:
+                worst = ", ".join(f"{f} (psi {psi[f]:.3g})" for f in metrics["drifting"][name])
+                _print(f"          {name}: drifting in feature(s) {worst} (threshold {metrics['drift_threshold']:.3g})")
+            elif psi:
+                known = [v for v in psi.values() if v is not None]
+                _print(f"          {name}: not drifting (max psi {max(known):.3g})" if known else f"          {name}: too few values for PSI yet")
     if report["log_file"] is None:
         return
     if not report["log"]:

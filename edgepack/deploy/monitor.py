@@ -38,7 +38,8 @@ def summarize_metrics(text: str) -> dict:
         families = {family.name: family for family in text_string_to_metric_families(text)}
     except ValueError as exc:
         raise EdgepackError(f"the server's /metrics is not Prometheus text ({exc})", "check that the URL is an edgepack server") from None
-    summary: dict = {"requests": {}, "errors": 0, "latency": None, "inputs": {}}
+    summary: dict = {"requests": {}, "errors": 0, "latency": None, "inputs": {}, "drifting": {}, "drift_threshold": None,
+                     "log_write_failures": 0}
     if "edgepack_requests" in families:
         for sample in families["edgepack_requests"].samples:
             if sample.name.endswith("_total"):
@@ -65,6 +66,22 @@ def summarize_metrics(text: str) -> dict:
         for sample in family.samples if family is not None else []:
             entry = summary["inputs"].setdefault(sample.labels.get("input", "?"), {})
             entry[metric.removeprefix("edgepack_input_")] = None if math.isnan(sample.value) else sample.value
+    threshold = families.get("edgepack_drift_threshold")
+    if threshold is not None and threshold.samples:
+        summary["drift_threshold"] = threshold.samples[0].value
+    baseline = families.get("edgepack_input_drift_baseline")
+    for sample in baseline.samples if baseline is not None else []:
+        summary["inputs"].setdefault(sample.labels.get("input", "?"), {})["baseline"] = bool(sample.value)
+    psi = families.get("edgepack_input_psi")
+    for sample in psi.samples if psi is not None else []:
+        name, feature = sample.labels.get("input", "?"), int(sample.labels.get("feature", "0"))
+        value = None if math.isnan(sample.value) else sample.value
+        summary["inputs"].setdefault(name, {}).setdefault("psi", {})[feature] = value
+        if value is not None and summary["drift_threshold"] is not None and value > summary["drift_threshold"]:
+            summary["drifting"].setdefault(name, []).append(feature)
+    failures = families.get("edgepack_log_write_failures")
+    if failures is not None:
+        summary["log_write_failures"] = int(sum(s.value for s in failures.samples if s.name.endswith("_total")))
     info = families.get("edgepack_model_info")
     if info is not None and info.samples:
         summary["labels"] = _labels_without(info.samples[0])

@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["build_native_loader"]
 
 _SOURCE_DIR = Path(__file__).parent
-_FLAGS = ("-O2", "-std=c++17", "-s")
+_FLAGS = ("-O2", "-std=c++17", "-s", "-pthread")
 _LIBS = ("-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi", "-ldl", "-Wl,-rpath,$ORIGIN")
 
 
@@ -43,8 +43,8 @@ def build_native_loader(
     link = [*(f"-L{d}" for d in link_dirs), *_LIBS]
 
     key = hashlib.sha256()
-    for source in sorted([*_SOURCE_DIR.glob("*.h"), _SOURCE_DIR / "loader.cc"]):
-        key.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
+    for source in sorted([*_SOURCE_DIR.glob("*.h"), *_SOURCE_DIR.glob("third_party/*/*.h"), _SOURCE_DIR / "loader.cc"]):
+        key.update(source.relative_to(_SOURCE_DIR).as_posix().encode() + b"\0" + source.read_bytes() + b"\0")
     key.update("\0".join([cxx, *flags, *link, metadata.version("apache-tvm-ffi")]).encode())
     binary = Path(cache_dir) / key.hexdigest()[:16] / "edgepack-run"
     if binary.is_file():

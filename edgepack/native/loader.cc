@@ -10,6 +10,7 @@
 #include "compat.h"
 #include "model.h"
 #include "generate.h"
+#include "serve.h"
 
 namespace {
 
@@ -273,6 +274,18 @@ int Bench(const Options& opt, const std::string& bundle, const Manifest& m) {
 }
 
 int Main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "serve") {  // serve.h: the bundle over HTTP
+    ServeOptions serve = ParseServeArgs(argc, argv);
+    std::string bundle = serve.bundle.empty() ? DefaultBundle() : serve.bundle;
+    const char* keyring_env = std::getenv("EDGEPACK_KEYRING");
+    g_keyring = !serve.keyring.empty() ? serve.keyring : (keyring_env ? keyring_env : "");
+    Manifest manifest = ReadManifest(bundle);
+    CheckFiles(bundle, manifest);
+    CheckNoExtraFiles(bundle, manifest);
+    CheckCompatibility(bundle, manifest);
+    SelectDevice(serve.device, bundle, manifest);
+    return Serve(serve, bundle, manifest);
+  }
   bool generate = argc > 1 && std::string(argv[1]) == "generate";  // language models (generate.h)
   GenerateOptions generation = generate ? ParseGenerateArgs(argc, argv) : GenerateOptions{};
   Options opt = generate ? Options{"generate", generation.bundle, "", "", generation.keyring} : ParseArgs(argc, argv);

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +23,22 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "edgepack" / "examples"
 MODELS = {"digits": f"{EXAMPLES / 'digits.py'}:digits_cnn", "resnet": f"{EXAMPLES / 'resnet.py'}:resnet_small"}
 
 
+class _BuiltOnDemand(dict):
+    """(model, target) → bundle path, each built the first time a test asks for it."""
+
+    def __init__(self, out: Path):
+        super().__init__()
+        self.out = out
+
+    def __missing__(self, key: tuple[str, str]) -> Path:
+        model, target = key
+        self[key] = build(MODELS[model], target, self.out / f"{model}-{target}").bundle.path
+        return self[key]
+
+
 @pytest.fixture(scope="session")
 def arm_bundles(tmp_path_factory) -> dict[tuple[str, str], Path]:
-    out = tmp_path_factory.mktemp("arm")
-    bundles = {}
-    for model, source in MODELS.items():
-        for target in ("arm64", "rpi4"):
-            bundles[model, target] = build(source, target, out).bundle.path
-    return bundles
+    return _BuiltOnDemand(tmp_path_factory.mktemp("arm"))
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
@@ -83,3 +92,37 @@ def test_arm64_bundle_is_refused_on_x86_with_one_line(arm_bundles, tmp_path):
     assert result.stderr.strip() == ("error: bundle is built for aarch64, this machine is x86_64; run it on aarch64 hardware "
                                      "(or `edgepack verify --emulate`), or build it for a x86_64 target")
     assert not (tmp_path / "y.npy").exists()
+
+
+def test_native_server_answers_v2_clients_under_qemu(arm_bundles):
+    """`edgepack-run serve` of an arm64 bundle under qemu-aarch64: curl and tritonclient, unchanged."""
+    import tritonclient.http as triton
+
+    bundle = arm_bundles["digits", "arm64"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    prefix = emulator_command(manifest["target"])
+    process = subprocess.Popen([*prefix, str(bundle / "runtime" / "edgepack-run"), "serve", "--port", "0", "--bundle", str(bundle)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={})
+    try:
+        line = process.stdout.readline()
+        assert line.startswith(f"serving {manifest['name']} "), (line, process.stderr.read() if not line else "")
+        url = line.split()[-1]
+        case = manifest["golden"]["cases"][0]
+        x, y = load_npy(bundle / case["inputs"][0]), load_npy(bundle / case["outputs"][0])
+        spec = manifest["inputs"][0]
+        body = json.dumps({"inputs": [{"name": spec["name"], "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]})
+        if shutil.which("curl"):
+            curl = subprocess.run(["curl", "-sS", "-X", "POST", "--data-binary", body, f"{url}/v2/models/{manifest['name']}/infer"],
+                                  capture_output=True, text=True, timeout=120)
+            answer = json.loads(curl.stdout)
+            np.testing.assert_allclose(np.array(answer["outputs"][0]["data"], dtype=np.float32).reshape(y.shape), y, atol=1e-4, rtol=1e-3)
+        client = triton.InferenceServerClient(url.removeprefix("http://"), network_timeout=120.0)
+        assert client.is_model_ready(manifest["name"])
+        tensor = triton.InferInput(spec["name"], list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x.astype(np.float32), binary_data=True)
+        np.testing.assert_allclose(client.infer(manifest["name"], [tensor]).as_numpy(manifest["outputs"][0]["name"]), y, atol=1e-4, rtol=1e-3)
+        with urllib.request.urlopen(f"{url}/healthz", timeout=60) as response:
+            assert json.loads(response.read())["status"] == "ok"
+    finally:
+        process.terminate()
+        assert process.wait(timeout=60) == 0

@@ -77,9 +77,34 @@ def test_serve_is_an_island():
     """Only the standard library, numpy and the loader (as a sibling or within its package)."""
     tree = ast.parse(Path(serve.__file__).read_text())
     allowed = {"__future__", "argparse", "base64", "binascii", "io", "json", "math", "os", "signal", "socket", "sys",
-               "threading", "time", "datetime", "http", "pathlib", "typing", "numpy", "edgepack_loader"}
+               "threading", "time", "datetime", "http", "pathlib", "typing", "numpy", "edgepack_loader", "re", "urllib"}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             assert {alias.name.split(".")[0] for alias in node.names} <= allowed
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 1 and [a.name for a in node.names] == ["loader"] if node.level else node.module.split(".")[0] in allowed
+
+
+def test_strict_json_in_and_out():
+    assert serve.strict_list(np.array([[np.nan, np.inf], [-np.inf, 1.5]], dtype=np.float32)) == [["NaN", "Infinity"], ["-Infinity", 1.5]]
+    assert serve.strict_list(np.array([1, 2], dtype=np.int8)) == [1, 2]
+    for body, code_words in ((b"[" * 65 + b"]" * 65, "nested deeper"), (b"[" + b"1" * 41 + b"]", "digits"),
+                             (b"[NaN]", "not JSON"), (b"[Infinity]", "not JSON"), (b"\xff", "not JSON")):
+        with pytest.raises(serve.RequestError) as caught:
+            serve.parse_json(body)
+        assert caught.value.code == 400 and code_words in str(caught.value)
+    assert serve.parse_json(b'{"s": "[[[[", "x": [[1e5, -2]]}') == {"s": "[[[[", "x": [[1e5, -2]]}
+
+
+def test_feature_drift_psi_needs_a_real_baseline():
+    rng = np.random.default_rng(3)
+    golden = [rng.standard_normal((1, 3)) for _ in range(300)]
+    drift = serve.FeatureDrift((1, 3), golden, baseline=True)
+    for _ in range(300):
+        sample = rng.standard_normal((1, 3))
+        sample[0, 1] += 2.0
+        drift.add(sample)
+    assert drift.psi(1) > 1.0 and drift.psi(0) < 0.25 and drift.psi(2) < 0.25
+    random_golden = serve.FeatureDrift((1, 3), golden, baseline=False)
+    random_golden.add(np.full((1, 3), 9.0))
+    assert math.isnan(random_golden.psi(0))
