@@ -5,7 +5,7 @@
 
 namespace {
 
-constexpr int kMaxJsonDepth = 64;
+// kMaxJsonDepth (64) comes from manifest_json.h: one nesting limit for every JSON edgepack-run reads.
 constexpr size_t kMaxIntDigits = 40;
 
 // A request the server refuses: the HTTP status and `problem; fix`.

@@ -220,3 +220,28 @@ def test_open_inference_protocol_v2_with_curl_and_tritonclient(kind, serve, bund
         client.infer("tiny", [wrong])
     client.close()
     assert server.stop() == 0
+
+
+def test_the_containerfile_entrypoint_serves_the_bundle_it_is_built_from(bundles, tmp_path):
+    """scripts/containers/serve.Containerfile's ENTRYPOINT, with /model pointing at a bundle and a free
+    port, answers the v2 readiness and inference routes (no container engine is run here)."""
+    text = (Path(__file__).resolve().parents[2] / "scripts" / "containers" / "serve.Containerfile").read_text()
+    entrypoint = json.loads(next(line for line in text.splitlines() if line.startswith("ENTRYPOINT "))[len("ENTRYPOINT "):])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    command = [part.replace("/model", str(bundles["good1"])) if part.startswith("/model") else part for part in entrypoint]
+    command[command.index("8080")] = port
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin"})
+    try:
+        assert process.stdout.readline().startswith(f"serving tiny 1.0.0 at http://0.0.0.0:{port}")
+        assert _request(f"http://127.0.0.1:{port}/v2/health/ready")[0] == 200
+        assert _request(f"http://127.0.0.1:{port}/v2/models/tiny/ready")[0] == 200
+        x, y = _golden(bundles["good1"])
+        body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+        status, answer, _ = _request(f"http://127.0.0.1:{port}/v2/models/tiny/infer", json.dumps(body).encode())
+        assert status == 200
+        assert np.allclose(np.array(_strict(answer)["outputs"][0]["data"], dtype=np.float32).reshape(y.shape), y, atol=1e-5)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
