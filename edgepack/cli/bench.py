@@ -1,4 +1,4 @@
-"""`edgepack bench BUNDLE --compare onnxruntime`: latency of the bundle beside other engines."""
+"""`edgepack bench BUNDLE --compare onnxruntime --compare openvino`: latency of the bundle beside other engines."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from edgepack.cli.console import out
 
 class Engine(str, Enum):
     onnxruntime = "onnxruntime"
+    openvino = "openvino"
     torch = "torch"
 
 
@@ -34,7 +35,7 @@ def bench_command(
     timeout: float = typer.Option(600.0, "--timeout", help="--device: seconds the device's loader may run"),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ) -> None:
-    """Time the bundle (warm-up, then N runs) here beside ONNX Runtime / PyTorch, or on a device (--device, --rpc-tracker)."""
+    """Time the bundle (warm-up, then N runs) here beside ONNX Runtime / OpenVINO / PyTorch, or on a device (--device, --rpc-tracker)."""
     from edgepack.runtime.bundle_format import load_npy
 
     if device is not None or rpc_tracker is not None or rpc_key is not None:
@@ -49,14 +50,15 @@ def bench_command(
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    table = Table("engine", "median ms", "p90 ms", "p99 ms", "min ms", "mean ms", "per s", "× onnxruntime",
+    table = Table("engine", "median ms", "p90 ms", "p99 ms", "min ms", "mean ms", "per s", "× onnxruntime", "max |diff|",
                   title=f"{bundle}  ({report['protocol']['runs']} runs, {threads} threads)", title_justify="left")
     for engine, row in report["engines"].items():
         ratio = f"{row['vs_onnxruntime']:.2f}" if row["vs_onnxruntime"] else "—"
         table.add_row(engine, *(f"{row[k]:.3f}" for k in ("median_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms")),
-                      f"{row['throughput_per_s']:.0f}", ratio)
+                      f"{row['throughput_per_s']:.0f}", ratio, f"{row['max_abs_diff_vs_edgepack']:.1e}")
     out.print(table)
-    out.print(f"peak RSS {report['peak_rss_kb'] / 1024:.0f} MiB; {report['protocol']['timed']}", highlight=False)
+    out.print(f"peak RSS {report['peak_rss_kb'] / 1024:.0f} MiB; {report['protocol']['timed']}; "
+              "max |diff|: largest absolute difference from edgepack's outputs", highlight=False)
 
 
 def _bench_remote(bundle: Path, device: Optional[str], rpc_tracker: Optional[str], rpc_key: Optional[str], compare: list,
