@@ -30,6 +30,9 @@ class CompileConfig:
     tuning_database: str | None = None
     # QDQ conv2d/matmul run as int8 ops with int32 accumulation + requantize (edgepack.compiler.integer_ops); CPU targets
     integer_ops: bool = True
+    # fp32 convolutions in the blocked NCHW[x]c layout, x = the target's vector width, weights packed at build
+    # time (edgepack.compiler.conv_layout); CPU targets
+    blocked_convs: bool = True
 
 
 def check_toolchain(target: TargetSpec) -> str:
@@ -46,9 +49,11 @@ def check_toolchain(target: TargetSpec) -> str:
     return found
 
 
-def import_relax(model: OnnxModel, integer_ops: bool = True, report=None):
+def import_relax(model: OnnxModel, integer_ops: bool = True, report=None, conv_block: int = 0, layout_report: dict | None = None):
     """The model as a Relax module with detached params; with `integer_ops`, QDQ chains rewritten to integer ops
-    (edgepack.compiler.integer_ops), filling `report` (an IntegerReport) when given. Tuning and compiling both import here."""
+    (edgepack.compiler.integer_ops), filling `report` (an IntegerReport) when given; with `conv_block`, convolutions
+    blocked by that many channels (edgepack.compiler.conv_layout), counted in `layout_report` when given.
+    Tuning and compiling both import here."""
     import onnx
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -64,9 +69,15 @@ def import_relax(model: OnnxModel, integer_ops: bool = True, report=None):
     module, params, integer = integerize(module, params) if integer_ops else (module, params, survey(module))
     if report is not None:
         report.merge(integer)
+    from edgepack.compiler.conv_layout import block_convolutions
+    from edgepack.compiler.relax_params import input_count
     from edgepack.compiler.weight_layout import pretranspose_weights
 
     module, weights = embed_scalar_params(module, params.get("main", []))
+    if conv_block:
+        module, weights, blocked = block_convolutions(module, weights, input_count(module["main"]), conv_block)
+        if layout_report is not None:
+            layout_report.update({"layout": f"NCHW{conv_block}c", "blocked_convs": blocked})
     module, weights, _ = pretranspose_weights(module, weights)
     return module, {**params, "main": weights}
 
@@ -145,14 +156,17 @@ def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: C
     cxx = check_toolchain(target)
     started = time.perf_counter()
     from edgepack.compiler.integer_ops import IntegerReport, speed_warnings
+    from edgepack.compiler.schedules import vector_lanes
 
     integer_report = IntegerReport()
-    module, params = import_relax(model, config.integer_ops and target.device == "cpu", integer_report)
+    tvm_target = target.tvm_target()
+    conv_block = vector_lanes(tvm_target) if config.blocked_convs and target.device == "cpu" else 0
+    layout_report: dict = {"layout": "NCHW", "blocked_convs": 0}
+    module, params = import_relax(model, config.integer_ops and target.device == "cpu", integer_report, conv_block, layout_report)
     if config.integer_ops and target.device != "cpu":
         integer_report.note = f"integer execution is built for CPU targets only, not {target.device}"
     function = module["main"]
     names = _param_names(function, len(model.inputs))
-    tvm_target = target.tvm_target()
     schedule_report = None
     try:
         if target.device == "cuda":  # GPU: the default CUDA pipeline with dlight schedules (edgepack.compiler.cuda)
@@ -187,6 +201,7 @@ def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: C
         "n_params": len(names),
         "kernels": gpu_report if target.device == "cuda" else schedule_report.to_json(),
         "integer_ops": integer_report.to_json(),
+        "conv_layout": layout_report,
         "warnings": speed_warnings(integer_report, target),
     }
     compiled = CompiledModule(library, param_file, names, target, model)

@@ -314,10 +314,12 @@ def extract_kernels(model: OnnxModel, target: TargetSpec, cores: int | None = No
     """The kernels a build of `model` for `target` compiles, as MetaSchedule tasks (deduplicated)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from edgepack.compiler.compile import import_relax, lower_to_tir
+    from edgepack.compiler.compile import CompileConfig, import_relax, lower_to_tir
+    from edgepack.compiler.schedules import vector_lanes
 
     tvm_target = tuning_target(target, cores)
-    module, _ = import_relax(model)
+    conv_block = vector_lanes(tvm_target) if CompileConfig().blocked_convs and target.device == "cpu" else 0
+    module, _ = import_relax(model, conv_block=conv_block)
     module = lower_to_tir(module, tvm_target)
     return tvm_target, ms.relax_integration.extract_tasks(module, tvm_target)
 

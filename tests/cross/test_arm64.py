@@ -82,3 +82,12 @@ def test_arm64_bundle_is_refused_on_x86_with_one_line(arm_bundles, tmp_path):
     assert result.stderr.strip() == ("error: bundle is built for aarch64, this machine is x86_64; run it on aarch64 hardware "
                                      "(or `edgepack verify --emulate`), or build it for a x86_64 target")
     assert not (tmp_path / "y.npy").exists()
+
+
+def test_resnet_runs_blocked_nchw4c_convolutions_under_qemu(arm_bundles):
+    """NEON has 4 fp32 lanes: ResNet's convolutions run as NCHW4c with packed weights, verified under qemu above."""
+    for target in ("arm64", "rpi4"):
+        manifest = json.loads((arm_bundles["resnet", target] / "manifest.json").read_text())
+        report = next(s for s in manifest["provenance"]["stages"] if s["stage"] == "compile")["report"]
+        assert report["conv_layout"] == {"layout": "NCHW4c", "blocked_convs": 19}
+        assert manifest["verification"]["passed"]

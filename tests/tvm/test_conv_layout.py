@@ -1,0 +1,84 @@
+"""Blocked NCHW[x]c convolutions (edgepack.compiler.conv_layout): which convolutions go blocked, weights packed at
+build time, and bundles that match ONNX Runtime and the NCHW build."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgepack.artifacts import OnnxModel
+from edgepack.build import build
+from edgepack.compiler.compile import CompileConfig, import_relax
+from edgepack.runtime import loader
+from edgepack.runtime.bundle_format import TensorSpec
+
+pytestmark = pytest.mark.tvm
+
+RESNET = f"{Path(__file__).resolve().parents[2] / 'edgepack' / 'examples' / 'resnet.py'}:resnet_small"
+
+
+class Mixed(nn.Module):
+    """A 3-channel stem, a stride-2 and a residual blocked pair, a depthwise conv and a 10-channel 1x1 head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.down = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.same = nn.Conv2d(32, 32, 3, padding=1)
+        self.depthwise = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.head = nn.Conv2d(32, 10, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.down(torch.relu(self.stem(x))))
+        y = torch.relu(self.same(y) + y)
+        return self.head(self.depthwise(y)).mean(dim=(2, 3))
+
+
+def _onnx(tmp_path) -> OnnxModel:
+    path = tmp_path / "mixed.onnx"
+    torch.onnx.export(Mixed().eval(), (torch.zeros(1, 3, 16, 16),), str(path), input_names=["x"], output_names=["y"],
+                      dynamo=False)
+    return OnnxModel.at(path, [TensorSpec("x", "float32", (1, 3, 16, 16))], [TensorSpec("y", "float32", (1, 10))])
+
+
+def _ops(module) -> list[str]:
+    return [binding.value.op.name for block in module["main"].body.blocks for binding in block.bindings
+            if hasattr(binding.value, "op") and hasattr(binding.value.op, "name")]
+
+
+def test_only_blockable_convolutions_go_blocked_and_weights_are_packed(tmp_path):
+    model = _onnx(tmp_path)
+    report: dict = {}
+    module, params = import_relax(model, conv_block=8, layout_report=report)
+    assert report == {"layout": "NCHW8c", "blocked_convs": 2}  # down and same; stem (3 in), depthwise, head (10 out) stay NCHW
+    function = module["main"]
+    weights = {var.name: tuple(int(d) for d in var.ty.shape) for var in function.params[1:]}
+    assert weights["down.weight"] == (4, 2, 3, 3, 8, 8) and weights["same.weight"] == (4, 4, 3, 3, 8, 8)
+    assert weights["stem.weight"] == (3, 3, 3, 16)  # NCHW conv: IHWO as before (weight_layout)
+    ops = _ops(module)
+    assert ops.count("relax.layout_transform") == 2  # into the blocked region and out of it, nothing per weight
+    assert ops.count("relax.nn.conv2d") == 3
+    packed = dict(zip([v.name for v in function.params[1:]], params["main"]))
+    original = Mixed().same.weight.detach().numpy()  # [O, I, KH, KW] → [O/8, I/8, KH, KW, 8i, 8o]
+    expected = original.reshape(4, 8, 4, 8, 3, 3).transpose(0, 2, 4, 5, 3, 1)
+    np.testing.assert_array_equal(packed["same.weight"].numpy(), expected)
+
+
+def test_blocked_bundle_matches_onnxruntime_and_the_nchw_build(tmp_path):
+    blocked = build(RESNET, "x86_64", tmp_path / "blocked", compile=CompileConfig(tuning_database=str(tmp_path / "none")))
+    plain = build(RESNET, "x86_64", tmp_path / "plain", compile=CompileConfig(tuning_database=str(tmp_path / "none"),
+                                                                               blocked_convs=False))
+    manifest = json.loads((blocked.bundle.path / "manifest.json").read_text())
+    report = next(s for s in manifest["provenance"]["stages"] if s["stage"] == "compile")["report"]
+    assert report["conv_layout"] == {"layout": "NCHW8c", "blocked_convs": 19}  # every conv but the 3-channel stem
+    assert report["kernels"]["unscheduled"] == {}
+    assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_err"] < 1e-4
+    x = np.random.default_rng(5).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(loader.load(blocked.bundle.path).run([x])[0], loader.load(plain.bundle.path).run([x])[0],
+                               atol=1e-4, rtol=1e-4)
