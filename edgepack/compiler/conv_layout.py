@@ -6,9 +6,10 @@ innermost output-channel block is one vector: the kernel loads a weight vector, 
 value per output pixel and keeps a row of output pixels in accumulators (edgepack.compiler.schedules
 tiles it that way without knowing about layouts). Three steps on `main`, all before lowering:
 
-1. `relax.transform.ConvertLayout` with a per-call choice: a one-group convolution whose input and output
-   channels are multiples of `x` goes blocked; the others (a 3-channel stem, depthwise, a 10-class head)
-   keep NCHW. Element-wise ops between blocked convolutions stay blocked, so the layout transforms sit
+1. `relax.transform.ConvertLayout` with a per-call choice: a one-group or depthwise convolution whose input
+   and output channels are multiples of `x` goes blocked (a depthwise weight as `[C/x, 1, KH, KW, 1, x]`: the
+   kernel loads input and weight as vectors); the others (a 3-channel stem, grouped, a 10-class head) keep
+   NCHW. Element-wise ops between blocked convolutions stay blocked, so the layout transforms sit
    at the edges of blocked regions instead of around every convolution;
 2. `layout_transform`/`reshape`/`permute_dims` chains that start at a weight are evaluated once here and
    stored in params.bin in the packed layout (the weight stays a runtime parameter, dtype unchanged);
@@ -42,14 +43,16 @@ def _static_shape(expr) -> list[int] | None:
 
 
 def blockable(call, block: int) -> bool:
-    """Whether one conv2d call can run blocked by `block` channels: one group, NCHW/OIHW, static float shapes,
-    input and output channels multiples of the block."""
+    """Whether one conv2d call can run blocked by `block` channels: one group or depthwise, NCHW/OIHW, static
+    float shapes, input and output channels multiples of the block."""
     attrs = call.attrs
-    if (int(attrs.groups) != 1 or str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW"
-            or str(attrs.out_layout) != "NCHW"):
+    if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW":
         return False
     data, weight = _static_shape(call.args[0]), _static_shape(call.args[1])
     if data is None or weight is None or len(data) != 4 or str(call.args[0].ty.dtype) != "float32":
+        return False
+    groups = int(attrs.groups)
+    if groups != 1 and not (groups == data[1] == weight[0] and weight[1] == 1):  # depthwise, multiplier 1
         return False
     return data[1] % block == 0 and weight[0] % block == 0
 
@@ -60,7 +63,8 @@ def convert_conv_layouts(module, block: int):
 
     def choose(call):
         if _op_name(call) == CONV2D and blockable(call, block):
-            return {CONV2D: [f"NCHW{block}c", f"OIHW{block}i{block}o"]}
+            inner = 1 if int(call.attrs.groups) > 1 else block  # a depthwise weight has one input channel per group
+            return {CONV2D: [f"NCHW{block}c", f"OIHW{inner}i{block}o"]}
         return {CONV2D: ["NCHW", "OIHW"]}  # named, or a blocked input would stay blocked
 
     return relax.transform.ConvertLayout({}, choose)(module)
@@ -179,6 +183,28 @@ def conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype: str):
         name="conv2d_nchwc")
 
 
+def depthwise_nchwc(data, kernel, strides, padding, dilation, out_dtype: str):
+    """TE compute of a blocked depthwise convolution: data [N, C/x, H, W, x], kernel [C/x, 1, KH, KW, 1, x] →
+    [N, C/x, OH, OW, x]; the channel block is both the vector and the group."""
+    from tvm import te, topi
+
+    batch, blocks, height, width, lanes = (int(v) for v in data.shape)
+    _, _, kh, kw, _, _ = (int(v) for v in kernel.shape)
+    (sh, sw), (dh, dw) = (int(s) for s in strides), (int(d) for d in dilation)
+    top, left, bottom, right = (int(p) for p in padding)
+    if top or left or bottom or right:
+        data = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], name="pad_nchwc")
+    out_h = (height + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    out_w = (width + left + right - (kw - 1) * dw - 1) // sw + 1
+    ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
+    return te.compute(
+        (batch, blocks, out_h, out_w, lanes),
+        lambda n, c, y, x, o: te.sum(
+            data[n, c, y * sh + ry * dh, x * sw + rx * dw, o].astype(out_dtype) * kernel[c, 0, ry, rx, 0, o].astype(out_dtype),
+            axis=[ry, rx]),
+        name="depthwise_nchwc")
+
+
 def legalize_blocked_convs(module):
     """Step 3: blocked conv2d calls (which TOPI's legalization leaves alone) as calls of conv2d_nchwc."""
     import tvm
@@ -191,10 +217,9 @@ def legalize_blocked_convs(module):
             if _op_name(call) != CONV2D or len(str(call.attrs.data_layout)) == 4:
                 return call
             attrs = call.attrs
-            out_dtype = str(call.ty.dtype)
-            return self.builder_.call_te(conv2d_nchwc, call.args[0], call.args[1], list(attrs.strides),
-                                         list(attrs.padding), list(attrs.dilation), out_dtype,
-                                         primfunc_name_hint="conv2d_nchwc")
+            compute = depthwise_nchwc if int(attrs.groups) > 1 else conv2d_nchwc
+            return self.builder_.call_te(compute, call.args[0], call.args[1], list(attrs.strides), list(attrs.padding),
+                                         list(attrs.dilation), str(call.ty.dtype), primfunc_name_hint=compute.__name__)
 
     mutator = _Legalize(module)
     for gvar, function in module.functions.items():

@@ -23,7 +23,8 @@ RESNET = f"{Path(__file__).resolve().parents[2] / 'edgepack' / 'examples' / 'res
 
 
 class Mixed(nn.Module):
-    """A 3-channel stem, a stride-2 and a residual blocked pair, a depthwise conv and a 10-channel 1x1 head."""
+    """A 3-channel stem, a stride-2 and a residual blocked pair, stride-1 and stride-2 depthwise convs, a grouped
+    conv and a 10-channel 1x1 head."""
 
     def __init__(self):
         super().__init__()
@@ -32,12 +33,15 @@ class Mixed(nn.Module):
         self.down = nn.Conv2d(16, 32, 3, stride=2, padding=1)
         self.same = nn.Conv2d(32, 32, 3, padding=1)
         self.depthwise = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.depthwise_down = nn.Conv2d(32, 32, 5, stride=2, padding=2, groups=32)
+        self.grouped = nn.Conv2d(32, 32, 3, padding=1, groups=4)
         self.head = nn.Conv2d(32, 10, 1)
 
     def forward(self, x):
         y = torch.relu(self.down(torch.relu(self.stem(x))))
         y = torch.relu(self.same(y) + y)
-        return self.head(self.depthwise(y)).mean(dim=(2, 3))
+        y = self.grouped(torch.relu(self.depthwise_down(torch.relu(self.depthwise(y)))))
+        return self.head(y).mean(dim=(2, 3))
 
 
 def _onnx(tmp_path) -> OnnxModel:
@@ -56,10 +60,12 @@ def test_only_blockable_convolutions_go_blocked_and_weights_are_packed(tmp_path)
     model = _onnx(tmp_path)
     report: dict = {}
     module, params = import_relax(model, conv_block=8, layout_report=report)
-    assert report == {"layout": "NCHW8c", "blocked_convs": 2}  # down and same; stem (3 in), depthwise, head (10 out) stay NCHW
+    # down, same and both depthwise; the stem (3 in), the grouped conv and the head (10 out) stay NCHW
+    assert report == {"layout": "NCHW8c", "blocked_convs": 4}
     function = module["main"]
     weights = {var.name: tuple(int(d) for d in var.ty.shape) for var in function.params[1:]}
     assert weights["down.weight"] == (4, 2, 3, 3, 8, 8) and weights["same.weight"] == (4, 4, 3, 3, 8, 8)
+    assert weights["depthwise.weight"] == (4, 1, 3, 3, 1, 8) and weights["depthwise_down.weight"] == (4, 1, 5, 5, 1, 8)
     assert weights["stem.weight"] == (3, 3, 3, 16)  # NCHW conv: IHWO as before (weight_layout)
     ops = _ops(module)
     assert ops.count("relax.layout_transform") == 2  # into the blocked region and out of it, nothing per weight
@@ -68,6 +74,15 @@ def test_only_blockable_convolutions_go_blocked_and_weights_are_packed(tmp_path)
     original = Mixed().same.weight.detach().numpy()  # [O, I, KH, KW] → [O/8, I/8, KH, KW, 8i, 8o]
     expected = original.reshape(4, 8, 4, 8, 3, 3).transpose(0, 2, 4, 5, 3, 1)
     np.testing.assert_array_equal(packed["same.weight"].numpy(), expected)
+
+
+def test_mixed_model_builds_blocked_and_matches_onnxruntime(tmp_path):
+    model = _onnx(tmp_path)
+    manifest = build(str(model.path), "x86_64", tmp_path / "dist", compile=CompileConfig(tuning_database=str(tmp_path / "none"))
+                     ).bundle.manifest
+    report = next(s for s in manifest["provenance"]["stages"] if s["stage"] == "compile")["report"]
+    assert report["conv_layout"]["blocked_convs"] == 4 and report["kernels"]["unscheduled"] == {}
+    assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_err"] < 1e-4
 
 
 def test_blocked_bundle_matches_onnxruntime_and_the_nchw_build(tmp_path):
