@@ -8,47 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
+from models import MixedConvs, mixed_convs_onnx
 
-from edgepack.artifacts import OnnxModel
 from edgepack.build import build
 from edgepack.compiler.compile import CompileConfig, import_relax
 from edgepack.runtime import loader
-from edgepack.runtime.bundle_format import TensorSpec
 
 pytestmark = pytest.mark.tvm
 
 RESNET = f"{Path(__file__).resolve().parents[2] / 'edgepack' / 'examples' / 'resnet.py'}:resnet_small"
-
-
-class Mixed(nn.Module):
-    """A 3-channel stem, a stride-2 and a residual blocked pair, stride-1 and stride-2 depthwise convs, a grouped
-    conv and a 10-channel 1x1 head."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(3)
-        self.stem = nn.Conv2d(3, 16, 3, padding=1)
-        self.down = nn.Conv2d(16, 32, 3, stride=2, padding=1)
-        self.same = nn.Conv2d(32, 32, 3, padding=1)
-        self.depthwise = nn.Conv2d(32, 32, 3, padding=1, groups=32)
-        self.depthwise_down = nn.Conv2d(32, 32, 5, stride=2, padding=2, groups=32)
-        self.grouped = nn.Conv2d(32, 32, 3, padding=1, groups=4)
-        self.head = nn.Conv2d(32, 10, 1)
-
-    def forward(self, x):
-        y = torch.relu(self.down(torch.relu(self.stem(x))))
-        y = torch.relu(self.same(y) + y)
-        y = self.grouped(torch.relu(self.depthwise_down(torch.relu(self.depthwise(y)))))
-        return self.head(y).mean(dim=(2, 3))
-
-
-def _onnx(tmp_path) -> OnnxModel:
-    path = tmp_path / "mixed.onnx"
-    torch.onnx.export(Mixed().eval(), (torch.zeros(1, 3, 16, 16),), str(path), input_names=["x"], output_names=["y"],
-                      dynamo=False)
-    return OnnxModel.at(path, [TensorSpec("x", "float32", (1, 3, 16, 16))], [TensorSpec("y", "float32", (1, 10))])
 
 
 def _ops(module) -> list[str]:
@@ -57,7 +25,7 @@ def _ops(module) -> list[str]:
 
 
 def test_only_blockable_convolutions_go_blocked_and_weights_are_packed(tmp_path):
-    model = _onnx(tmp_path)
+    model = mixed_convs_onnx(tmp_path)
     report: dict = {}
     module, params = import_relax(model, conv_block=8, layout_report=report)
     # down, same and both depthwise; the stem (3 in), the grouped conv and the head (10 out) stay NCHW
@@ -71,13 +39,13 @@ def test_only_blockable_convolutions_go_blocked_and_weights_are_packed(tmp_path)
     assert ops.count("relax.layout_transform") == 2  # into the blocked region and out of it, nothing per weight
     assert ops.count("relax.nn.conv2d") == 3
     packed = dict(zip([v.name for v in function.params[1:]], params["main"]))
-    original = Mixed().same.weight.detach().numpy()  # [O, I, KH, KW] → [O/8, I/8, KH, KW, 8i, 8o]
+    original = MixedConvs().same.weight.detach().numpy()  # [O, I, KH, KW] → [O/8, I/8, KH, KW, 8i, 8o]
     expected = original.reshape(4, 8, 4, 8, 3, 3).transpose(0, 2, 4, 5, 3, 1)
     np.testing.assert_array_equal(packed["same.weight"].numpy(), expected)
 
 
 def test_mixed_model_builds_blocked_and_matches_onnxruntime(tmp_path):
-    model = _onnx(tmp_path)
+    model = mixed_convs_onnx(tmp_path)
     manifest = build(str(model.path), "x86_64", tmp_path / "dist", compile=CompileConfig(tuning_database=str(tmp_path / "none"))
                      ).bundle.manifest
     report = next(s for s in manifest["provenance"]["stages"] if s["stage"] == "compile")["report"]
