@@ -93,19 +93,22 @@ def pack_weights(module, params: list, n_inputs: int) -> tuple[object, list, int
                 order.append(binding)
     if not derived:
         return module, params, 0
-    users: dict = {}
+    users: dict = {}  # var → the vars of the bindings that read it (None: the function's result)
 
     @relax.expr_functor.visitor
     class _Uses(relax.expr_functor.PyExprVisitor):
+        current = None
+
         def visit_var_binding_(self, binding):
             self.current = binding.var
             self.visit_expr(binding.value)
+            self.current = None
 
         def visit_var_(self, var):
-            users.setdefault(var, set()).add(getattr(self, "current", None))
+            users.setdefault(var, set()).add(self.current)
 
         def visit_dataflow_var_(self, var):
-            users.setdefault(var, set()).add(getattr(self, "current", None))
+            users.setdefault(var, set()).add(self.current)
 
     _Uses().visit_expr(function.body)
     frontier = [b.var for b in order if any(user not in derived for user in users.get(b.var, ()))]
