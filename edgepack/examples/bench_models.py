@@ -282,6 +282,18 @@ class BertStyle(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.layers(self.norm(self.tokens(input_ids) + self.position))
 
+def _normalized(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
+    """BatchNorm statistics from one batch of random images, so activations keep unit scale through deep random
+    nets (with the default statistics EfficientNet's features shrink to ~1e-12 and every output equals the bias)."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, *shape[1:]))
+    return model
+
+
 def _ready(model: nn.Module, *example: torch.Tensor) -> nn.Module:
     model.eval()
     model.example_inputs = example
@@ -309,13 +321,13 @@ def transformer_encoder() -> nn.Module:
 def shufflenet_v2_style() -> nn.Module:
     """ShuffleNetV2 1.0x layout at 1x3x224x224."""
     torch.manual_seed(0)
-    return _ready(ShuffleNetV2Style(), torch.zeros(1, 3, 224, 224))
+    return _ready(_normalized(ShuffleNetV2Style(), (1, 3, 224, 224)), torch.zeros(1, 3, 224, 224))
 
 
 def efficientnet_b0_style() -> nn.Module:
     """EfficientNet-B0 layout at 1x3x224x224."""
     torch.manual_seed(0)
-    return _ready(EfficientNetB0Style(), torch.zeros(1, 3, 224, 224))
+    return _ready(_normalized(EfficientNetB0Style(), (1, 3, 224, 224)), torch.zeros(1, 3, 224, 224))
 
 
 def convnext_style() -> nn.Module:
