@@ -75,9 +75,10 @@ def import_relax(model: OnnxModel, integer_ops: bool = True, report=None, conv_b
 
     module, weights = embed_scalar_params(module, params.get("main", []))
     if conv_block:
-        module, weights, blocked = block_convolutions(module, weights, input_count(module["main"]), conv_block)
+        module, weights, blocked, skipped = block_convolutions(module, weights, input_count(module["main"]), conv_block)
         if layout_report is not None:
-            layout_report.update({"layout": f"NCHW{conv_block}c", "blocked_convs": blocked})
+            layout_report.update({"layout": f"NCHW{conv_block}c" if blocked else "NCHW", "blocked_convs": blocked,
+                                  **({"skipped": skipped} if skipped else {})})
     module, weights, _ = pretranspose_weights(module, weights)
     return module, {**params, "main": weights}
 

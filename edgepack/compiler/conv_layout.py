@@ -231,14 +231,21 @@ def legalize_blocked_convs(module):
     return mutator.builder_.get()
 
 
-def block_convolutions(module, params: list, n_inputs: int, block: int) -> tuple[object, list, int]:
-    """All three steps; returns (module, params, number of convolutions now blocked)."""
-    module = convert_conv_layouts(module, block)
-    blocked = sum(1 for _ in _blocked_calls(module))
+def block_convolutions(module, params: list, n_inputs: int, block: int) -> tuple[object, list, int, str | None]:
+    """All three steps; returns (module, params, number of convolutions now blocked, why none were when the layout
+    pass failed). A model the layout pass cannot convert (its layout inference fails on, e.g., a LayerNorm over
+    the channels of a blocked tensor) is left in NCHW: slower, never wrong."""
+    from edgepack.errors import first_line
+
+    try:
+        converted = convert_conv_layouts(module, block)
+    except Exception as exc:  # noqa: BLE001 - TVM's layout inference raises several types
+        return module, params, 0, f"layout conversion failed, kept NCHW ({type(exc).__name__}: ...{first_line(exc)[-120:]})"
+    blocked = sum(1 for _ in _blocked_calls(converted))
     if not blocked:
-        return module, params, 0
-    module, params, _ = pack_weights(module, params, n_inputs)
-    return legalize_blocked_convs(module), params, blocked
+        return module, params, 0, None
+    converted, params, _ = pack_weights(converted, params, n_inputs)
+    return legalize_blocked_convs(converted), params, blocked, None
 
 
 def _blocked_calls(module):

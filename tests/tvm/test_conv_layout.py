@@ -65,3 +65,21 @@ def test_blocked_bundle_matches_onnxruntime_and_the_nchw_build(tmp_path):
     x = np.random.default_rng(5).standard_normal((1, 3, 64, 64)).astype(np.float32)
     np.testing.assert_allclose(loader.load(blocked.bundle.path).run([x])[0], loader.load(plain.bundle.path).run([x])[0],
                                atol=1e-4, rtol=1e-4)
+
+
+def test_a_model_the_layout_pass_cannot_convert_stays_nchw(tmp_path):
+    """ConvNeXt's channels-first LayerNorm (permute, normalise, permute back) breaks TVM's layout inference on a
+    blocked tensor: the model keeps NCHW and says why, instead of failing the build."""
+    import torch
+
+    from edgepack.artifacts import OnnxModel
+    from edgepack.examples.bench_models import ConvNeXtStyle
+    from edgepack.runtime.bundle_format import TensorSpec
+
+    path = tmp_path / "convnext.onnx"
+    torch.onnx.export(ConvNeXtStyle(classes=10, depths=(1, 1), widths=(16, 32)).eval(), (torch.zeros(1, 3, 32, 32),), str(path),
+                      input_names=["x"], output_names=["y"], dynamo=False)
+    model = OnnxModel.at(path, [TensorSpec("x", "float32", (1, 3, 32, 32))], [TensorSpec("y", "float32", (1, 10))])
+    report: dict = {}
+    import_relax(model, conv_block=8, layout_report=report)
+    assert report["layout"] == "NCHW" and report["blocked_convs"] == 0 and "layout conversion failed" in report["skipped"]
