@@ -1,4 +1,4 @@
-"""Benchmark a bundle against ONNX Runtime (and PyTorch) in one run, at the same thread count."""
+"""Benchmark a bundle against ONNX Runtime, OpenVINO and PyTorch in one run, at the same thread count."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from edgepack.runtime import bundle_format
 from edgepack.runtime import loader
 from edgepack.runtime.loader import peak_rss_kb, timing_summary
 
-ENGINES = ("onnxruntime", "torch")
+ENGINES = ("onnxruntime", "openvino", "torch")
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,25 @@ class BenchConfig:
     rounds: int = 5  # engines alternate round by round, so drift affects all alike
 
 
-def _onnxruntime_runner(bundle: loader.LoadedBundle, threads: int) -> Callable[[list[np.ndarray]], object]:
-    from edgepack.measure.reference import onnxruntime_session
-
+def _reference_model(bundle: loader.LoadedBundle) -> Path:
     path = bundle.path / REFERENCE_MODEL
     if not path.is_file():
         raise EdgepackError(f"bundle has no {REFERENCE_MODEL} to compare with", "rebuild without --no-reference")
-    session = onnxruntime_session(path, threads)
+    return path
+
+
+def _onnxruntime_runner(bundle: loader.LoadedBundle, threads: int) -> Callable[[list[np.ndarray]], object]:
+    from edgepack.measure.reference import onnxruntime_session
+
+    session = onnxruntime_session(_reference_model(bundle), threads)
     names = [spec.name for spec in bundle.inputs]
     return lambda arrays: session.run(None, dict(zip(names, arrays)))
+
+
+def _openvino_runner(bundle: loader.LoadedBundle, threads: int) -> Callable[[list[np.ndarray]], object]:
+    from edgepack.measure.openvino_engine import openvino_runner
+
+    return openvino_runner(_reference_model(bundle), threads)
 
 
 def _torch_runner(bundle: loader.LoadedBundle, threads: int) -> Callable[[list[np.ndarray]], object]:
@@ -57,9 +67,18 @@ def _torch_runner(bundle: loader.LoadedBundle, threads: int) -> Callable[[list[n
 
     def run(arrays):
         with torch.no_grad():
-            return model.module(*[torch.from_numpy(array) for array in arrays])
+            result = model.module(*[torch.from_numpy(array) for array in arrays])
+        return [result] if isinstance(result, torch.Tensor) else list(result)
 
     return run
+
+
+def max_abs_difference(outputs, expected: list[np.ndarray]) -> float:
+    """The largest absolute difference between an engine's outputs and the expected ones (inf if shapes differ)."""
+    arrays = [np.asarray(out.numpy() if hasattr(out, "numpy") else out) for out in outputs]
+    if len(arrays) != len(expected) or any(a.shape != e.shape for a, e in zip(arrays, expected)):
+        return float("inf")
+    return max((float(np.max(np.abs(a.astype(np.float64) - e))) for a, e in zip(arrays, expected) if a.size), default=0.0)
 
 
 #: pause before each engine's turn: ONNX Runtime's and TVM's thread pools spin after a call, and the next
@@ -100,12 +119,14 @@ def bench_bundle(bundle_dir: Path, config: BenchConfig, arrays: list[np.ndarray]
     bundle_format.check_inputs(bundle.inputs, arrays)
     device_arrays = bundle.to_device(arrays)
     calls: dict[str, Callable[[], object]] = {"edgepack": lambda: bundle.invoke(device_arrays)}
-    builders = {"onnxruntime": _onnxruntime_runner, "torch": _torch_runner}
+    builders = {"onnxruntime": _onnxruntime_runner, "openvino": _openvino_runner, "torch": _torch_runner}
     for engine in config.compare:
         calls[engine] = lambda run=builders[engine](bundle, config.threads): run(arrays)
+    expected = [np.asarray(out.numpy()) for out in bundle.invoke(device_arrays)]
+    differences = {name: max_abs_difference(call(), expected) for name, call in calls.items()}
     per_round = config.runs // config.rounds
     times = timed_rounds(calls, config.warmup, per_round, config.rounds)
-    rows = {name: timing_summary(samples) for name, samples in times.items()}
+    rows = {name: {**timing_summary(samples), "max_abs_diff_vs_edgepack": differences[name]} for name, samples in times.items()}
     baseline = rows.get("onnxruntime", {}).get("median_ms")
     for row in rows.values():
         row["vs_onnxruntime"] = row["median_ms"] / baseline if baseline else None

@@ -1,4 +1,4 @@
-"""Benchmark suite: ONNX Runtime, PyTorch and edgepack (untuned default, tuned) on the same inputs.
+"""Benchmark suite: ONNX Runtime, OpenVINO, PyTorch and edgepack (untuned default, tuned) on the same inputs.
 
     python scripts/bench_suite.py --quick                       # CI: MLP + digits, untuned, few runs
     python scripts/bench_suite.py --tune-trials 1000            # full: five models, tuned too
@@ -6,7 +6,7 @@
     python scripts/bench_suite.py --models resnet18 --json-out r.json --markdown-out r.md
 
 Protocol (printed with the results): every engine runs at the same thread count (TVM_NUM_THREADS,
-ORT intra-op threads, torch.set_num_threads); inputs already in memory; warm-up, then rounds in which
+ORT intra-op threads, OpenVINO INFERENCE_NUM_THREADS, torch.set_num_threads); inputs already in memory; warm-up, then rounds in which
 the engines take turns, so drift hits all alike; median and p90 of single calls; every engine's
 output is checked against ONNX Runtime's. FLOPs are counted on the PyTorch model (2 per multiply-add);
 the peak is a measured large fp32 matrix product (torch, same threads), not a datasheet number.
@@ -36,6 +36,11 @@ MODELS = {  # name: (factory file, factory, in the quick set)
     "resnet18": (EXAMPLES / "resnet.py", "resnet18_style", False),
     "mobilenet_v2": (EXAMPLES / "bench_models.py", "mobilenet_v2_style", False),
     "transformer": (EXAMPLES / "bench_models.py", "transformer_encoder", False),
+    "shufflenet_v2": (EXAMPLES / "bench_models.py", "shufflenet_v2_style", False),
+    "efficientnet_b0": (EXAMPLES / "bench_models.py", "efficientnet_b0_style", False),
+    "convnext": (EXAMPLES / "bench_models.py", "convnext_style", False),
+    "vit": (EXAMPLES / "bench_models.py", "vit_tiny_style", False),
+    "bert": (EXAMPLES / "bench_models.py", "bert_style", False),
 }
 
 
@@ -94,6 +99,7 @@ def bench_model(name: str, bundles: dict[str, Path], threads: int, warmup: int, 
     import torch
 
     from edgepack.frontends.export import load_torch_model
+    from edgepack.measure.openvino_engine import openvino_runner
     from edgepack.measure.reference import onnxruntime_session
     from edgepack.bench import timed_rounds
     from edgepack.runtime import loader
@@ -105,6 +111,7 @@ def bench_model(name: str, bundles: dict[str, Path], threads: int, warmup: int, 
     arrays = first.golden_cases()[0][0]
     names = [spec.name for spec in first.inputs]
     session = onnxruntime_session(first.path / "reference" / "model.onnx", threads)
+    openvino = openvino_runner(first.path / "reference" / "model.onnx", threads)
     torch_model = load_torch_model(parse_source(f"{path}:{factory}"), {s.name: s for s in first.inputs}).module
     torch.set_num_threads(threads)
     tensors = [torch.from_numpy(a) for a in arrays]
@@ -114,6 +121,7 @@ def bench_model(name: str, bundles: dict[str, Path], threads: int, warmup: int, 
             return torch_model(*tensors)
 
     engines = {"onnxruntime": (lambda: session.run(None, dict(zip(names, arrays))), None),
+               "openvino": (lambda: openvino(arrays), None),
                "torch": (run_torch, None)}
     for label, bundle_dir in bundles.items():
         bundle = loader.load(bundle_dir)
@@ -134,10 +142,12 @@ def bench_model(name: str, bundles: dict[str, Path], threads: int, warmup: int, 
         flops = flops_of(torch_model, tensors)
     rows = {}
     baseline = float(np.median(times["onnxruntime"]))
+    openvino_median = float(np.median(times["openvino"]))
     for label, samples in times.items():
         summary = timing_summary(samples)
         rows[label] = {"median_ms": summary["median_ms"], "p90_ms": summary["p90_ms"],
                        "vs_onnxruntime": summary["median_ms"] / baseline,
+                       "vs_openvino": summary["median_ms"] / openvino_median,
                        "gflops": flops / (summary["median_ms"] / 1000.0) / 1e9,
                        "max_abs_diff_vs_onnxruntime": checks[label]}
     return {"flops": flops, "engines": rows, "inputs": {n: list(a.shape) for n, a in zip(names, arrays)}}
@@ -156,12 +166,12 @@ def markdown(results: dict) -> str:
     protocol = results["protocol"]
     lines = [f"Machine: {protocol['machine']}; {protocol['threads']} threads for every engine; measured fp32 peak "
              f"(torch sgemm 2048³) {protocol['peak_gflops']:.1f} GFLOP/s. {protocol['timed']}", "",
-             "| model | GFLOP | engine | median ms | p90 ms | vs ORT | GFLOP/s | % of peak | max abs diff vs ORT |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | GFLOP | engine | median ms | p90 ms | vs ORT | vs OpenVINO | GFLOP/s | % of peak | max abs diff vs ORT |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, model in results["models"].items():
         for label, row in model["engines"].items():
             lines.append(f"| {name} | {model['flops'] / 1e9:.3f} | {label} | {row['median_ms']:.3f} | {row['p90_ms']:.3f} | "
-                         f"{row['vs_onnxruntime']:.2f}x | {row['gflops']:.1f} | {100 * row['gflops'] / protocol['peak_gflops']:.0f}% | "
+                         f"{row['vs_onnxruntime']:.2f}x | {row['vs_openvino']:.2f}x | {row['gflops']:.1f} | {100 * row['gflops'] / protocol['peak_gflops']:.0f}% | "
                          f"{row['max_abs_diff_vs_onnxruntime']:.1e} |")
     tuned = [(name, model["tuning"]) for name, model in results["models"].items() if model.get("tuning")]
     if tuned:
@@ -224,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             results["models"][name]["tuning"] = {key: tuning.get(key) for key in
                                                  ("kernels", "trials", "seconds", "stopped_by_time_budget", "skipped")}
         for label, row in results["models"][name]["engines"].items():
-            print(f"  {label:18s} {row['median_ms']:9.3f} ms  {row['vs_onnxruntime']:6.2f}x ORT  "
+            print(f"  {label:18s} {row['median_ms']:9.3f} ms  {row['vs_onnxruntime']:6.2f}x ORT  {row['vs_openvino']:6.2f}x OV  "
                   f"{row['gflops']:6.1f} GFLOP/s  diff {row['max_abs_diff_vs_onnxruntime']:.1e}", flush=True)
     text = markdown(results)
     print(text)

@@ -23,8 +23,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
 fi
-extras="[cuda,plots]"  # CUDA targets build without a GPU: NVRTC + CUDA headers from pip (docs/cuda.md); matplotlib
-[ "${1:-}" = "--test" ] && extras="[test,cuda,plots]"
+# CUDA targets build without a GPU: NVRTC + CUDA headers from pip (docs/cuda.md); plots: matplotlib;
+# bench: OpenVINO for --compare
+extras="[cuda,plots,bench]"
+[ "${1:-}" = "--test" ] && extras="[test,cuda,plots,bench]"
 .venv/bin/python -m pip install -q -e ".${extras}" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import edgepack, tvm, torch, onnxruntime" >/dev/null
 echo "setup: ready (.venv/bin/edgepack)" >&2

@@ -77,6 +77,39 @@ def two_in_two_out() -> nn.Module:
     return TwoInTwoOut().eval()
 
 
+class MixedConvs(nn.Module):
+    """A 3-channel stem, a stride-2 and a residual blocked pair, stride-1 and stride-2 depthwise convs, a grouped
+    conv and a 10-channel 1x1 head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.down = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.same = nn.Conv2d(32, 32, 3, padding=1)
+        self.depthwise = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.depthwise_down = nn.Conv2d(32, 32, 5, stride=2, padding=2, groups=32)
+        self.grouped = nn.Conv2d(32, 32, 3, padding=1, groups=4)
+        self.head = nn.Conv2d(32, 10, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.down(torch.relu(self.stem(x))))
+        y = torch.relu(self.same(y) + y)
+        y = self.grouped(torch.relu(self.depthwise_down(torch.relu(self.depthwise(y)))))
+        return self.head(y).mean(dim=(2, 3))
+
+
+def mixed_convs_onnx(directory: Path):
+    """MixedConvs at 1x3x16x16 as an OnnxModel artifact (input x, output y)."""
+    from edgepack.artifacts import OnnxModel
+    from edgepack.runtime.bundle_format import TensorSpec
+
+    path = directory / "mixed.onnx"
+    torch.onnx.export(MixedConvs().eval(), (torch.zeros(1, 3, 16, 16),), str(path), input_names=["x"], output_names=["y"],
+                      dynamo=False)
+    return OnnxModel.at(path, [TensorSpec("x", "float32", (1, 3, 16, 16))], [TensorSpec("y", "float32", (1, 10))])
+
+
 FACTORIES = {"mlp": mlp, "small_cnn": small_cnn, "two_in_two_out": two_in_two_out}
 
 

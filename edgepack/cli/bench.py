@@ -1,4 +1,4 @@
-"""`edgepack bench BUNDLE --compare onnxruntime`: latency of the bundle beside other engines."""
+"""`edgepack bench BUNDLE --compare onnxruntime --compare openvino`: latency of the bundle beside other engines."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from edgepack.cli.console import out
 
 class Engine(str, Enum):
     onnxruntime = "onnxruntime"
+    openvino = "openvino"
     torch = "torch"
 
 
@@ -35,7 +36,7 @@ def bench_command(
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="also draw the latency distribution per engine into this PNG"),
 ) -> None:
-    """Time the bundle (warm-up, then N runs) here beside ONNX Runtime / PyTorch, or on a device (--device, --rpc-tracker)."""
+    """Time the bundle (warm-up, then N runs) here beside ONNX Runtime / OpenVINO / PyTorch, or on a device (--device, --rpc-tracker)."""
     from edgepack.errors import EdgepackError
     from edgepack.runtime.bundle_format import load_npy
 
@@ -60,14 +61,15 @@ def bench_command(
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    table = Table("engine", "median ms", "p90 ms", "p99 ms", "min ms", "mean ms", "per s", "× onnxruntime",
+    table = Table("engine", "median ms", "p90 ms", "p99 ms", "min ms", "mean ms", "per s", "× onnxruntime", "max |diff|",
                   title=f"{bundle}  ({report['protocol']['runs']} runs, {threads} threads)", title_justify="left")
     for engine, row in report["engines"].items():
         ratio = f"{row['vs_onnxruntime']:.2f}" if row["vs_onnxruntime"] else "—"
         table.add_row(engine, *(f"{row[k]:.3f}" for k in ("median_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms")),
-                      f"{row['throughput_per_s']:.0f}", ratio)
+                      f"{row['throughput_per_s']:.0f}", ratio, f"{row['max_abs_diff_vs_edgepack']:.1e}")
     out.print(table)
-    out.print(f"peak RSS {report['peak_rss_kb'] / 1024:.0f} MiB; {report['protocol']['timed']}", highlight=False)
+    out.print(f"peak RSS {report['peak_rss_kb'] / 1024:.0f} MiB; {report['protocol']['timed']}; "
+              "max |diff|: largest absolute difference from edgepack's outputs", highlight=False)
     if plot is not None:
         out.print(f"wrote {plot}", highlight=False)
 

@@ -13,8 +13,10 @@ from edgepack.bundle.sparse_params import write_params
 from edgepack.compiler.backends import backend_for, check_toolchain
 from edgepack.compiler.backends.cpu import lower_to_tir, schedule_kernels
 from edgepack.compiler.config import CompileConfig
+from edgepack.compiler.conv_layout import block_convolutions
 from edgepack.compiler.integer_ops import IntegerReport, integerize, speed_warnings, survey
 from edgepack.compiler.relax_params import bind_as_constants, input_count
+from edgepack.compiler.schedules import vector_lanes
 from edgepack.compiler.weight_layout import pretranspose_weights
 from edgepack.errors import EdgepackError, first_line
 from edgepack.targets import TargetSpec
@@ -26,9 +28,11 @@ LIBRARY_NAME = "model.so"
 PARAMS_NAME = "params.bin"
 
 
-def import_relax(model: OnnxModel, integer_ops: bool = True, report=None):
+def import_relax(model: OnnxModel, integer_ops: bool = True, report=None, conv_block: int = 0, layout_report: dict | None = None):
     """The model as a Relax module with detached params; with `integer_ops`, QDQ chains rewritten to integer ops
-    (edgepack.compiler.integer_ops), filling `report` (an IntegerReport) when given. Tuning and compiling both import here."""
+    (edgepack.compiler.integer_ops), filling `report` (an IntegerReport) when given; with `conv_block`, convolutions
+    blocked by that many channels (edgepack.compiler.conv_layout), counted in `layout_report` when given.
+    Tuning and compiling both import here."""
     import onnx
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -43,6 +47,11 @@ def import_relax(model: OnnxModel, integer_ops: bool = True, report=None):
     if report is not None:
         report.merge(integer)
     module, weights = embed_scalar_params(module, params.get("main", []))
+    if conv_block:
+        module, weights, blocked, skipped = block_convolutions(module, weights, input_count(module["main"]), conv_block)
+        if layout_report is not None:
+            layout_report.update({"layout": f"NCHW{conv_block}c" if blocked else "NCHW", "blocked_convs": blocked,
+                                  **({"skipped": skipped} if skipped else {})})
     module, weights, _ = pretranspose_weights(module, weights)
     return module, {**params, "main": weights}
 
@@ -77,7 +86,10 @@ def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: C
     cxx = check_toolchain(target)
     started = time.perf_counter()
     integer_report = IntegerReport()
-    module, params = import_relax(model, config.integer_ops and backend.integer_ops, integer_report)
+    tvm_target = target.tvm_target()
+    conv_block = vector_lanes(tvm_target) if config.blocked_convs and backend.blocked_convs else 0
+    layout_report: dict = {"layout": "NCHW", "blocked_convs": 0}
+    module, params = import_relax(model, config.integer_ops and backend.integer_ops, integer_report, conv_block, layout_report)
     if config.integer_ops and not backend.integer_ops:
         integer_report.note = f"integer execution is built for CPU targets only, not {target.device}"
     names = _param_names(module["main"], len(model.inputs))
@@ -102,6 +114,7 @@ def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: C
         "n_params": len(names),
         "kernels": kernels,
         "integer_ops": integer_report.to_json(),
+        "conv_layout": layout_report,
         "warnings": speed_warnings(integer_report, target),
     }
     compiled = CompiledModule(library, param_file, names, target, model)

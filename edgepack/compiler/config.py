@@ -19,3 +19,6 @@ class CompileConfig:
     # QDQ conv2d/matmul run as int8 ops with int32 accumulation + requantize (edgepack.compiler.integer_ops);
     # CPU targets
     integer_ops: bool = True
+    # fp32 convolutions in the blocked NCHW[x]c layout, x = the target's vector width, weights packed at build
+    # time (edgepack.compiler.conv_layout); CPU targets
+    blocked_convs: bool = True

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Callable
 
 from edgepack.artifacts import OnnxModel, StageRecord
+from edgepack.compiler.backends import backend_for
 from edgepack.compiler.backends.cpu import lower_to_tir
+from edgepack.compiler.config import CompileConfig
 from edgepack.compiler.compile import import_relax
 from edgepack.compiler.schedules import heuristic_schedule, vector_lanes
 from edgepack.compiler.tuning_records import RECORD_FILE, WORKLOAD_FILE, open_database, tuning_dir
@@ -308,7 +310,8 @@ def extract_kernels(model: OnnxModel, target: TargetSpec, cores: int | None = No
 
 
     tvm_target = tuning_target(target, cores)
-    module, _ = import_relax(model)
+    conv_block = vector_lanes(tvm_target) if CompileConfig().blocked_convs and backend_for(target).blocked_convs else 0
+    module, _ = import_relax(model, conv_block=conv_block)
     module = lower_to_tir(module, tvm_target)
     return tvm_target, ms.relax_integration.extract_tasks(module, tvm_target)
 

@@ -22,7 +22,7 @@ def test_quick_suite_times_every_engine_and_checks_outputs(tmp_path):
     results = json.loads((tmp_path / "r.json").read_text())
     assert set(results["models"]) == {"mlp", "digits_cnn"}
     for model in results["models"].values():
-        assert set(model["engines"]) == {"onnxruntime", "torch", "edgepack-untuned"}
+        assert set(model["engines"]) == {"onnxruntime", "openvino", "torch", "edgepack-untuned"}
         for row in model["engines"].values():
             assert row["median_ms"] > 0 and row["max_abs_diff_vs_onnxruntime"] < 1e-3
     assert results["protocol"]["peak_gflops"] > 0 and "pause" in results["protocol"]["timed"]

@@ -24,6 +24,7 @@ class Backend(Protocol):
 
     device: str
     integer_ops: bool  # QDQ conv/matmul can run as integer ops (edgepack.compiler.integer_ops)
+    blocked_convs: bool  # fp32 convolutions can run in the blocked NCHW[x]c layout (edgepack.compiler.conv_layout)
 
     def check_tools(self, target: TargetSpec) -> None:
         """Refuse, before any work, a build this machine lacks the tools for (beyond the C++ compiler)."""

@@ -17,6 +17,7 @@ class CpuBackend:
 
     device = "cpu"
     integer_ops = True
+    blocked_convs = True  # fp32 convolutions in NCHW[x]c (edgepack.compiler.conv_layout)
 
     def check_tools(self, target: TargetSpec) -> None:
         return None  # the C++ compiler (checked for every target) is all a CPU build needs

@@ -18,6 +18,7 @@ class CudaBackend:
 
     device = "cuda"
     integer_ops = False  # integer execution is built for CPU targets only
+    blocked_convs = False  # the CUDA pipeline schedules NCHW convolutions itself
 
     def check_tools(self, target: TargetSpec) -> None:
         cuda.check_build_tools(target)  # NVRTC, CUDA headers, the driver stub's C compiler
