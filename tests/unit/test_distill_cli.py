@@ -13,7 +13,7 @@ def test_distill_errors_are_one_line_with_exit_1(edgepack_cli, tmp_path):
     (tmp_path / "t.onnx").write_bytes(b"not onnx")
     cases = [
         (["distill", "t.onnx", "--data", "train.npz"],
-         "error: say which student to distill into; pass either --student file.py:factory or --tree"),
+         "error: say which one student to distill into; pass one of --student file.py:factory, --tree, --svm, --rules"),
         (["distill", "t.onnx", "--data", "missing.npz", "--tree"],
          "error: training data 'missing.npz' does not exist; pass an .npz with one array per input (or 'x'), "
          "samples on axis 0, optional 'labels'"),
