@@ -58,7 +58,7 @@ def distill_command(
     rules: bool = typer.Option(False, "--rules", help="rule-set student: ordered if-then rules read off a shallow forest"),
     eval_data: Optional[Path] = typer.Option(None, "--eval", help=".npz to report on and to measure the bundles (never used to choose)"),
     val_data: Optional[Path] = typer.Option(None, "--val", help="network: .npz to choose the best epoch on (default: --val-fraction of --data)"),
-    val_fraction: float = typer.Option(0.15, "--val-fraction", help="network: training samples held out to choose the best epoch (0: last epoch)"),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="network: training samples held out to choose the best epoch (0: last epoch)"),
     temperature: float = typer.Option(4.0, "--temperature", "-T", help="network: softening temperature T"),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="network: weight of the distillation term (default 0.5; 1 without labels)"),
     epochs: int = typer.Option(30, "--epochs", help="network: training epochs"),

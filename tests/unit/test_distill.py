@@ -226,8 +226,8 @@ def test_run_distill_network_from_a_torch_teacher(tmp_path):
     student = result.record.report["student"]
     assert result.record.report["teacher"]["params"] == 8 * 32 + 32 + 32 * 3 + 3
     assert student["params"] == 8 * 3 + 3 and student["alpha"] == 0.5 and student["epochs_run"] == 3
-    assert student["selected_by"] == "accuracy on 30 training samples held out (--val-fraction 0.15)" and 1 <= student["best_epoch"] <= 3
-    assert student["trained_on"] == 170
+    assert student["selected_by"] == "accuracy on 20 training samples held out (--val-fraction 0.1)" and 1 <= student["best_epoch"] <= 3
+    assert student["trained_on"] == 180
     assert student["export"]["passed"] is True and student["samples"] == 100
     assert (tmp_path / "out" / "teacher_student.pt2").is_file()
     onnx_student = tmp_path / "out" / "teacher_student.onnx"

@@ -29,7 +29,7 @@ class NetworkStudentConfig:
     batch_size: int = 64
     weight_decay: float = 0.0
     seed: int = 0
-    val_fraction: float = 0.15  # training samples held out to choose the best epoch (without --val data)
+    val_fraction: float = 0.1  # training samples held out to choose the best epoch (without --val data)
 
     kind = "network"
 
