@@ -77,7 +77,7 @@ def distill_command(
     gamma: Optional[float] = typer.Option(None, "--gamma", help="svm rbf: kernel width γ (default 1/features, features standardised)"),
     max_rules: int = typer.Option(24, "--max-rules", help="rules: rules at most, the default rule included"),
     max_conditions: int = typer.Option(3, "--max-conditions", help="rules: conditions per rule at most"),
-    feature_names: Optional[Path] = typer.Option(None, "--feature-names", help="rules: text file, one name per flattened input feature"),
+    feature_names: Optional[Path] = typer.Option(None, "--feature-names", help="rules: text file, one name per flattened input feature, for rules.txt"),
     targets: List[str] = typer.Option([], "--target", "-t", help="build the student's bundle for this target (repeatable)"),
     out_dir: Path = typer.Option(Path("dist"), "--out", "-o", help="directory for the student files and bundles"),
     name: Optional[str] = typer.Option(None, help="student name (default: <teacher>_student, _tree, _svm or _rules)"),
@@ -98,6 +98,8 @@ def distill_command(
 
     if (student is not None) + tree + svm + rules != 1:
         raise EdgepackError("say which one student to distill into", "pass one of --student file.py:factory, --tree, --svm, --rules")
+    if feature_names is not None and not rules:
+        raise EdgepackError("--feature-names names the features of a rule set", "add --rules, or drop --feature-names")
     if student:
         config = NetworkStudentConfig(student, temperature, alpha, epochs, lr, batch_size, seed=seed, val_fraction=val_fraction)
     elif svm:
