@@ -28,7 +28,7 @@ DATASETS = {
     "digits": (digits.digits_split, f"{EXAMPLES / 'digits.py'}:digits_cnn", f"{EXAMPLES / 'students.py'}:digits_student", "image"),
     "breast cancer": (cancer.cancer_split, f"{EXAMPLES / 'cancer.py'}:cancer_mlp", f"{EXAMPLES / 'cancer.py'}:cancer_student", "features"),
 }
-FITTED = {"tree (depth 6)": TreeStudentConfig(max_depth=6), "SVM (RBF, 100 Nyström components)": SvmStudentConfig(kernel="rbf", components=100),
+FITTED = {"tree (depth 8)": TreeStudentConfig(max_depth=8), "SVM (RBF, 100 Nyström components)": SvmStudentConfig(kernel="rbf", components=100),
           "rule set (≤ 24 rules, ≤ 3 conditions)": RuleSetStudentConfig(max_rules=24, max_conditions=3)}
 
 

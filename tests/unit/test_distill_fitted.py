@@ -130,3 +130,20 @@ def test_run_distill_svm_and_rules_write_their_files(tmp_path):
                                  tmp_path / "out", force=True))
     with pytest.raises(EdgepackError, match="unknown SVM kernel"):
         plan_distill(str(teacher), SvmStudentConfig(kernel="poly"), tmp_path / "train.npz", tmp_path / "out")
+
+
+def test_a_teacher_input_named_like_a_program_tensor_works_or_is_refused(tmp_path):
+    """'features' (a common input name) no longer collides; a name the program uses is one clear error."""
+    from edgepack.compression.distill.program import FEATURES
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((60, 4)).astype(np.float32)
+    svm = fit_svm(x, (x[:, 0] > 0).astype(np.int64), np.zeros((60, 2), np.float32), SvmStudentConfig())
+    from edgepack.measure.reference import onnxruntime_session
+
+    path = svm_to_onnx(svm, TensorSpec("features", "float32", (1, 4)), tmp_path / "f.onnx")
+    out = np.concatenate([onnxruntime_session(path).run(None, {"features": x[i:i + 1]})[0] for i in range(60)])
+    np.testing.assert_array_equal(out.argmax(axis=1), svm.predict(x))
+    for name in (FEATURES, "W", "xw"):
+        with pytest.raises(EdgepackError, match=f"input name '{name}'"):
+            svm_to_onnx(svm, TensorSpec(name, "float32", (1, 4)), tmp_path / "g.onnx")

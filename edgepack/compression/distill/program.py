@@ -15,7 +15,7 @@ from edgepack.errors import EdgepackError
 from edgepack.runtime.bundle_format import TensorSpec
 
 OPSET = 17
-FEATURES = "features"
+FEATURES = "flattened_input"  # the programs' other tensor names are plain words; see write_program
 
 
 def flatten_node(spec: TensorSpec):
@@ -35,6 +35,10 @@ def write_program(nodes: list, constants: dict[str, np.ndarray], spec: TensorSpe
     from onnx import TensorProto, helper, numpy_helper
 
     batch = spec.shape[0] if spec.shape else 1
+    taken = {FEATURES, *constants, *(name for node in nodes for name in node.output)}
+    if spec.name in taken:
+        raise EdgepackError(f"the teacher's input name '{spec.name}' is a name the {graph_name} program uses inside",
+                            "rename the teacher's input (export it with another input name) and distill again")
     graph = helper.make_graph(
         [flatten_node(spec), *nodes], graph_name,
         [helper.make_tensor_value_info(spec.name, TensorProto.FLOAT, list(spec.shape))],
