@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,6 +13,7 @@ from edgepack.errors import EdgepackError
 from edgepack.bundle.package import REFERENCE_MODEL
 from edgepack.runtime import bundle_format
 from edgepack.runtime import loader
+from edgepack.measure.timing import SETTLE_S, TURN_WARMUP, timed_rounds
 from edgepack.runtime.loader import peak_rss_kb, timing_summary
 
 ENGINES = ("onnxruntime", "openvino", "torch")
@@ -79,31 +79,6 @@ def max_abs_difference(outputs, expected: list[np.ndarray]) -> float:
     if len(arrays) != len(expected) or any(a.shape != e.shape for a, e in zip(arrays, expected)):
         return float("inf")
     return max((float(np.max(np.abs(a.astype(np.float64) - e))) for a, e in zip(arrays, expected) if a.size), default=0.0)
-
-
-#: pause before each engine's turn: ONNX Runtime's and TVM's thread pools spin after a call, and the next
-#: engine's threads would share the cores with them for a scheduler tick (~4 ms per call measured here)
-SETTLE_S = 0.2
-TURN_WARMUP = 3  # untimed calls at the start of each turn
-
-
-def timed_rounds(calls: dict[str, Callable[[], object]], warmup: int, per_round: int, rounds: int) -> dict[str, list[float]]:
-    """Milliseconds of single calls: `warmup` calls each, then `rounds` turns in which every engine runs
-    `per_round` timed calls, so drift of the machine hits all engines alike."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            time.sleep(SETTLE_S)
-            for _ in range(TURN_WARMUP):
-                call()
-            for _ in range(per_round):
-                start = time.perf_counter()
-                call()
-                times[name].append((time.perf_counter() - start) * 1000.0)
-    return times
 
 
 def bench_bundle(bundle_dir: Path, config: BenchConfig, arrays: list[np.ndarray] | None = None) -> dict:

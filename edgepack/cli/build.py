@@ -90,7 +90,7 @@ def build_command(
     quantization = quantize_pass(quantize, calib, calib_method, eval_data, max_drop, auto) if quantize else None
     taylor_calib = prune is not None and prune_criterion is Criterion.taylor and calib is not None
     pruning = prune_config(model, prune, prune_criterion, prune_sparsity, prune_threshold, prune_scope,
-                           Path(calib) if taylor_calib else None, train, epochs, lr, eval_data, max_drop) if prune else None
+                           Path(calib) if taylor_calib else None, train, epochs, lr, eval_data, max_drop, bench=True) if prune else None
     if pruning is None and train:
         raise EdgepackError("--train fine-tunes after pruning", "add --prune channels (or weights)")
     if quantization is None and (auto or (calib and not taylor_calib)):

@@ -1,8 +1,9 @@
-"""`edgepack distill TEACHER --data train.npz (--student file.py:factory | --tree)`: a smaller model, then its bundles."""
+"""`edgepack distill TEACHER --data train.npz (--student file.py:factory | --tree | --svm | --rules)`: a smaller model, then its bundles."""
 
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -10,6 +11,16 @@ import typer
 from rich.table import Table
 
 from edgepack.cli.console import err, out
+
+
+class Kernel(str, Enum):
+    linear = "linear"
+    rbf = "rbf"
+
+
+class FitTo(str, Enum):
+    labels = "labels"
+    scores = "scores"
 
 
 def _size(n: int | None) -> str:
@@ -43,7 +54,11 @@ def distill_command(
     data: Path = typer.Option(..., "--data", help="training .npz: one array per input (or 'x'), samples on axis 0, optional 'labels'"),
     student: Optional[str] = typer.Option(None, "--student", help="network student: path/to/file.py:factory (untrained nn.Module)"),
     tree: bool = typer.Option(False, "--tree", help="rule student: a decision tree fitted to the teacher's predictions"),
-    eval_data: Optional[Path] = typer.Option(None, "--eval", help=".npz to evaluate on each epoch and to measure the bundles"),
+    svm: bool = typer.Option(False, "--svm", help="SVM student fitted to the teacher's classes or scores"),
+    rules: bool = typer.Option(False, "--rules", help="rule-set student: ordered if-then rules read off a shallow forest"),
+    eval_data: Optional[Path] = typer.Option(None, "--eval", help=".npz to report on and to measure the bundles (never used to choose)"),
+    val_data: Optional[Path] = typer.Option(None, "--val", help="network: .npz to choose the best epoch on (default: --val-fraction of --data)"),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="network: training samples held out to choose the best epoch (0: last epoch)"),
     temperature: float = typer.Option(4.0, "--temperature", "-T", help="network: softening temperature T"),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="network: weight of the distillation term (default 0.5; 1 without labels)"),
     epochs: int = typer.Option(30, "--epochs", help="network: training epochs"),
@@ -53,11 +68,19 @@ def distill_command(
     max_depth: Optional[int] = typer.Option(8, "--max-depth", help="tree: depth limit"),
     max_leaf_nodes: Optional[int] = typer.Option(None, "--max-leaf-nodes", help="tree: leaf (rule) limit"),
     min_samples_leaf: int = typer.Option(1, "--min-samples-leaf", help="tree: training samples per leaf at least"),
-    augment: int = typer.Option(0, "--augment", help="tree: also fit on N noisy copies of training samples, labelled by the teacher"),
-    noise: float = typer.Option(0.5, "--noise", help="tree: --augment noise, as a fraction of each feature's standard deviation"),
+    augment: int = typer.Option(0, "--augment", help="tree/svm/rules: also fit on N noisy copies of training samples, labelled by the teacher"),
+    noise: float = typer.Option(0.5, "--noise", help="tree/svm/rules: --augment noise, as a fraction of each feature's standard deviation"),
+    kernel: Kernel = typer.Option(Kernel.linear, "--kernel", help="svm: linear, or rbf through a Nyström map"),
+    svm_fit: FitTo = typer.Option(FitTo.labels, "--svm-fit", help="svm: fit the teacher's classes (LinearSVC) or scores (LinearSVR per class)"),
+    svm_c: float = typer.Option(1.0, "--svm-c", help="svm: regularisation C"),
+    components: int = typer.Option(100, "--components", help="svm rbf: Nyström components (program size ~ components × features)"),
+    gamma: Optional[float] = typer.Option(None, "--gamma", help="svm rbf: kernel width γ (default 1/features, features standardised)"),
+    max_rules: int = typer.Option(24, "--max-rules", help="rules: rules at most, the default rule included"),
+    max_conditions: int = typer.Option(3, "--max-conditions", help="rules: conditions per rule at most"),
+    feature_names: Optional[Path] = typer.Option(None, "--feature-names", help="rules: text file, one name per flattened input feature, for rules.txt"),
     targets: List[str] = typer.Option([], "--target", "-t", help="build the student's bundle for this target (repeatable)"),
     out_dir: Path = typer.Option(Path("dist"), "--out", "-o", help="directory for the student files and bundles"),
-    name: Optional[str] = typer.Option(None, help="student name (default: <teacher>_student or <teacher>_tree)"),
+    name: Optional[str] = typer.Option(None, help="student name (default: <teacher>_student, _tree, _svm or _rules)"),
     version: Optional[str] = typer.Option(None, help="student bundle version (default 0.1.0)"),
     inputs: List[str] = typer.Option([], "--input", "-i", help="teacher input name:1x3x224x224:float32, for dynamic or torch inputs"),
     max_drop: Optional[str] = typer.Option(None, "--max-drop", help="with --eval: fail when a bundle's accuracy is more below the teacher's, e.g. 2%"),
@@ -67,16 +90,25 @@ def distill_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved plan and stop"),
     as_json: bool = typer.Option(False, "--json", help="print the distill record and the table as JSON"),
 ) -> None:
-    """Distill TEACHER into a smaller network or a decision tree, and build the student's bundles."""
-    from edgepack.compression.distill import NetworkStudentConfig, TreeStudentConfig, plan_distill, run_distill
+    """Distill TEACHER into a smaller network, a decision tree, an SVM or a rule set, and build the student's bundles."""
+    from edgepack.compression.distill import (NetworkStudentConfig, RuleSetStudentConfig, SvmStudentConfig, TreeStudentConfig,
+                                              plan_distill, run_distill)
     from edgepack.errors import EdgepackError
     from edgepack.measure.evaluation import parse_max_drop
 
-    if (student is None) == (not tree):
-        raise EdgepackError("say which student to distill into", "pass either --student file.py:factory or --tree")
-    config = (NetworkStudentConfig(student, temperature, alpha, epochs, lr, batch_size, seed=seed) if student
-              else TreeStudentConfig(max_depth, max_leaf_nodes, min_samples_leaf, seed=seed, augment=augment, noise=noise))
-    plan = plan_distill(teacher, config, data, out_dir, eval_data=eval_data, inputs=tuple(inputs), name=name, version=version,
+    if (student is not None) + tree + svm + rules != 1:
+        raise EdgepackError("say which one student to distill into", "pass one of --student file.py:factory, --tree, --svm, --rules")
+    if feature_names is not None and not rules:
+        raise EdgepackError("--feature-names names the features of a rule set", "add --rules, or drop --feature-names")
+    if student:
+        config = NetworkStudentConfig(student, temperature, alpha, epochs, lr, batch_size, seed=seed, val_fraction=val_fraction)
+    elif svm:
+        config = SvmStudentConfig(kernel.value, svm_fit.value, svm_c, components, gamma, seed=seed, augment=augment, noise=noise)
+    elif rules:
+        config = RuleSetStudentConfig(max_rules, max_conditions, seed=seed, augment=augment, noise=noise, feature_names=feature_names)
+    else:
+        config = TreeStudentConfig(max_depth, max_leaf_nodes, min_samples_leaf, seed=seed, augment=augment, noise=noise)
+    plan = plan_distill(teacher, config, data, out_dir, eval_data=eval_data, val_data=val_data, inputs=tuple(inputs), name=name, version=version,
                         targets=tuple(targets), force=force, max_drop=parse_max_drop(max_drop) if max_drop else None,
                         latency_runs=latency_runs, teacher_bundle=teacher_bundle)
     if dry_run:
@@ -105,8 +137,11 @@ def distill_command(
         out.print(f"kept epoch {report['best_epoch']} of {report['epochs_run']} (best {report['selected_by']}); α {report['alpha']}",
                   highlight=False)
     else:
-        out.print(f"tree: depth {report['depth']}, {report['leaves']} rules; its ONNX program predicts exactly as the tree "
-                  f"on {sum(v['samples'] for v in report['onnx_equals_tree'].values())} samples", highlight=False)
+        shape = {"tree": lambda: f"depth {report['depth']}, {report['leaves']} rules",
+                 "svm": lambda: f"{report['kernel']} kernel, {report['params']:,} parameters",
+                 "rules": lambda: f"{report['rules']} rules, {report['conditions']} conditions"}[plan.student.kind]()
+        out.print(f"{plan.student.kind}: {shape}; its ONNX program predicts exactly as the fitted student "
+                  f"on {sum(v['samples'] for v in report['onnx_equals_student'].values())} samples", highlight=False)
     out.print(comparison_table(result.rows))
     out.print("wrote " + ", ".join(str(p) for p in result.files), highlight=False, soft_wrap=True)
     for bundle in result.bundles:

@@ -26,18 +26,23 @@ def as_event(event: ProgressEvent | str) -> ProgressEvent:
 
 
 class PlainStages:
-    """When stderr is not a terminal (CI, a log file): one line as each stage ends, with how long it took."""
+    """When stderr is not a terminal (CI, a log file): one line as each stage ends, with how long it took, and
+    for counted work (tuning trials, epochs) a line at most every `every_s` seconds, so a long stage is never silent."""
 
-    def __init__(self, title: str, write: Callable[[str], None]):
-        self.title, self.write = title, write
+    def __init__(self, title: str, write: Callable[[str], None], every_s: float = 30.0):
+        self.title, self.write, self.every_s = title, write, every_s
         self.stage: str | None = None
-        self.started = self.began = time.perf_counter()
+        self.started = self.began = self.last_line = time.perf_counter()
 
     def __call__(self, event: ProgressEvent | str) -> None:
         event = as_event(event)
         if event.stage != self.stage:
             self.finish_stage()
             self.stage, self.started = event.stage, time.perf_counter()
+        now = time.perf_counter()
+        if event.total is not None and event.message and now - self.last_line >= self.every_s:
+            self.last_line = now
+            self.write(f"{self.title}: {event} ({now - self.started:.0f} s)")
 
     def finish_stage(self) -> None:
         if self.stage is not None:

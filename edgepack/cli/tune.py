@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from edgepack.cli.console import err, out
+from edgepack.cli.progress import progress_reporter
+from edgepack.progress import ProgressEvent
+
+
+@contextmanager
+def _stdout_to_stderr(enabled: bool):
+    """Send everything written to file descriptor 1 (MetaSchedule's logs and task tables, from Python,
+    C++ and worker processes alike) to stderr, so that stdout holds only the JSON document."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def tune_command(
@@ -29,14 +52,21 @@ def tune_command(
     Ctrl-C stops tuning and keeps every record measured so far."""
     from edgepack.targets import load_target
     from edgepack.api import tune
-    from edgepack.compiler.tune import RpcTracker, TuneConfig, tuning_dir
+    from edgepack.compiler.tune import RpcTracker, TuneConfig, TuningInterrupted, tuning_dir
 
     rpc = RpcTracker.parse(rpc_tracker, rpc_key) if rpc_tracker else None
     directory = database or tuning_dir(load_target(target))
     try:
-        with err.status("tuning") as status:
+        with _stdout_to_stderr(as_json), progress_reporter("tune") as report_progress:
+            report_progress(ProgressEvent("prepare", "export, pre-flight, kernel extraction"))
             record = tune(model, target, TuneConfig(trials=trials, database=directory, rpc=rpc, max_minutes=minutes), inputs,
-                          progress=lambda state: status.update(f"tuning: {state.line()}"))
+                          progress=lambda state: report_progress(
+                              ProgressEvent("tuning", state.line(), state.trials_done, state.trials_total)))
+    except TuningInterrupted as stopped:
+        report = stopped.record.report
+        err.print(f"interrupted: kept {report.get('new_records', 0)} new records ({report.get('trials', 0)} trials) "
+                  f"in {directory}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     except KeyboardInterrupt:
         err.print(f"interrupted: the records measured so far are kept in {directory}", highlight=False)
         raise typer.Exit(130) from None

@@ -89,6 +89,7 @@ class TuneProgress:
     errors: int = 0
     elapsed_s: float = 0.0
     out_of_time: bool = False  # the time budget ran out before the trials did
+    interrupted: bool = False  # Ctrl-C (SIGINT) asked to stop after the batch being measured
 
     @property
     def eta_s(self) -> float | None:
@@ -274,6 +275,43 @@ class _TimeBudgetSpent(Exception):
     """Raised by the progress callback to end MetaSchedule's loop when the time budget is spent."""
 
 
+class TuningInterrupted(Exception):
+    """Ctrl-C stopped tuning after a measured batch; `record` says what was kept."""
+
+    def __init__(self, record: StageRecord):
+        super().__init__(f"tuning interrupted; {record.report.get('new_records', 0)} new records kept")
+        self.record = record
+
+
+class _stop_on_sigint:
+    """While tuning: the first SIGINT asks the progress callback to stop after the current batch (raising
+    KeyboardInterrupt inside MetaSchedule's C++ loop crashed the process); a second one interrupts at once."""
+
+    def __init__(self, state: TuneProgress):
+        self.state = state
+        self.previous = None
+
+    def _handle(self, signum, frame):
+        import signal
+
+        self.state.interrupted = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 def _progress_callback(report: Callable[[TuneProgress], None], total: int, task_names: list[str],
                        started: float, max_seconds: float | None):
     from tvm.ir.utils import derived_object
@@ -298,7 +336,7 @@ def _progress_callback(report: Callable[[TuneProgress], None], total: int, task_
             state.elapsed_s = time.perf_counter() - started
             state.out_of_time = max_seconds is not None and state.elapsed_s >= max_seconds
             report(state)
-            if state.out_of_time:  # after the database callback ran: this batch's records are kept
+            if state.out_of_time or state.interrupted:  # after the database callback ran: this batch's records are kept
                 raise _TimeBudgetSpent()
 
     return _Progress()
@@ -320,7 +358,8 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
                progress: Callable[[TuneProgress], None] = lambda state: None) -> StageRecord:
     """Tune every kernel of `model` for `target`, appending the records to the tuning database.
 
-    Ctrl-C stops it; records measured so far stay in the database and the interrupt propagates."""
+    Ctrl-C stops it after the batch being measured: the records so far stay in the database and
+    `TuningInterrupted` carries the record of what was done."""
     if config.rpc is None and not target.runs_on_this_machine():
         raise EdgepackError(f"target '{target.name}' ({target.arch}) cannot be measured on this machine",
                             "tune through the device's RPC server (--rpc-tracker, --rpc-key) or on the device itself")
@@ -366,22 +405,23 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
             progress(state)
 
         callback = _progress_callback(record_curve, config.trials, names, started, max_seconds)
-        try:
-            ms.tune.tune_tasks(
-                tasks=contexts,
-                task_weights=weights,
-                work_dir=work_dir,
-                max_trials_global=config.trials,
-                # every kernel gets at least one round before the budget runs out
-                num_trials_per_iter=max(1, min(config.trials_per_iteration, config.trials // len(contexts))),
-                builder=builder,
-                runner=runner,
-                database=database,
-                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback],
-            )
-        except Exception:  # noqa: BLE001 - MetaSchedule re-raises the callback's exception as its own type
-            if not callback.state.out_of_time:
-                raise
+        with _stop_on_sigint(callback.state):
+            try:
+                ms.tune.tune_tasks(
+                    tasks=contexts,
+                    task_weights=weights,
+                    work_dir=work_dir,
+                    max_trials_global=config.trials,
+                    # every kernel gets at least one round before the budget runs out
+                    num_trials_per_iter=max(1, min(config.trials_per_iteration, config.trials // len(contexts))),
+                    builder=builder,
+                    runner=runner,
+                    database=database,
+                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback],
+                )
+            except Exception:  # noqa: BLE001 - MetaSchedule re-raises the callback's exception as its own type
+                if not (callback.state.out_of_time or callback.state.interrupted):
+                    raise
     state = callback.state
     report = {
         "kernels": len(contexts),
@@ -391,14 +431,18 @@ def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneCo
         "new_records": len(database) - before,
         "heuristic_records": seeded,
         "best_ms_sum": round(sum(state.best_ms.values()), 4),
-        "stopped_by_time_budget": state.out_of_time,
+        "stopped_by_time_budget": state.out_of_time and not state.interrupted,
+        "interrupted": state.interrupted,
         "seconds": round(time.perf_counter() - started, 1),
         "curve": curve,
     }
     if state.trials_done and state.errors == state.trials_done:
         raise EdgepackError(f"all {state.errors} tuning candidates failed to build or run",
                             f"rerun with --debug; MetaSchedule's logs are under {database_dir}/logs")
-    return StageRecord("tune", _config_json(config, database_dir), report)
+    record = StageRecord("tune", _config_json(config, database_dir), report)
+    if state.interrupted:
+        raise TuningInterrupted(record)
+    return record
 
 
 def _config_json(config: TuneConfig, database_dir: Path) -> dict:

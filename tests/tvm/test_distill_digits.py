@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepack.compression.distill import NetworkStudentConfig, TreeStudentConfig, distill
+from edgepack.compression.distill import NetworkStudentConfig, RuleSetStudentConfig, SvmStudentConfig, TreeStudentConfig, distill
 
 pytestmark = pytest.mark.tvm
 
@@ -22,6 +22,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "edgepack" / "examples"
 CROSS = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or shutil.which("qemu-aarch64") is None,
                            reason="needs g++-aarch64-linux-gnu and qemu-user (scripts/setup.sh installs them)")
 TREE = TreeStudentConfig(max_depth=8)
+SVM = SvmStudentConfig(kernel="rbf", components=60)
+RULES = RuleSetStudentConfig(max_rules=16, max_conditions=3)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,73 @@ def network(digits_files):
 def tree(digits_files):
     return distill(str(digits_files["teacher"]), TREE, digits_files["train"], digits_files["dir"] / "tree",
                    eval_data=digits_files["test"], targets=("x86_64",), latency_runs=20)
+
+
+@pytest.fixture(scope="module")
+def teacher_classes(digits_files):
+    """The teacher's training-set logits and classes, as the fitted students saw them."""
+    from edgepack.examples.digits import digits_split
+    from edgepack.measure.evaluation import EvalData, onnx_predictor, predict
+    from edgepack.runtime.bundle_format import TensorSpec
+
+    train_x = digits_split()[0]
+    logits = predict(onnx_predictor(digits_files["teacher"]), (TensorSpec("image", "float32", (1, 1, 8, 8)),),
+                     EvalData((train_x,), None, "train"))[0].astype(np.float32)
+    return train_x.reshape(len(train_x), -1), logits
+
+
+@pytest.fixture(scope="module")
+def svm(digits_files):
+    return distill(str(digits_files["teacher"]), SVM, digits_files["train"], digits_files["dir"] / "svm",
+                   eval_data=digits_files["test"], targets=("x86_64",), latency_runs=5)
+
+
+@pytest.fixture(scope="module")
+def rules(digits_files):
+    names = digits_files["dir"] / "names.txt"
+    names.write_text("".join(f"pixel_r{r}c{c}\n" for r in range(8) for c in range(8)))
+    return distill(str(digits_files["teacher"]), RuleSetStudentConfig(16, 3, feature_names=names), digits_files["train"],
+                   digits_files["dir"] / "rules", eval_data=digits_files["test"], targets=("x86_64",), latency_runs=5)
+
+
+def _bundle_outputs(bundle, samples: np.ndarray) -> np.ndarray:
+    from edgepack.runtime.loader import load
+
+    loaded = load(bundle.path)
+    return np.concatenate([loaded.run([sample[None]])[0] for sample in samples])
+
+
+def test_svm_bundle_reproduces_the_fitted_svm_on_every_test_sample(svm, teacher_classes):
+    from edgepack.compression.distill.svm import fit_svm
+    from edgepack.examples.digits import digits_split
+
+    features, logits = teacher_classes
+    own = fit_svm(features, logits.argmax(axis=1), logits, SVM)  # the same fit, refitted here
+    test_x = digits_split()[1]
+    (bundle,) = svm.bundles
+    scores = _bundle_outputs(bundle, test_x)
+    test_features = test_x.reshape(len(test_x), -1)
+    np.testing.assert_array_equal(scores.argmax(axis=1), own.predict(test_features))
+    np.testing.assert_allclose(scores, own.decision(test_features), rtol=1e-5, atol=1e-5)
+    report = svm.record.report["student"]
+    assert report["components"] == 60 and report["params"] == own.params and report["exps"] == 60
+    assert bundle.manifest["verification"]["passed"] and bundle.manifest["quality"]["after"]["top1_agreement"] > 0.9
+
+
+def test_rule_set_bundle_predicts_as_its_rules_and_ships_them(rules, teacher_classes):
+    from edgepack.compression.distill.rules import fit_rules
+    from edgepack.examples.digits import digits_split
+
+    features, logits = teacher_classes
+    own = fit_rules(features, logits.argmax(axis=1), 10, RULES)
+    test_x = digits_split()[1]
+    (bundle,) = rules.bundles
+    scores = _bundle_outputs(bundle, test_x)
+    np.testing.assert_array_equal(scores.argmax(axis=1), own.predict(test_x.reshape(len(test_x), -1)))
+    text = (bundle.path / "rules.txt").read_text()
+    assert text.count("\nrule ") == len(own.rules) <= 16 and "pixel_r" in text
+    assert bundle.manifest["files"]["rules.txt"]["size"] == len(text.encode())
+    assert bundle.manifest["verification"]["passed"]
 
 
 def test_network_student_has_a_quarter_of_the_parameters_within_two_points(network, digits_files):
@@ -122,13 +191,16 @@ def test_tree_bundle_ships_its_rules_under_the_manifest_digests(tree, copy_bundl
 
 @pytest.mark.cross
 @CROSS
-def test_tree_and_distilled_network_bundles_for_arm64_verify_under_qemu(tree, network, digits_files):
+def test_tree_svm_rules_and_network_bundles_for_arm64_verify_under_qemu(tree, network, digits_files):
     from edgepack.build import build
 
     arm_tree = distill(str(digits_files["teacher"]), TREE, digits_files["train"], digits_files["dir"] / "tree",
                        targets=("arm64",), force=True)
     arm_net = build(str(network.plan.model_path), "arm64", digits_files["dir"] / "net-arm").bundle  # the student goes on
-    for bundle in (arm_tree.bundles[0], arm_net):
+    arm_svm = distill(str(digits_files["teacher"]), SVM, digits_files["train"], digits_files["dir"] / "svm-arm", targets=("arm64",))
+    arm_rules = distill(str(digits_files["teacher"]), RULES, digits_files["train"], digits_files["dir"] / "rules-arm", targets=("arm64",))
+    assert "rules.txt" in arm_rules.bundles[0].manifest["files"]
+    for bundle in (arm_tree.bundles[0], arm_net, arm_svm.bundles[0], arm_rules.bundles[0]):
         verification = json.loads((bundle.path / "manifest.json").read_text())["verification"]
         assert verification["passed"] is True
         assert verification["native_loader"]["emulator"] == "qemu-aarch64" and verification["native_loader"]["passed"]

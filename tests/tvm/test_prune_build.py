@@ -92,3 +92,28 @@ def test_damaged_sparse_params_fail_the_decoders_digest_check(sparse_bundle, tmp
         load(copy)
     run = subprocess.run([str(copy / "runtime/edgepack-run"), "verify"], capture_output=True, text=True, check=False)
     assert run.returncode == 3 and "params.sparse': decoded params do not match their SHA-256" in run.stderr, run.stderr
+
+
+def test_build_prune_reports_params_size_and_compiled_latency_before_and_after(tmp_path):
+    """`edgepack build --prune` (a real subprocess): the report shows what pruning bought, timed as `bench` times."""
+    import sys
+    from pathlib import Path
+
+    from edgepack.examples import digits
+
+    edgepack = Path(sys.executable).parent / "edgepack"
+    built = subprocess.run([str(edgepack), "build", f"{digits.__file__}:digits_cnn", "--prune", "channels",
+                            "--prune-sparsity", "50%", "-o", str(tmp_path / "dist"), "--name", "pruned"],
+                           capture_output=True, text=True, timeout=900)
+    assert built.returncode == 0, built.stderr[-2000:]
+    for metric in ("params_bytes", "median_ms"):
+        assert metric in built.stdout
+    (bundle,) = (tmp_path / "dist").iterdir()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    report = manifest["provenance"]["stages"][0]["report"]
+    before, after = report["before"], report["after"]
+    assert after["params_bytes"] < 0.6 * before["params_bytes"]
+    assert before["median_ms"] > 0 and after["median_ms"] > 0 and before["runs"] == after["runs"] == 100
+    assert before["protocol"].startswith("as `edgepack bench`: 10 warm-up calls, 5 rounds of 20")
+    compile_report = next(s for s in manifest["provenance"]["stages"] if s["stage"] == "compile")["report"]
+    assert compile_report["params_bytes"] == after["params_bytes"]  # the bundle ships what was measured

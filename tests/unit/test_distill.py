@@ -145,7 +145,7 @@ def _matches(rule: str, sample: np.ndarray, names: list[str]) -> bool:
 
 
 def test_rule_listing_matches_each_sample_with_exactly_one_rule_of_the_trees_class(digits):
-    from edgepack.compression.distill.tree import feature_names
+    from edgepack.compression.distill.program import feature_names
 
     train_x, test_x, train_y, _ = digits
     tree = fit_tree(flatten_samples((train_x,)), train_y, TreeStudentConfig(max_depth=5))
@@ -199,7 +199,7 @@ def test_run_distill_tree_from_an_onnx_teacher_without_labels(tmp_path):
     assert [p.name for p in result.files] == ["linear_tree.onnx", "linear_tree.rules.txt", "linear_tree.distill.json"]
     report = result.record.report
     assert report["labelled"] is False and report["measured_on"].startswith("training data")
-    assert report["student"]["onnx_equals_tree"]["train"] == {"samples": 400, "mismatches": 0}
+    assert report["student"]["onnx_equals_student"]["train"] == {"samples": 400, "mismatches": 0}
     assert 0.5 < report["student"]["top1_agreement"] <= 1.0 and "accuracy" not in report["student"]
     assert report["teacher"]["params"] == 8 * 3 + 3
     assert result.rows[1]["fidelity"] == report["student"]["top1_agreement"]
@@ -226,7 +226,8 @@ def test_run_distill_network_from_a_torch_teacher(tmp_path):
     student = result.record.report["student"]
     assert result.record.report["teacher"]["params"] == 8 * 32 + 32 + 32 * 3 + 3
     assert student["params"] == 8 * 3 + 3 and student["alpha"] == 0.5 and student["epochs_run"] == 3
-    assert student["selected_by"] == "accuracy on the evaluation data" and 1 <= student["best_epoch"] <= 3
+    assert student["selected_by"] == "accuracy on 20 training samples held out (--val-fraction 0.1)" and 1 <= student["best_epoch"] <= 3
+    assert student["trained_on"] == 180
     assert student["export"]["passed"] is True and student["samples"] == 100
     assert (tmp_path / "out" / "teacher_student.pt2").is_file()
     onnx_student = tmp_path / "out" / "teacher_student.onnx"
@@ -284,9 +285,9 @@ def test_cli_needs_exactly_one_student_kind(tmp_path):
     teacher = _linear_teacher(tmp_path / "t.onnx")
     np.savez(tmp_path / "train.npz", x=np.zeros((4, 64), np.float32))
     runner = CliRunner()
-    for extra in ([], ["--tree", "--student", f"{EXAMPLES / 'students.py'}:digits_student"]):
+    for extra in ([], ["--tree", "--student", f"{EXAMPLES / 'students.py'}:digits_student"], ["--svm", "--rules"]):
         result = runner.invoke(app, ["distill", str(teacher), "--data", str(tmp_path / "train.npz"), *extra])
-        assert isinstance(result.exception, EdgepackError) and "pass either --student" in result.exception.fix
+        assert isinstance(result.exception, EdgepackError) and "--tree, --svm, --rules" in result.exception.fix
     result = runner.invoke(app, ["distill", str(teacher), "--data", str(tmp_path / "train.npz"), "--tree", "--dry-run",
                                  "-o", str(tmp_path / "out"), "--target", "x86_64"])
     assert result.exit_code == 0, result.output
@@ -300,7 +301,7 @@ def test_augmented_tree_is_fitted_on_teacher_labelled_noisy_copies(tmp_path):
                                       tmp_path / "out"))
     student = result.record.report["student"]
     assert student["fitted_on"] == 800 and result.record.config["student"]["augment"] == 500
-    assert student["onnx_equals_tree"]["train"]["mismatches"] == 0
+    assert student["onnx_equals_student"]["train"]["mismatches"] == 0
 
 
 def test_a_student_below_max_drop_is_refused_before_anything_is_written(tmp_path):
@@ -318,3 +319,27 @@ def test_a_student_below_max_drop_is_refused_before_anything_is_written(tmp_path
     with pytest.raises(VerificationError, match=r"the student loses too much: accuracy 1.0000 → 0\.\d+"):
         run_distill(plan)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_network_best_epoch_is_chosen_on_val_data_never_on_the_reported_eval_split(tmp_path):
+    """Epoch scores come from --val (37 samples: every accuracy is k/37), the reported quality from --eval (100)."""
+    (tmp_path / "nets.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "def teacher():\n    torch.manual_seed(0)\n    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))\n"
+        "    net.example_inputs = (torch.zeros(1, 8),)\n    return net\n"
+        "def student():\n    return nn.Linear(8, 3)\n")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((337, 8)).astype(np.float32)
+    np.savez(tmp_path / "train.npz", x=x[:200], labels=rng.integers(0, 3, 200))
+    np.savez(tmp_path / "eval.npz", x=x[200:300], labels=rng.integers(0, 3, 100))
+    np.savez(tmp_path / "val.npz", x=x[300:], labels=rng.integers(0, 3, 37))
+    config = NetworkStudentConfig(f"{tmp_path / 'nets.py'}:student", epochs=4)
+    result = run_distill(plan_distill(f"{tmp_path / 'nets.py'}:teacher", config, tmp_path / "train.npz", tmp_path / "out",
+                                      eval_data=tmp_path / "eval.npz", val_data=tmp_path / "val.npz"))
+    student = result.record.report["student"]
+    assert student["selected_by"].startswith("accuracy on --val") and student["trained_on"] == 200
+    assert all(abs(h["accuracy"] * 37 - round(h["accuracy"] * 37)) < 1e-9 for h in student["history"])
+    assert student["samples"] == 100
+    with pytest.raises(EdgepackError, match="fitted students have no epochs"):
+        plan_distill(f"{tmp_path / 'nets.py'}:teacher", TreeStudentConfig(), tmp_path / "train.npz", tmp_path / "o2",
+                     val_data=tmp_path / "val.npz")

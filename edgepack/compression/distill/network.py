@@ -1,8 +1,8 @@
 """Network student: a smaller nn.Module trained on the teacher's softened outputs (Hinton et al. 2015).
 
 loss = α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + (1−α)·CE(z_s, y); without labels α is 1 (pure
-distillation). The teacher's logits are computed once; each epoch ends with an evaluation and the
-best epoch's weights are kept.
+distillation). The teacher's logits are computed once; each epoch ends with an evaluation on a
+validation split (never the reported test data) and the best epoch's weights are kept.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from edgepack.errors import EdgepackError, first_line
-from edgepack.measure.evaluation import top1
+from edgepack.measure.evaluation import EvalData, top1
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class NetworkStudentConfig:
     batch_size: int = 64
     weight_decay: float = 0.0
     seed: int = 0
+    val_fraction: float = 0.1  # training samples held out to choose the best epoch (without --val data)
 
     kind = "network"
 
@@ -43,6 +44,8 @@ class NetworkStudentConfig:
         for label, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
             if value < 1:
                 raise EdgepackError(f"{label} {value} is below 1", f"pass {label} 1 or more")
+        if not 0 <= self.val_fraction < 1:
+            raise EdgepackError(f"--val-fraction {self.val_fraction} is outside 0..1", "use e.g. 0.15, or 0 to keep the last epoch")
         if self.lr <= 0:
             raise EdgepackError(f"--lr {self.lr} is not positive", "use a learning rate such as 1e-2")
 
@@ -189,3 +192,18 @@ def epoch_evaluator(stacks: tuple[np.ndarray, ...], teacher_logits: np.ndarray, 
         return EpochReport(0, 0.0, accuracy, float(np.mean(predicted == teacher_top1)))
 
     return evaluate
+
+
+def validation_split(data: EvalData, logits: np.ndarray, fraction: float, seed: int):
+    """(train, train logits, validation, validation logits): a seeded random `fraction` of `data` held out."""
+    count = len(data)
+    held = int(round(count * fraction))
+    if held < 1 or held >= count:
+        raise EdgepackError(f"--val-fraction {fraction} of {count} training samples leaves no validation or no training sample",
+                            "pass more training data, another --val-fraction, or --val data.npz")
+    order = np.random.default_rng(seed).permutation(count)
+    parts = []
+    for chosen, name in ((order[held:], "train"), (order[:held], "validation")):
+        labels = None if data.labels is None else data.labels[chosen]
+        parts += [EvalData(tuple(stack[chosen] for stack in data.inputs), labels, f"{data.origin} ({name} part)"), logits[chosen]]
+    return tuple(parts)

@@ -1,8 +1,8 @@
-"""Stage: distill a teacher into a student (network or decision tree), then build its bundles.
+"""Stage: distill a teacher into a student (network, decision tree, SVM or rule set), then build its bundles.
 
 Plan first (every file, target, toolchain and destination checked), then run: teacher outputs on the
 training data, train or fit the student, write it beside the bundles (`NAME.onnx`, plus `NAME.pt2`
-for a network and `NAME.rules.txt` for a tree) so `edgepack build` can take it further, then build
+for a network and `NAME.rules.txt` for a tree or rule set) so `edgepack build` can take it further, then build
 one bundle per target through the normal build with the distill record first in its provenance.
 """
 
@@ -21,13 +21,16 @@ import numpy as np
 from edgepack.artifacts import Bundle, StageRecord
 from edgepack.compression.distill.network import NetworkStudentConfig, TrainingProgress
 from edgepack.compression.distill.teacher import Teacher, check_classifier, load_data, load_teacher
+from edgepack.compression.distill.rules import RuleSetStudentConfig
+from edgepack.compression.distill.svm import SvmStudentConfig
 from edgepack.compression.distill.tree import TreeStudentConfig
-from edgepack.errors import EdgepackError, InternalError, VerificationError
-from edgepack.measure.evaluation import EvalData, measure, onnx_predictor, predict, top1
+from edgepack.errors import EdgepackError, VerificationError
+from edgepack.measure.evaluation import EvalData, measure, onnx_predictor, predict
 from edgepack.bundle.package import PackageConfig, check_destination
 from edgepack.frontends.sources import OnnxSource, describe, parse_source
 
-StudentConfig = NetworkStudentConfig | TreeStudentConfig
+StudentConfig = NetworkStudentConfig | TreeStudentConfig | SvmStudentConfig | RuleSetStudentConfig
+NAME_SUFFIX = {"network": "student", "tree": "tree", "svm": "svm", "rules": "rules"}
 DEFAULT_VERSION = "0.1.0"
 GOLDEN_CASES = 8
 RULES_FILE = "rules.txt"
@@ -50,6 +53,7 @@ class DistillPlan:
     max_drop: float | None = None
     latency_runs: int = 50
     teacher_bundle: Path | None = None
+    val_data: Path | None = None  # network: where the best epoch is chosen (default: a split of `data`)
 
     @property
     def model_path(self) -> Path:
@@ -59,8 +63,17 @@ class DistillPlan:
     @property
     def outputs(self) -> list[Path]:
         """Every model file the distillation writes beside the bundles."""
-        extra = self.out_dir / (f"{self.name}.pt2" if isinstance(self.student, NetworkStudentConfig) else f"{self.name}.rules.txt")
-        return [self.model_path, extra, self.out_dir / f"{self.name}.distill.json"]
+        extra = {"network": [f"{self.name}.pt2"], "tree": [f"{self.name}.rules.txt"], "rules": [f"{self.name}.rules.txt"]}
+        return [self.model_path, *(self.out_dir / e for e in extra.get(self.student.kind, [])), self.summary_path]
+
+    @property
+    def summary_path(self) -> Path:
+        """The distill record and comparison rows as JSON."""
+        return self.out_dir / f"{self.name}.distill.json"
+
+    @property
+    def ships_rules(self) -> bool:
+        return isinstance(self.student, (TreeStudentConfig, RuleSetStudentConfig))
 
     def describe(self) -> list[str]:
         """Human-readable lines for `--dry-run`."""
@@ -76,7 +89,8 @@ class DistillPlan:
 def plan_distill(teacher: str, student: StudentConfig, data: Path, out_dir: Path = Path("dist"), *,
                  eval_data: Path | None = None, inputs: tuple[str, ...] = (), name: str | None = None,
                  version: str | None = None, targets: tuple[str, ...] = (), force: bool = False,
-                 max_drop: float | None = None, latency_runs: int = 50, teacher_bundle: Path | None = None) -> DistillPlan:
+                 max_drop: float | None = None, latency_runs: int = 50, teacher_bundle: Path | None = None,
+                 val_data: Path | None = None) -> DistillPlan:
     """Resolve the teacher, student, data, targets and destinations; refuse anything wrong before work."""
     from edgepack.compiler.compile import check_toolchain
     from edgepack.targets import load_target
@@ -85,7 +99,9 @@ def plan_distill(teacher: str, student: StudentConfig, data: Path, out_dir: Path
     source = parse_source(teacher)
     if isinstance(student, NetworkStudentConfig):
         parse_source(student.student)
-    for label, path in (("training data", data), ("evaluation data", eval_data)):
+    if val_data is not None and not isinstance(student, NetworkStudentConfig):
+        raise EdgepackError("--val chooses a network student's best epoch; fitted students have no epochs", "drop --val")
+    for label, path in (("training data", data), ("evaluation data", eval_data), ("validation data", val_data)):
         if path is not None and not Path(path).is_file():
             raise EdgepackError(f"{label} '{path}' does not exist",
                                 "pass an .npz with one array per input (or 'x'), samples on axis 0, optional 'labels'")
@@ -95,14 +111,14 @@ def plan_distill(teacher: str, student: StudentConfig, data: Path, out_dir: Path
         raise EdgepackError(f"'{teacher_bundle}' is not a bundle directory", "pass a directory written by `edgepack build`")
     if latency_runs < 0:
         raise EdgepackError(f"--latency-runs {latency_runs} is negative", "pass 0 to skip timing")
-    name = name or f"{source.default_name}_{'student' if isinstance(student, NetworkStudentConfig) else 'tree'}"
+    name = name or f"{source.default_name}_{NAME_SUFFIX[student.kind]}"
     version = version or DEFAULT_VERSION
     for label, value in (("name", name), ("version", version)):
         if not value or "/" in value or value.startswith("."):
             raise EdgepackError(f"student {label} '{value}' cannot be part of a file name", f"pass --{label} with letters, digits, . - _")
     plan = DistillPlan(teacher, student, Path(data), Path(out_dir), name, version, Path(eval_data) if eval_data else None,
                        tuple(inputs), tuple(dict.fromkeys(targets)), force, max_drop, latency_runs,
-                       Path(teacher_bundle) if teacher_bundle else None)
+                       Path(teacher_bundle) if teacher_bundle else None, Path(val_data) if val_data else None)
     for path in plan.outputs:
         if path.exists() and not force:
             raise EdgepackError(f"'{path}' already exists", "pass --force to replace it, or choose another -o/--name")
@@ -129,19 +145,27 @@ def _model_quality(outputs: np.ndarray, data: EvalData, teacher_outputs: np.ndar
     return {key: report[key] for key in ("samples", "accuracy", "top1_agreement") if key in report}
 
 
-def _train_network(plan: DistillPlan, teacher: Teacher, train: EvalData, train_logits: np.ndarray, held: EvalData,
-                   held_logits: np.ndarray, held_is_eval: bool, work: Path, training) -> tuple[dict, list[tuple[Path, Path]]]:
+def _train_network(plan: DistillPlan, teacher: Teacher, train: EvalData, train_logits: np.ndarray, work: Path,
+                   training) -> tuple[dict, list[tuple[Path, Path]]]:
     import torch
 
-    from edgepack.compression.distill.network import epoch_evaluator, load_student, train_student
+    from edgepack.compression.distill.network import epoch_evaluator, load_student, train_student, validation_split
     from edgepack.frontends.export import ExportConfig, TorchModel, export_to_onnx
 
     config: NetworkStudentConfig = plan.student
     alpha = config.resolved_alpha(train.labels is not None)
+    if plan.val_data is not None:  # the best epoch is chosen here, never on the reported --eval data
+        validation = load_data(plan.val_data, teacher, "validation data")
+        val_logits, selected_on = teacher.logits(validation), f"--val {plan.val_data} ({len(validation)} samples)"
+    elif config.val_fraction > 0:
+        train, train_logits, validation, val_logits = validation_split(train, train_logits, config.val_fraction, config.seed)
+        selected_on = f"{len(validation)} training samples held out (--val-fraction {config.val_fraction})"
+    else:
+        validation = None
     torch.manual_seed(config.seed)
     module = load_student(config.student)
     params = sum(p.numel() for p in module.parameters())
-    evaluate = epoch_evaluator(held.inputs, held_logits, held.labels) if held_is_eval else None
+    evaluate = epoch_evaluator(validation.inputs, val_logits, validation.labels) if validation is not None else None
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small students train faster on one thread than on contended cores
     try:
@@ -157,42 +181,23 @@ def _train_network(plan: DistillPlan, teacher: Teacher, train: EvalData, train_l
                             "make the student exportable with torch.export") from None
     export = export_to_onnx(TorchModel(module, module, teacher.inputs, None), onnx_path, ExportConfig())
     report = {"alpha": alpha, "params": int(params), "epochs_run": len(history), "best_epoch": best,
-              "selected_by": ("accuracy" if held.labels is not None else "fidelity") + " on the evaluation data" if held_is_eval
-              else "last epoch (no --eval data)", "history": [h.to_json() for h in history], "export": export.report}
+              "selected_by": (("accuracy" if validation.labels is not None else "fidelity") + " on " + selected_on
+                              if validation is not None else "last epoch (--val-fraction 0)"),
+              "trained_on": len(train), "history": [h.to_json() for h in history], "export": export.report}
     return report, [(onnx_path, plan.model_path), (program_path, plan.outputs[1])]
 
 
-def _fit_tree(plan: DistillPlan, teacher: Teacher, train: EvalData, train_logits: np.ndarray, held: EvalData,
-              work: Path, n_classes: int) -> tuple[dict, list[tuple[Path, Path]]]:
-    from edgepack.compression.distill.tree import augmented, flatten_samples, fit_tree, rule_listing, tree_matrices, tree_predict, tree_to_onnx
+def _fit(plan: DistillPlan, teacher: Teacher, train: EvalData, train_logits: np.ndarray, held: EvalData,
+         work: Path, n_classes: int) -> tuple[dict, list[tuple[Path, Path]]]:
+    from edgepack.compression.distill.fitted import fit_student
 
-    config: TreeStudentConfig = plan.student
-    features, classes = flatten_samples(train.inputs), top1(train_logits)
-    if config.augment:  # more of the teacher's decisions near the data than the training set alone shows
-        extra = (augmented(flatten_samples(train.inputs[:1]), config).reshape((config.augment, *train.inputs[0].shape[1:])),)
-        features = np.concatenate([features, flatten_samples(extra)])
-        classes = np.concatenate([classes, top1(teacher.logits(EvalData(extra, None, "augmented")))])
-    tree = fit_tree(features, classes, config)
-    matrices = tree_matrices(tree, features.shape[1], n_classes)
-    spec = teacher.inputs[0]
-    onnx_path, rules_path = work / "student.onnx", work / "rules.txt"
-    header = [f"decision tree distilled from {plan.teacher}: depth {tree.get_depth()}, {tree.get_n_leaves()} rules, "
-              f"{n_classes} classes", f"input {spec.name}: {spec.dtype} {'x'.join(map(str, spec.shape))}; "
-              f"output {'probabilities'}: class probabilities of the matching rule"]
-    tree_to_onnx(matrices, spec, onnx_path, doc="\n".join(header), version=plan.version)
-    rules_path.write_text(rule_listing(tree, matrices, spec, header), encoding="utf-8")
-    checked = {}  # the tensor program must predict exactly what the tree predicts
-    for label, data in (("train", train), ("eval", held)):
-        own = tree_predict(tree, flatten_samples(data.inputs))
-        program = top1(predict(onnx_predictor(onnx_path), teacher.inputs, data)[0])
-        mismatches = int(np.sum(own != program))
-        if mismatches:
-            raise InternalError(f"the tree's ONNX program disagrees with the tree on {mismatches} {label} samples")
-        checked[label] = {"samples": len(data), "mismatches": mismatches}
-    report = {"params": matrices.elements, "fitted_on": len(features), "depth": int(tree.get_depth()), "leaves": int(tree.get_n_leaves()),
-              "decision_nodes": len(matrices.thresholds), "onnx_equals_tree": checked,
-              "formulation": "GEMM: (x·A ≤ B)·C = D selects the leaf, leaf·E the class probabilities"}
-    return report, [(onnx_path, plan.model_path), (rules_path, plan.outputs[1])]
+    report, onnx_path, listing = fit_student(plan.student, teacher, train, train_logits, held, work, n_classes, plan.teacher, plan.version)
+    moves = [(onnx_path, plan.model_path)]
+    if listing is not None:
+        rules_path = work / RULES_FILE
+        rules_path.write_text(listing, encoding="utf-8")
+        moves.append((rules_path, plan.outputs[1]))
+    return report, moves
 
 
 def _teacher_onnx(plan: DistillPlan, teacher: Teacher, work: Path) -> Path:
@@ -270,10 +275,9 @@ def run_distill(plan: DistillPlan, progress: Callable[[str], None] = lambda line
         work = Path(workdir)
         progress("student")
         if isinstance(plan.student, NetworkStudentConfig):
-            student_report, moves = _train_network(plan, teacher, train, train_logits, held, held_logits,
-                                                   evaluation is not None, work, training)
+            student_report, moves = _train_network(plan, teacher, train, train_logits, work, training)
         else:
-            student_report, moves = _fit_tree(plan, teacher, train, train_logits, held, work, n_classes)
+            student_report, moves = _fit(plan, teacher, train, train_logits, held, work, n_classes)
         progress("measure")
         student_outputs = predict(onnx_predictor(moves[0][0]), teacher.inputs, held)[0]
         student_quality = _model_quality(student_outputs, held, held_logits)
@@ -281,7 +285,8 @@ def run_distill(plan: DistillPlan, progress: Callable[[str], None] = lambda line
         student_report.update(size_bytes=moves[0][0].stat().st_size, **student_quality)
         record = StageRecord("distill", {
             "teacher": describe(teacher.source), "student": plan.student.to_json(),
-            "data": str(plan.data), "eval_data": str(plan.eval_data) if plan.eval_data else None},
+            "data": str(plan.data), "eval_data": str(plan.eval_data) if plan.eval_data else None,
+            **({"val_data": str(plan.val_data)} if plan.val_data else {})},
             {"train_samples": len(train), "labelled": train.labels is not None, "classes": n_classes,
              "measured_on": "eval data" if evaluation else "training data (no --eval)",
              "teacher": {"params": teacher.params, "size_bytes": teacher.size_bytes, **teacher_quality},
@@ -311,7 +316,7 @@ def run_distill(plan: DistillPlan, progress: Callable[[str], None] = lambda line
         for target in plan.targets:
             build_plan = plan_build(str(plan.model_path), target, plan.out_dir, name=plan.name, version=plan.version,
                                     force=plan.force, golden_inputs=golden, prior_stages=(record,),
-                                    extra_files=((RULES_FILE, plan.outputs[1]),) if isinstance(plan.student, TreeStudentConfig) else ())
+                                    extra_files=((RULES_FILE, plan.outputs[1]),) if plan.ships_rules else ())
             if plan.eval_data and build_plan.target.runs_on_this_machine():
                 measured = EvaluationConfig(plan.eval_data, plan.max_drop, baseline=_teacher_onnx(plan, teacher, work),
                                             latency_runs=plan.latency_runs)
@@ -320,8 +325,8 @@ def run_distill(plan: DistillPlan, progress: Callable[[str], None] = lambda line
             result.bundles.append(built.bundle)
             result.rows.append(_bundle_row(built.bundle, f"{plan.student.kind} student"))
     summary = {"record": record.to_json(), "files": [str(p) for p in files], "rows": result.rows}
-    plan.outputs[2].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    result.files.append(plan.outputs[2])
+    plan.summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    result.files.append(plan.summary_path)
     return result
 
 

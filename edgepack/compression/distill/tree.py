@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack.compression.distill.program import FEATURES, feature_names, float32_at_most, write_program
 from edgepack.errors import EdgepackError, InternalError
 from edgepack.runtime.bundle_format import TensorSpec
 
 OUTPUT_NAME = "probabilities"
-OPSET = 17
 
 
 @dataclass(frozen=True)
@@ -85,12 +85,6 @@ def tree_predict(tree, features: np.ndarray) -> np.ndarray:
     return tree.predict(features.astype(np.float32)).astype(np.int64)
 
 
-def _float32_at_most(threshold: float) -> np.float32:
-    """The largest float32 ≤ threshold: for float32 x, x ≤ t (in float64) iff x ≤ this value."""
-    value = np.float32(threshold)
-    return np.nextafter(value, np.float32(-np.inf)) if float(value) > threshold else value
-
-
 @dataclass(frozen=True)
 class TreeMatrices:
     """The GEMM formulation's constant tensors."""
@@ -119,7 +113,7 @@ def tree_matrices(tree, n_features: int, n_classes: int) -> TreeMatrices:
     thresholds = np.zeros(len(internal), np.float32)
     for node in internal:
         selector[structure.feature[node], column[node]] = 1.0
-        thresholds[column[node]] = _float32_at_most(float(structure.threshold[node]))
+        thresholds[column[node]] = float32_at_most(float(structure.threshold[node]))
     paths = np.zeros((len(internal), len(leaves)), np.float32)
     left_turns = np.zeros(len(leaves), np.float32)
     stack = [(0, [])]
@@ -148,18 +142,12 @@ def tree_matrices(tree, n_features: int, n_classes: int) -> TreeMatrices:
 
 def tree_to_onnx(matrices: TreeMatrices, spec: TensorSpec, path: Path, doc: str = "", version: str | None = None) -> Path:
     """Write the tree as an ONNX tensor program taking the teacher's input `spec`; returns `path`."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    if spec.dtype != "float32":
-        raise EdgepackError(f"a tree student takes float32 inputs, the teacher's '{spec.name}' is {spec.dtype}",
-                            "distill a network student for this teacher")
-    batch, n_classes = spec.shape[0] if spec.shape else 1, matrices.leaf_values.shape[1]
     constants = {"A": matrices.selector, "B": matrices.thresholds, "C": matrices.paths, "D": matrices.left_turns,
                  "E": matrices.leaf_values}
     nodes = [
-        helper.make_node("Flatten", [spec.name], ["features"], axis=1),
-        helper.make_node("MatMul", ["features", "A"], ["selected"]),  # x·A: each node's feature
+        helper.make_node("MatMul", [FEATURES, "A"], ["selected"]),  # x·A: each node's feature
         helper.make_node("LessOrEqual", ["selected", "B"], ["goes_left"]),
         helper.make_node("Cast", ["goes_left"], ["turns"], to=TensorProto.FLOAT),
         helper.make_node("MatMul", ["turns", "C"], ["path_score"]),
@@ -167,28 +155,7 @@ def tree_to_onnx(matrices: TreeMatrices, spec: TensorSpec, path: Path, doc: str 
         helper.make_node("Cast", ["at_leaf"], ["leaf"], to=TensorProto.FLOAT),
         helper.make_node("MatMul", ["leaf", "E"], [OUTPUT_NAME]),
     ]
-    graph = helper.make_graph(
-        nodes, "decision_tree",
-        [helper.make_tensor_value_info(spec.name, TensorProto.FLOAT, list(spec.shape))],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [batch, n_classes])],
-        initializer=[numpy_helper.from_array(value, name) for name, value in constants.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgepack.compression.distill",
-                              doc_string=doc)
-    model.ir_version = 8
-    if version:
-        helper.set_model_props(model, {"version": version})
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-    return Path(path)
-
-
-def feature_names(spec: TensorSpec) -> list[str]:
-    """`image[0,3,4]`-style names for the flattened features of one sample of `spec`."""
-    sample = tuple(spec.shape[1:])
-    if len(sample) <= 1:
-        return [f"{spec.name}[{index}]" for index in range(int(np.prod(sample)) if sample else 1)]
-    return [f"{spec.name}[{','.join(map(str, index))}]" for index in np.ndindex(*sample)]
+    return write_program(nodes, constants, spec, OUTPUT_NAME, matrices.leaf_values.shape[1], path, "decision_tree", doc, version)
 
 
 def rule_listing(tree, matrices: TreeMatrices, spec: TensorSpec, header: list[str]) -> str:
@@ -205,7 +172,7 @@ def rule_listing(tree, matrices: TreeMatrices, spec: TensorSpec, header: list[st
         if left[node] == -1:
             conditions[node] = path
             continue
-        threshold = _float32_at_most(float(structure.threshold[node]))
+        threshold = float32_at_most(float(structure.threshold[node]))
         stack.append((right[node], path + [(int(structure.feature[node]), False, threshold)]))
         stack.append((left[node], path + [(int(structure.feature[node]), True, threshold)]))
     lines = [f"# {line}" for line in header]

@@ -3,12 +3,13 @@ latency of the compiled model and quality, before and after; printed as rich tab
 
 from __future__ import annotations
 
-import time
+import os
 from pathlib import Path
 
 import numpy as np
 
 from edgepack.compression.prune.criteria import prunable_layers
+from edgepack.measure.timing import SETTLE_S, TURN_WARMUP, timed_rounds
 
 
 def layer_shapes(module) -> dict[str, dict]:
@@ -43,8 +44,8 @@ def per_layer(before: dict, after: dict) -> list[dict]:
     return rows
 
 
-def compiled_latency(onnx_path: Path, inputs, target, workdir: Path, runs: int = 50) -> dict:
-    """Compile an ONNX file for `target` and time `main` (median of `runs` after 5 warm-ups); also its params bytes."""
+def compiled_latency(onnx_path: Path, inputs, target, workdir: Path, runs: int = 100, warmup: int = 10, rounds: int = 5) -> dict:
+    """Compile an ONNX file for `target` and time `main` with `edgepack bench`'s protocol (and defaults); also its params bytes."""
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
@@ -58,6 +59,8 @@ def compiled_latency(onnx_path: Path, inputs, target, workdir: Path, runs: int =
     compiled, record = compile_model(model, target, workdir)
     if not target.runs_on_this_machine():
         return {"params_bytes": record.report["params_bytes"], "median_ms": None, "note": "target does not run here"}
+    threads = os.cpu_count() or 1  # bench's default thread count
+    os.environ["TVM_NUM_THREADS"] = str(threads)
     library = tvm.runtime.load_module(str(compiled.library))
     vm = VirtualMachine(library, tvm.cpu())
     data = compiled.params.read_bytes()
@@ -65,15 +68,11 @@ def compiled_latency(onnx_path: Path, inputs, target, workdir: Path, runs: int =
     params = [table[name] for name in compiled.param_names]
     arrays = [tvm.runtime.tensor(array, tvm.cpu()) for array in random_inputs(list(model.inputs), 0)]
     main = vm["main"]
-    for _ in range(5):
-        main(*arrays, *params)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        main(*arrays, *params)
-        times.append((time.perf_counter() - start) * 1000.0)
+    times = timed_rounds({"compiled": lambda: main(*arrays, *params)}, warmup, runs // rounds, rounds)["compiled"]
     return {"params_bytes": record.report["params_bytes"], "params_file": compiled.params.name,
-            "median_ms": round(float(np.median(times)), 4), "runs": runs}
+            "median_ms": round(float(np.median(times)), 4), "runs": len(times),
+            "protocol": f"as `edgepack bench`: {warmup} warm-up calls, {rounds} rounds of {runs // rounds} timed calls of main, "
+                        f"each after a {SETTLE_S} s pause and {TURN_WARMUP} untimed calls; {threads} threads"}
 
 
 def _change(before, after) -> str:
