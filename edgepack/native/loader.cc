@@ -273,30 +273,31 @@ int Bench(const Options& opt, const std::string& bundle, const Manifest& m) {
   return 0;
 }
 
+// The checks every command makes before a library is loaded: the keyring (flag, else $EDGEPACK_KEYRING),
+// the manifest, every file's digest, no extra files, compatibility with this machine, then the device.
+Manifest OpenChecked(const std::string& bundle, const std::string& keyring, const std::string& device) {
+  const char* keyring_env = std::getenv("EDGEPACK_KEYRING");
+  g_keyring = !keyring.empty() ? keyring : (keyring_env ? keyring_env : "");
+  Manifest manifest = ReadManifest(bundle);
+  CheckFiles(bundle, manifest);
+  CheckNoExtraFiles(bundle, manifest);
+  CheckCompatibility(bundle, manifest);
+  SelectDevice(device, bundle, manifest);
+  return manifest;
+}
+
 int Main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "serve") {  // serve.h: the bundle over HTTP
     ServeOptions serve = ParseServeArgs(argc, argv);
     std::string bundle = serve.bundle.empty() ? DefaultBundle() : serve.bundle;
-    const char* keyring_env = std::getenv("EDGEPACK_KEYRING");
-    g_keyring = !serve.keyring.empty() ? serve.keyring : (keyring_env ? keyring_env : "");
-    Manifest manifest = ReadManifest(bundle);
-    CheckFiles(bundle, manifest);
-    CheckNoExtraFiles(bundle, manifest);
-    CheckCompatibility(bundle, manifest);
-    SelectDevice(serve.device, bundle, manifest);
+    Manifest manifest = OpenChecked(bundle, serve.keyring, serve.device);
     return Serve(serve, bundle, manifest);
   }
   bool generate = argc > 1 && std::string(argv[1]) == "generate";  // language models (generate.h)
   GenerateOptions generation = generate ? ParseGenerateArgs(argc, argv) : GenerateOptions{};
   Options opt = generate ? Options{"generate", generation.bundle, "", "", generation.keyring} : ParseArgs(argc, argv);
   std::string bundle = opt.bundle.empty() ? DefaultBundle() : opt.bundle;
-  const char* keyring_env = std::getenv("EDGEPACK_KEYRING");
-  g_keyring = !opt.keyring.empty() ? opt.keyring : (keyring_env ? keyring_env : "");
-  Manifest manifest = ReadManifest(bundle);
-  CheckFiles(bundle, manifest);
-  CheckNoExtraFiles(bundle, manifest);
-  CheckCompatibility(bundle, manifest);
-  SelectDevice(opt.device, bundle, manifest);
+  Manifest manifest = OpenChecked(bundle, opt.keyring, opt.device);
   if (generate) return Generate(generation, bundle, manifest);
   if (opt.command == "run") return Run(opt, bundle, manifest);
   if (opt.command == "verify") return Verify(bundle, manifest);
