@@ -12,8 +12,9 @@ from edgepack.compiler.compile import CompileConfig, check_toolchain, compile_mo
 from edgepack.errors import EdgepackError
 from edgepack.measure.evaluation import EvalData, compare_quality, load_eval_data, onnx_predictor, predict, require_quality
 from edgepack.frontends.export import ExportConfig, export_to_onnx, load_torch_model
-from edgepack.bundle.golden import GoldenConfig, load_input_cases, make_golden
+from edgepack.bundle.golden import GoldenConfig, cases_from_samples, load_input_cases, make_golden
 from edgepack.compression.passes import OnnxPass, PassContext, TorchPass
+from edgepack.compression.quantize import golden_rule, recorded_quantization
 from edgepack.bundle.package import PackageConfig, bundle_path, check_destination, write_bundle
 from edgepack.frontends.preflight import load_onnx, preflight
 from edgepack.runtime.bundle_format import TensorSpec
@@ -186,12 +187,16 @@ def run_build(plan: BuildPlan, progress: Callable[[str], None] = lambda stage: N
         model, record = preflight(onnx_path, overrides, work)
         records.append(record)
         original = model
-        golden_config = plan.golden
+        golden_config, samples = plan.golden, None
+        recorded = recorded_quantization(plan.source.path, model.inputs) if isinstance(plan.source, OnnxSource) else None
+        if recorded is not None:  # a file from `edgepack quantize`: its mode's tolerance, its real samples
+            golden_config, samples = golden_rule(recorded[0], model, golden_config), recorded[1]
         for stage_pass in plan.onnx_passes:
             progress(stage_pass.stage)
             context = _context(plan, work, stage_pass.stage, progress)
             changed, record = stage_pass.run(model, context)
             records.append(record)
+            samples = samples or _pass_samples(stage_pass, model, context)
             (context.workdir / "preflight").mkdir()
             model, _ = preflight(changed.path, {}, context.workdir / "preflight")
             golden_config = stage_pass.golden_config(model, golden_config)
@@ -202,8 +207,8 @@ def run_build(plan: BuildPlan, progress: Callable[[str], None] = lambda stage: N
         compiled, record = compile_model(model, plan.target, work, plan.compile)
         records.append(record)
         progress("package")
-        cases = load_input_cases(plan.golden_inputs, model) if plan.golden_inputs else None
-        golden = make_golden(model, golden_config, cases)
+        cases, data = _golden_cases(plan, model, samples)
+        golden = make_golden(model, golden_config, cases, data)
         provenance = {"source": describe(plan.source), "stages": [r.to_json() for r in (*plan.prior_stages, *records)]}
         assess = None
         if plan.evaluation is not None:
@@ -215,6 +220,29 @@ def run_build(plan: BuildPlan, progress: Callable[[str], None] = lambda stage: N
                                       verify=lambda staging, manifest: verify_bundle(staging), assess=assess)
         records.append(record)
     return BuildResult(bundle, records)
+
+
+def _pass_samples(stage_pass, model, context: PassContext):
+    """The real samples a pass saw (quantization: --eval or calibration data), if it has any."""
+    recorded = getattr(stage_pass, "recorded_samples", None)
+    return recorded(model, context) if recorded is not None else None
+
+
+def _golden_cases(plan: BuildPlan, model, samples) -> tuple[list | None, str]:
+    """Golden inputs from the user's data: --golden-inputs, else --eval data, else the samples a
+    quantization saw (in this build or recorded by `edgepack quantize`); None (random) only without any."""
+    if plan.golden_inputs:
+        return load_input_cases(plan.golden_inputs, model), f"golden inputs {plan.golden_inputs}"
+    if plan.evaluation is not None:
+        data = load_eval_data(plan.evaluation.data, model.inputs, plan.golden.cases * _batch(model))
+        return cases_from_samples(data.inputs, model.inputs, plan.golden.cases) or None, f"evaluation data {plan.evaluation.data}"
+    if samples is not None:
+        return cases_from_samples(samples.inputs, model.inputs, plan.golden.cases) or None, samples.origin
+    return None, ""
+
+
+def _batch(model) -> int:
+    return model.inputs[0].shape[0] if model.inputs and model.inputs[0].shape else 1
 
 
 def _context(plan: BuildPlan, work: Path, stage: str, progress: Callable[[str], None]) -> PassContext:

@@ -45,6 +45,7 @@ class GoldenVectors:
     rtol: float
     origin: str
     reference: str = "onnxruntime"  # the engine of the reference outputs: onnxruntime, or onnx.reference where ORT cannot run the model
+    data: str = ""  # where user inputs came from: the --golden-inputs file, evaluation or calibration data
 
 
 def load_input_cases(path: Path, model: OnnxModel) -> list[list[np.ndarray]]:
@@ -66,7 +67,18 @@ def load_input_cases(path: Path, model: OnnxModel) -> list[list[np.ndarray]]:
     return cases
 
 
-def make_golden(model: OnnxModel, config: GoldenConfig, input_cases: list[list[np.ndarray]] | None = None) -> GoldenVectors:
+def cases_from_samples(stacks, specs, count: int) -> list[list[np.ndarray]]:
+    """Up to `count` cases of the model's input shapes from samples stacked on axis 0 without the batch axis."""
+    batch = specs[0].shape[0] if specs[0].shape else 1
+    cases = []
+    for start in range(0, min(count * batch, len(stacks[0]) - batch + 1), batch):
+        cases.append([np.ascontiguousarray(stack[start:start + batch].reshape(spec.shape), dtype=spec.dtype)
+                      for spec, stack in zip(specs, stacks)])
+    return cases
+
+
+def make_golden(model: OnnxModel, config: GoldenConfig, input_cases: list[list[np.ndarray]] | None = None,
+                data: str = "") -> GoldenVectors:
     """Run ONNX Runtime on the given cases (or reproducible random ones) to make the references."""
     origin = "user" if input_cases else "random"
     if not input_cases:
@@ -74,7 +86,7 @@ def make_golden(model: OnnxModel, config: GoldenConfig, input_cases: list[list[n
     runs = [run_reference(model.path, model.inputs, case, fuse=not config.unfused) for case in input_cases]
     engines = sorted({engine for _, engine in runs})
     return GoldenVectors(tuple(tuple(case) for case in input_cases), tuple(tuple(outputs) for outputs, _ in runs),
-                         config.tolerance, config.rtol, origin, "+".join(engines))
+                         config.tolerance, config.rtol, origin, "+".join(engines), data if input_cases else "")
 
 
 def write_golden(golden: GoldenVectors, bundle_dir: Path) -> dict:
@@ -90,4 +102,7 @@ def write_golden(golden: GoldenVectors, bundle_dir: Path) -> dict:
                 np.save(bundle_dir / rel, np.asarray(array, order="C"))  # 0-d stays 0-d
                 entry[f"{kind}s"].append(rel)
         cases.append(entry)
-    return {"atol": golden.atol, "rtol": golden.rtol, "origin": golden.origin, "reference": golden.reference, "cases": cases}
+    entry = {"atol": golden.atol, "rtol": golden.rtol, "origin": golden.origin, "reference": golden.reference, "cases": cases}
+    if golden.data:
+        entry["data"] = golden.data
+    return entry

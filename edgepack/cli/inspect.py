@@ -50,7 +50,7 @@ def print_summary(path: Path, manifest: dict) -> None:
     golden_entry = manifest.get("golden", {})
     origin = golden_entry.get("origin", "random")
     out.print(f"golden vectors: {len(golden_entry.get('cases', []))} case(s), "
-              + ("inputs from the user's data" if origin == "user" else f"{origin} inputs (not real data: pass --golden-inputs)")
+              + (f"inputs from the user's data ({golden_entry.get('data') or 'given'})" if origin == "user" else f"{origin} inputs (not real data: pass --golden-inputs)")
               + f", references from {golden_entry.get('reference', 'onnxruntime')}", highlight=False)
     stages = " → ".join(stage["stage"] for stage in manifest["provenance"]["stages"])
     out.print(f"source: {manifest['provenance']['source']['kind']} {manifest['provenance']['source']['path']}; stages: {stages}", highlight=False)
