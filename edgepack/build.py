@@ -12,13 +12,13 @@ from edgepack.compiler.compile import CompileConfig, check_toolchain, compile_mo
 from edgepack.errors import EdgepackError
 from edgepack.measure.evaluation import EvalData, compare_quality, load_eval_data, onnx_predictor, predict, require_quality
 from edgepack.frontends.export import ExportConfig, export_to_onnx, load_torch_model
-from edgepack.bundle.golden import GoldenConfig, cases_from_samples, load_input_cases, make_golden
+from edgepack.bundle.golden import GoldenConfig, cases_from_samples, load_input_cases, make_golden, samples_needed
 from edgepack.compression.passes import OnnxPass, PassContext, TorchPass
 from edgepack.compression.quantize import golden_rule, recorded_quantization
 from edgepack.bundle.package import PackageConfig, bundle_path, check_destination, write_bundle
 from edgepack.frontends.preflight import load_onnx, preflight
 from edgepack.runtime.bundle_format import TensorSpec
-from edgepack.frontends.signature import parse_input_specs
+from edgepack.frontends.signature import parse_dim_ranges, parse_input_specs, with_dim_ranges
 from edgepack.frontends.sources import ExportedProgramSource, FactorySource, ModelSource, OnnxSource, describe, import_file, parse_source
 from edgepack.targets import TargetSpec, load_target
 from edgepack.compiler.tune import TuneConfig, tune_model, tuning_dir
@@ -55,6 +55,7 @@ class BuildPlan:
     onnx_passes: tuple[OnnxPass, ...] = ()  # after pre-flight (quantize)
     evaluation: EvaluationConfig | None = None  # measure the bundle against the original model
     prior_stages: tuple[StageRecord, ...] = ()  # stages that made the model before this build (distill), first in provenance
+    dim_ranges: dict = field(default_factory=dict)  # `--dim B=1..64`: sizes a named (dynamic) axis may take
 
     @property
     def stages(self) -> list[str]:
@@ -101,12 +102,14 @@ def plan_build(model: str, target: str, out_dir: Path, *, name: str | None = Non
                export: ExportConfig = ExportConfig(), tune: TuneConfig | None = None,
                compile: CompileConfig = CompileConfig(), torch_passes: tuple = (), onnx_passes: tuple = (),
                evaluation: EvaluationConfig | None = None, sign: Path | None = None,
-               extra_files: tuple[tuple[str, Path], ...] = (), prior_stages: tuple[StageRecord, ...] = ()) -> BuildPlan:
+               extra_files: tuple[tuple[str, Path], ...] = (), prior_stages: tuple[StageRecord, ...] = (),
+               dims: list[str] = ()) -> BuildPlan:
     """Resolve the model, target, toolchain and destination; refuse anything wrong before work."""
     source = parse_source(model)
     spec = load_target(target)
     check_toolchain(spec)
-    overrides = parse_input_specs(list(inputs))
+    dim_ranges = parse_dim_ranges(list(dims))
+    overrides = {name: with_dim_ranges(item, dim_ranges) for name, item in parse_input_specs(list(inputs)).items()}
     package = PackageConfig(name or source.default_name, version or _declared_version(source) or DEFAULT_VERSION,
                             Path(out_dir), force, archive, reference)
     for label, value in (("name", package.name), ("version", package.version)):
@@ -141,7 +144,7 @@ def plan_build(model: str, target: str, out_dir: Path, *, name: str | None = Non
     return BuildPlan(source, spec, package, overrides, None if isinstance(source, OnnxSource) else export,
                      compile=compile, golden=golden, golden_inputs=golden_inputs, tune=tune,
                      torch_passes=tuple(torch_passes), onnx_passes=tuple(onnx_passes), evaluation=evaluation,
-                     prior_stages=tuple(prior_stages))
+                     prior_stages=tuple(prior_stages), dim_ranges=dim_ranges)
 
 
 def _check_extra_files(extra_files) -> tuple[tuple[str, Path], ...]:
@@ -184,8 +187,9 @@ def run_build(plan: BuildPlan, progress: Callable[[str], None] = lambda stage: N
             records.append(export_to_onnx(torch_model, onnx_path, plan.export))
             overrides = {spec.name: spec for spec in torch_model.inputs}
         progress("preflight")
-        model, record = preflight(onnx_path, overrides, work)
+        model, record = preflight(onnx_path, overrides, work, dim_ranges=plan.dim_ranges)
         records.append(record)
+        _check_dim_names(plan.dim_ranges, model)
         original = model
         golden_config, samples = plan.golden, None
         recorded = recorded_quantization(plan.source.path, model.inputs) if isinstance(plan.source, OnnxSource) else None
@@ -198,7 +202,7 @@ def run_build(plan: BuildPlan, progress: Callable[[str], None] = lambda stage: N
             records.append(record)
             samples = samples or _pass_samples(stage_pass, model, context)
             (context.workdir / "preflight").mkdir()
-            model, _ = preflight(changed.path, {}, context.workdir / "preflight")
+            model, _ = preflight(changed.path, {}, context.workdir / "preflight", dim_ranges=plan.dim_ranges)
             golden_config = stage_pass.golden_config(model, golden_config)
         if plan.tune is not None:
             progress("tune")
@@ -222,6 +226,15 @@ def run_build(plan: BuildPlan, progress: Callable[[str], None] = lambda stage: N
     return BuildResult(bundle, records)
 
 
+def _check_dim_names(dim_ranges: dict, model) -> None:
+    """Every `--dim NAME` must name a dynamic axis of the model's inputs."""
+    named = {d for spec in model.inputs for d in spec.dims if d is not None}
+    unknown = sorted(set(dim_ranges) - named)
+    if unknown:
+        raise EdgepackError(f"--dim names {', '.join(unknown)}, which no input axis is called",
+                            f"name an axis in --input (e.g. x:{unknown[0]}x30:float32); named axes: {', '.join(sorted(named)) or 'none'}")
+
+
 def _pass_samples(stage_pass, model, context: PassContext):
     """The real samples a pass saw (quantization: --eval or calibration data), if it has any."""
     recorded = getattr(stage_pass, "recorded_samples", None)
@@ -234,15 +247,11 @@ def _golden_cases(plan: BuildPlan, model, samples) -> tuple[list | None, str]:
     if plan.golden_inputs:
         return load_input_cases(plan.golden_inputs, model), f"golden inputs {plan.golden_inputs}"
     if plan.evaluation is not None:
-        data = load_eval_data(plan.evaluation.data, model.inputs, plan.golden.cases * _batch(model))
+        data = load_eval_data(plan.evaluation.data, model.inputs, samples_needed(model.inputs, plan.golden.cases))
         return cases_from_samples(data.inputs, model.inputs, plan.golden.cases) or None, f"evaluation data {plan.evaluation.data}"
     if samples is not None:
         return cases_from_samples(samples.inputs, model.inputs, plan.golden.cases) or None, samples.origin
     return None, ""
-
-
-def _batch(model) -> int:
-    return model.inputs[0].shape[0] if model.inputs and model.inputs[0].shape else 1
 
 
 def _context(plan: BuildPlan, work: Path, stage: str, progress: Callable[[str], None]) -> PassContext:

@@ -114,7 +114,9 @@ def verify_bundle(bundle_dir: Path, emulate: bool = True, keyring: Path | None =
     failed = [name for name, engine in (("Python loader", python), ("native loader", native)) if engine["ran"] and not engine["passed"]]
     if failed:
         worst = report["max_abs_err"]
-        size = f"max abs err {worst:.3g}" if worst is not None else "outputs differ"
+        if not worst and "native loader" in failed:  # it stopped before comparing (an input it refused)
+            worst = None
+        size = f"max abs err {worst:.3g}" if worst is not None else "; ".join(native.get("output", [])) or "outputs differ"
         where = f"{golden.get('origin', 'random')} inputs" + (f" from {golden['data']}" if golden.get("data") else "")
         raise VerificationError(
             f"the bundle does not match ONNX Runtime through the {' and '.join(failed)}: {size} on {len(golden['cases'])} "

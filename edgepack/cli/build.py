@@ -20,7 +20,8 @@ def build_command(
     out_dir: Path = typer.Option(Path("dist"), "--out", "-o", help="directory the bundle is written into"),
     name: Optional[str] = typer.Option(None, help="bundle name (default: model file stem or factory name)"),
     version: Optional[str] = typer.Option(None, help="bundle version (default: from the model file, else 0.1.0)"),
-    inputs: List[str] = typer.Option([], "--input", "-i", help="name:1x3x224x224:float32, for dynamic or torch inputs"),
+    inputs: List[str] = typer.Option([], "--input", "-i", help="name:1x3x224x224:float32, for dynamic or torch inputs; a name for a dynamic axis: x:Bx30:float32"),
+    dims: List[str] = typer.Option([], "--dim", help="range of a named (dynamic) axis, e.g. B=1..64 (default 1..64)"),
     golden_inputs: Optional[Path] = typer.Option(None, help=".npz of real inputs (one array per input, cases stacked on axis 0)"),
     cases: int = typer.Option(3, help="random golden cases when --golden-inputs is not given"),
     atol: float = typer.Option(1e-4, help="absolute tolerance of the golden check"),
@@ -72,7 +73,7 @@ def build_command(
     if quantization is None and (auto or (calib and not taylor_calib)):
         raise EdgepackError("--calib and --auto only apply to quantization", "add --quantize int8 (or another mode)")
 
-    plan = plan_build(model, target, out_dir, name=name, version=version, inputs=inputs, force=force, archive=archive,
+    plan = plan_build(model, target, out_dir, name=name, version=version, inputs=inputs, dims=dims, force=force, archive=archive,
                       reference=reference, golden=GoldenConfig(cases=cases, atol=atol, rtol=rtol),
                       golden_inputs=golden_inputs, tune=TuneConfig(trials=tune, database=database, rpc=RpcTracker.parse(rpc_tracker, rpc_key) if rpc_tracker else None) if tune else None,
                       compile=CompileConfig(cpu_schedule=schedule, tuning_database=str(database) if database else None, integer_ops=integer_ops),

@@ -29,8 +29,12 @@ def print_summary(path: Path, manifest: dict) -> None:
     signature = Table("", "name", "dtype", "shape", title="I/O signature", title_justify="left")
     for kind in ("inputs", "outputs"):
         for spec in manifest[kind]:
-            signature.add_row(kind[:-1], spec["name"], spec["dtype"], "×".join(map(str, spec["shape"])) or "scalar")
+            sizes = [name or size for name, size in zip(spec.get("dims") or [None] * len(spec["shape"]), spec["shape"])]
+            signature.add_row(kind[:-1], spec["name"], spec["dtype"], "×".join(map(str, sizes)) or "scalar")
     out.print(signature)
+    if manifest.get("dim_ranges"):
+        out.print("dynamic: " + ", ".join(f"{name} = {low}..{high}" for name, (low, high) in manifest["dim_ranges"].items()),
+                  highlight=False)
     if manifest.get("verification"):
         for line in verification_lines(manifest["verification"]):
             out.print(line, highlight=False)

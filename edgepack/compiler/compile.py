@@ -11,6 +11,7 @@ import numpy as np
 
 from edgepack.artifacts import CompiledModule, OnnxModel, StageRecord
 from edgepack.errors import EdgepackError, first_line
+from edgepack.frontends.preflight import symbolic_shapes
 from edgepack.targets import TargetSpec
 
 LIBRARY_NAME = "model.so"
@@ -54,7 +55,7 @@ def import_relax(model: OnnxModel, integer_ops: bool = True, report=None):
     from tvm.relax.frontend.onnx import from_onnx
 
     try:
-        module = from_onnx(onnx.load(str(model.path)), shape_dict={s.name: list(s.shape) for s in model.inputs},
+        module = from_onnx(onnx.load(str(model.path)), shape_dict=symbolic_shapes(model.inputs),
                            dtype_dict={s.name: s.dtype for s in model.inputs}, keep_params_in_input=True)
     except Exception as exc:  # the frontend raises many types for ops it cannot convert
         raise EdgepackError(f"TVM cannot import the model: {first_line(exc)}", "simplify or re-export the model") from None
