@@ -60,6 +60,9 @@ def import_relax(model: OnnxModel, integer_ops: bool = True, report=None):
     except Exception as exc:  # the frontend raises many types for ops it cannot convert
         raise EdgepackError(f"TVM cannot import the model: {first_line(exc)}", "simplify or re-export the model") from None
     module, params = relax.frontend.detach_params(module)
+    upper = {d: b[1] for spec in model.inputs for d, b in zip(spec.dims, spec.bounds) if d is not None}
+    if upper:  # memory planned once for the largest sizes, not allocated call by call
+        module["main"] = module["main"].with_attr("tir_var_upper_bound", upper)
     from edgepack.compiler.integer_ops import integerize, survey
 
     module, params, integer = integerize(module, params) if integer_ops else (module, params, survey(module))
