@@ -123,6 +123,9 @@ def plan_build(model: str, target: str, out_dir: Path, *, name: str | None = Non
 
         load_private_key(sign)
         package = replace(package, sign_key=Path(sign))
+    if any(item.dynamic for item in overrides.values()) and not isinstance(source, OnnxSource):
+        raise EdgepackError(f"named (dynamic) axes need an ONNX model; '{source.path}' is exported with fixed shapes",
+                            "export it to ONNX with dynamic axes first, or give fixed sizes in --input")
     if torch_passes and isinstance(source, ExportedProgramSource):
         raise EdgepackError(f"{', '.join(p.stage for p in torch_passes)} needs the model's nn.Module layers, "
                             f"which the .pt2 program '{source.path}' does not keep", "pass the model as file.py:factory")

@@ -97,3 +97,12 @@ def test_a_dim_that_names_no_axis_is_refused_in_one_line(work, edgepack_cli):
     bad = edgepack_cli("build", work / "mlp.onnx", "-o", work / "none", "--input", "x:Bx30:float32", "--dim", "B=9..2")
     assert bad.returncode != 0 and "cannot read --dim 'B=9..2'" in bad.stderr
     assert not (work / "none").exists()
+
+
+def test_named_axes_on_a_pytorch_model_are_refused_before_work(tmp_path, edgepack_cli):
+    from models import write_factory_file
+
+    factory = write_factory_file(tmp_path / "net.py", "mlp")
+    refused = edgepack_cli("build", f"{factory}:mlp", "-o", tmp_path / "dist", "--input", "x:Bx4:float32")
+    assert refused.returncode != 0 and "named (dynamic) axes need an ONNX model" in refused.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "dist").exists()
