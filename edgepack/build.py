@@ -13,9 +13,10 @@ from edgepack.compiler.compile import CompileConfig, check_toolchain, compile_mo
 from edgepack.errors import EdgepackError
 from edgepack.measure.evaluation import EvalData, compare_quality, load_eval_data, onnx_predictor, predict, require_quality
 from edgepack.frontends.export import ExportConfig
-from edgepack.bundle.golden import GoldenConfig, load_input_cases, make_golden
+from edgepack.bundle.golden import GoldenConfig, cases_from_samples, load_input_cases, make_golden, samples_needed
 from edgepack.bundle.signing import load_private_key
 from edgepack.compression.passes import OnnxPass, TorchPass
+from edgepack.compression.quantize import golden_rule, recorded_quantization
 from edgepack.bundle.package import PackageConfig, bundle_path, check_destination, write_bundle
 from edgepack.frontends.preflight import load_onnx
 from edgepack.compression.quantize import quantization_config
@@ -58,11 +59,13 @@ class BuildPlan:
     onnx_passes: tuple[OnnxPass, ...] = ()  # after pre-flight (quantize)
     evaluation: EvaluationConfig | None = None  # measure the bundle against the original model
     prior_stages: tuple[StageRecord, ...] = ()  # stages that made the model before this build (distill), first in provenance
+    dim_ranges: dict = field(default_factory=dict)  # `--dim B=1..64`: sizes a named (dynamic) axis may take
 
     @property
     def front(self) -> FrontPlan:
         """The front half of this build (source to pre-flighted, compressed ONNX), shared with quantize/prune/tune."""
-        return FrontPlan(self.source, self.target, self.input_overrides, self.export, self.torch_passes, self.onnx_passes)
+        return FrontPlan(self.source, self.target, self.input_overrides, self.export, self.torch_passes, self.onnx_passes,
+                         dim_ranges=self.dim_ranges)
 
     @property
     def stages(self) -> list[str]:
@@ -108,9 +111,10 @@ def plan_build(model: str, target: str, out_dir: Path, *, name: str | None = Non
                export: ExportConfig = ExportConfig(), tune: TuneConfig | None = None,
                compile: CompileConfig = CompileConfig(), torch_passes: tuple = (), onnx_passes: tuple = (),
                evaluation: EvaluationConfig | None = None, sign: Path | None = None,
-               extra_files: tuple[tuple[str, Path], ...] = (), prior_stages: tuple[StageRecord, ...] = ()) -> BuildPlan:
+               extra_files: tuple[tuple[str, Path], ...] = (), prior_stages: tuple[StageRecord, ...] = (),
+               dims: list[str] = ()) -> BuildPlan:
     """Resolve the model, target, toolchain and destination; refuse anything wrong before work."""
-    front = plan_front(model, target, inputs, export=export, torch_passes=torch_passes, onnx_passes=onnx_passes)
+    front = plan_front(model, target, inputs, export=export, torch_passes=torch_passes, onnx_passes=onnx_passes, dims=dims)
     source, spec = front.source, front.target
     check_toolchain(spec)
     package = PackageConfig(name or source.default_name, version or _declared_version(source) or DEFAULT_VERSION,
@@ -139,7 +143,7 @@ def plan_build(model: str, target: str, out_dir: Path, *, name: str | None = Non
     return BuildPlan(source, spec, package, front.input_overrides, front.export,
                      compile=compile, golden=golden, golden_inputs=golden_inputs, tune=tune,
                      torch_passes=front.torch_passes, onnx_passes=front.onnx_passes, evaluation=evaluation,
-                     prior_stages=(*prior_stages, *front.prior_stages))
+                     prior_stages=(*prior_stages, *front.prior_stages), dim_ranges=front.dim_ranges)
 
 
 def _check_extra_files(extra_files) -> tuple[tuple[str, Path], ...]:
@@ -171,6 +175,12 @@ def run_build(plan: BuildPlan, progress: Progress = ignore) -> BuildResult:
         work = Path(workdir)
         front = run_front(plan.front, work, progress, golden=plan.golden)
         records, model, original, golden_config = front.records, front.model, front.original, front.golden
+        samples = front.samples
+        recorded = recorded_quantization(plan.source.path, original.inputs) if isinstance(plan.source, OnnxSource) else None
+        if recorded is not None:  # a file from `edgepack quantize`: its mode's tolerance, its real samples
+            if not plan.onnx_passes:
+                golden_config = golden_rule(recorded[0], original, golden_config)
+            samples = samples or recorded[1]
         if plan.tune is not None:
             progress(ProgressEvent("tune"))
             records.append(tune_model(model, plan.target, plan.tune, progress=lambda state: progress(tune_event(state))))
@@ -178,8 +188,8 @@ def run_build(plan: BuildPlan, progress: Progress = ignore) -> BuildResult:
         compiled, record = compile_model(model, plan.target, work, plan.compile)
         records.append(record)
         progress(ProgressEvent("package"))
-        cases = load_input_cases(plan.golden_inputs, model) if plan.golden_inputs else None
-        golden = make_golden(model, golden_config, cases)
+        cases, data = _golden_cases(plan, model, samples)
+        golden = make_golden(model, golden_config, cases, data)
         provenance = {"source": describe(plan.source), "stages": [r.to_json() for r in (*plan.prior_stages, *records)]}
         assess = None
         if plan.evaluation is not None:
@@ -191,6 +201,19 @@ def run_build(plan: BuildPlan, progress: Progress = ignore) -> BuildResult:
                                       verify=lambda staging, manifest: verify_bundle(staging), assess=assess)
         records.append(record)
     return BuildResult(bundle, records)
+
+
+def _golden_cases(plan: BuildPlan, model, samples) -> tuple[list | None, str]:
+    """Golden inputs from the user's data: --golden-inputs, else --eval data, else the samples a
+    quantization saw (in this build or recorded by `edgepack quantize`); None (random) only without any."""
+    if plan.golden_inputs:
+        return load_input_cases(plan.golden_inputs, model), f"golden inputs {plan.golden_inputs}"
+    if plan.evaluation is not None:
+        data = load_eval_data(plan.evaluation.data, model.inputs, samples_needed(model.inputs, plan.golden.cases))
+        return cases_from_samples(data.inputs, model.inputs, plan.golden.cases) or None, f"evaluation data {plan.evaluation.data}"
+    if samples is not None:
+        return cases_from_samples(samples.inputs, model.inputs, plan.golden.cases) or None, samples.origin
+    return None, ""
 
 
 def evaluate_bundle(bundle_dir: Path, original, data: EvalData, config: EvaluationConfig,

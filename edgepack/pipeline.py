@@ -15,15 +15,16 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 from edgepack.artifacts import OnnxModel, StageRecord
 from edgepack.bundle.golden import GoldenConfig
 from edgepack.compression.passes import OnnxPass, PassContext, TorchPass
 from edgepack.errors import EdgepackError
+from edgepack.measure.evaluation import EvalData
 from edgepack.frontends.export import ExportConfig, TorchModel, export_to_onnx, load_torch_model
 from edgepack.frontends.preflight import load_onnx, preflight
-from edgepack.frontends.signature import parse_input_specs
+from edgepack.frontends.signature import parse_dim_ranges, parse_input_specs, with_dim_ranges
 from edgepack.frontends.sources import ExportedProgramSource, ModelSource, OnnxSource, parse_source
 from edgepack.progress import Progress, ProgressEvent, ignore, step_reporter
 from edgepack.runtime.bundle_format import TensorSpec
@@ -44,6 +45,7 @@ class FrontPlan:
     torch_passes: tuple[TorchPass, ...] = ()
     onnx_passes: tuple[OnnxPass, ...] = ()
     prior_stages: tuple[StageRecord, ...] = ()  # stages that made the source file (read from its metadata)
+    dim_ranges: dict = field(default_factory=dict)  # `--dim B=1..64`: sizes a named (dynamic) axis may take
 
     @property
     def stages(self) -> list[str]:
@@ -65,6 +67,7 @@ class FrontResult:
     records: list[StageRecord] = field(default_factory=list)
     golden: GoldenConfig = GoldenConfig()  # the golden tolerance the passes ask for
     torch_model: TorchModel | None = None  # after the torch passes (PyTorch sources)
+    samples: EvalData | None = None  # real samples a pass saw (quantization: --eval or calibration data)
 
 
 def plan_front(
@@ -75,11 +78,17 @@ def plan_front(
     export: ExportConfig = ExportConfig(),
     torch_passes: tuple = (),
     onnx_passes: tuple = (),
+    dims: Sequence[str] = (),
 ) -> FrontPlan:
     """Parse the source and target, read the stages recorded in an ONNX source, refuse passes the source cannot take."""
     source = parse_source(str(model))
     spec = target if isinstance(target, TargetSpec) else load_target(target)
+    dim_ranges = parse_dim_ranges(list(dims))
     overrides = inputs if isinstance(inputs, dict) else parse_input_specs(list(inputs))
+    overrides = {name: with_dim_ranges(item, dim_ranges) for name, item in overrides.items()}
+    if any(item.dynamic for item in overrides.values()) and not isinstance(source, OnnxSource):
+        raise EdgepackError(f"named (dynamic) axes need an ONNX model; '{source.path}' is exported with fixed shapes",
+                            "export it to ONNX with dynamic axes first, or give fixed sizes in --input")
     if torch_passes and isinstance(source, ExportedProgramSource):
         raise EdgepackError(
             f"{', '.join(p.stage for p in torch_passes)} needs the model's nn.Module layers, "
@@ -94,7 +103,7 @@ def plan_front(
     is_onnx = isinstance(source, OnnxSource)
     prior = _recorded_stages(source.path) if is_onnx else ()
     return FrontPlan(
-        source, spec, overrides, None if is_onnx else export, tuple(torch_passes), tuple(onnx_passes), prior
+        source, spec, overrides, None if is_onnx else export, tuple(torch_passes), tuple(onnx_passes), prior, dim_ranges
     )
 
 
@@ -126,8 +135,9 @@ def run_front(
         overrides = {spec.name: spec for spec in torch_model.inputs}
     progress(ProgressEvent("preflight"))
     (work / "preflight").mkdir(parents=True, exist_ok=True)
-    model, record = preflight(onnx_path, overrides, work / "preflight")
+    model, record = preflight(onnx_path, overrides, work / "preflight", dim_ranges=plan.dim_ranges)
     result.records.append(record)
+    check_dim_names(plan.dim_ranges, model)
     result.model = result.original = model
     if stop == "preflight":
         return result
@@ -136,10 +146,26 @@ def run_front(
         context = pass_context(plan.target, work, stage_pass.stage, progress)
         changed, record = stage_pass.run(result.model, context)
         result.records.append(record)
+        result.samples = result.samples or _pass_samples(stage_pass, result.model, context)
         (context.workdir / "preflight").mkdir()
-        result.model, _ = preflight(changed.path, {}, context.workdir / "preflight")
+        result.model, _ = preflight(changed.path, {}, context.workdir / "preflight", dim_ranges=plan.dim_ranges)
         result.golden = stage_pass.golden_config(result.model, result.golden)
     return result
+
+
+def check_dim_names(dim_ranges: dict, model: OnnxModel) -> None:
+    """Every `--dim NAME` must name a dynamic axis of the model's inputs."""
+    named = {d for spec in model.inputs for d in spec.dims if d is not None}
+    unknown = sorted(set(dim_ranges) - named)
+    if unknown:
+        raise EdgepackError(f"--dim names {', '.join(unknown)}, which no input axis is called",
+                            f"name an axis in --input (e.g. x:{unknown[0]}x30:float32); named axes: {', '.join(sorted(named)) or 'none'}")
+
+
+def _pass_samples(stage_pass, model: OnnxModel, context: PassContext) -> EvalData | None:
+    """The real samples a pass saw (quantization: --eval or calibration data), if it has any."""
+    recorded = getattr(stage_pass, "recorded_samples", None)
+    return recorded(model, context) if recorded is not None else None
 
 
 def pass_context(target: TargetSpec, work: Path, stage: str, progress: Progress) -> PassContext:

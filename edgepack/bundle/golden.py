@@ -46,6 +46,7 @@ class GoldenVectors:
     rtol: float
     origin: str
     reference: str = "onnxruntime"  # the engine of the reference outputs: onnxruntime, or onnx.reference where ORT cannot run the model
+    data: str = ""  # where user inputs came from: the --golden-inputs file, evaluation or calibration data
 
 
 def load_input_cases(path: Path, model: OnnxModel) -> list[list[np.ndarray]]:
@@ -72,15 +73,52 @@ def load_input_cases(path: Path, model: OnnxModel) -> list[list[np.ndarray]]:
     return cases
 
 
-def make_golden(model: OnnxModel, config: GoldenConfig, input_cases: list[list[np.ndarray]] | None = None) -> GoldenVectors:
+def cases_from_samples(stacks, specs, count: int) -> list[list[np.ndarray]]:
+    """Up to `count` cases of the model's input shapes from samples stacked on axis 0 without the batch axis.
+
+    A dynamic signature gets its cases at the smallest and largest sizes (golden_sizes), all of them or
+    none (then the caller falls back to random inputs)."""
+    dynamic = any(spec.dynamic for spec in specs)
+    cases, start = [], 0
+    for sizes in golden_sizes(specs, count):
+        shapes = [spec.at(sizes).shape for spec in specs]
+        batch = shapes[0][0] if shapes[0] else 1
+        fits = all(tuple(stack.shape[1:]) == tuple(shape[1:]) and int(np.prod(shape)) == batch * int(np.prod(stack.shape[1:]))
+                   for stack, shape in zip(stacks, shapes))
+        if not fits or start + batch > len(stacks[0]):
+            return [] if dynamic else cases
+        cases.append([np.ascontiguousarray(stack[start:start + batch].reshape(shape), dtype=spec.dtype)
+                      for spec, stack, shape in zip(specs, stacks, shapes)])
+        start += batch
+    return cases
+
+
+def samples_needed(specs, count: int) -> int:
+    """How many samples cases_from_samples takes for `count` cases."""
+    return sum((spec.at(sizes).shape[:1] or (1,))[0] for sizes in golden_sizes(specs, count) for spec in specs[:1]) or count
+
+
+def golden_sizes(specs, cases: int) -> list[dict[str, int]]:
+    """Sizes of the named axes per golden case: the smallest and the largest of every range (then the
+    smallest again, up to `cases`); [{}] * cases for a static signature."""
+    ranges = {d: b for spec in specs for d, b in zip(spec.dims, spec.bounds) if d is not None}
+    if not ranges:
+        return [{}] * cases
+    ends = [{d: b[0] for d, b in ranges.items()}, {d: b[1] for d, b in ranges.items()}]
+    return [ends[index % 2] for index in range(max(cases, 2))]
+
+
+def make_golden(model: OnnxModel, config: GoldenConfig, input_cases: list[list[np.ndarray]] | None = None,
+                data: str = "") -> GoldenVectors:
     """Run ONNX Runtime on the given cases (or reproducible random ones) to make the references."""
     origin = "user" if input_cases else "random"
     if not input_cases:
-        input_cases = [random_inputs(model.inputs, config.seed + index) for index in range(config.cases)]
+        input_cases = [random_inputs([spec.at(sizes) for spec in model.inputs], config.seed + index)
+                       for index, sizes in enumerate(golden_sizes(model.inputs, config.cases))]
     runs = [run_reference(model.path, model.inputs, case, fuse=not config.unfused) for case in input_cases]
     engines = sorted({engine for _, engine in runs})
     return GoldenVectors(tuple(tuple(case) for case in input_cases), tuple(tuple(outputs) for outputs, _ in runs),
-                         config.tolerance, config.rtol, origin, "+".join(engines))
+                         config.tolerance, config.rtol, origin, "+".join(engines), data if input_cases else "")
 
 
 def write_golden(golden: GoldenVectors, bundle_dir: Path) -> dict:
@@ -96,4 +134,7 @@ def write_golden(golden: GoldenVectors, bundle_dir: Path) -> dict:
                 np.save(bundle_dir / rel, np.asarray(array, order="C"))  # 0-d stays 0-d
                 entry[f"{kind}s"].append(rel)
         cases.append(entry)
-    return {"atol": golden.atol, "rtol": golden.rtol, "origin": golden.origin, "reference": golden.reference, "cases": cases}
+    entry = {"atol": golden.atol, "rtol": golden.rtol, "origin": golden.origin, "reference": golden.reference, "cases": cases}
+    if golden.data:
+        entry["data"] = golden.data
+    return entry

@@ -14,6 +14,7 @@ from edgepack.artifacts import Bundle, CompiledModule, StageRecord
 from edgepack.errors import EdgepackError
 from edgepack.bundle.golden import GoldenVectors, write_golden
 from edgepack.bundle.manifest import file_entries, new_manifest, tool_versions, write_manifest
+from edgepack.runtime.bundle_format import dim_ranges_of
 from edgepack.bundle.sparse_params import manifest_fields as sparse_fields
 from edgepack.compiler.runtime_files import (
     FORMAT_MODULE, NATIVE_LOADER, PYTHON_LOADER, SERVE_MODULE, device_requirements, format_module, native_loader,
@@ -126,6 +127,7 @@ def write_bundle(compiled: CompiledModule, golden: GoldenVectors, config: Packag
                                                            *sorted((staging / "runtime").glob("lib*.so*"))]),
             inputs=[spec.to_json() for spec in compiled.source.inputs],
             outputs=[spec.to_json() for spec in compiled.source.outputs],
+            **({"dim_ranges": ranges} if (ranges := dim_ranges_of(compiled.source.inputs)) else {}),
             library=compiled.library.name,
             params={"file": compiled.params.name, "names": list(compiled.param_names), **sparse_fields(compiled.params)},
             golden=golden_entry,

@@ -6,6 +6,7 @@ its own native loader under the target's user-mode emulator (qemu-user) when tha
 
 from __future__ import annotations
 
+import math
 import platform
 import re
 import shutil
@@ -163,10 +164,16 @@ def verify_bundle(bundle_dir: Path, emulate: bool = True, keyring: Path | None =
     refuse_as_the_loader_did(native)
     failed = [name for name, engine in (("Python loader", python), ("native loader", native)) if engine["ran"] and not engine["passed"]]
     if failed:
-        detail = "; ".join(native.get("output", [])) if "native loader" in failed else f"max abs err {python['max_abs_err']:.3g}"
+        worst = report["max_abs_err"]
+        if not worst and "native loader" in failed:  # it stopped before comparing (an input it refused)
+            worst = None
+        size = f"max abs err {worst:.3g}" if worst is not None else "; ".join(native.get("output", [])) or "outputs differ"
+        where = f"{golden.get('origin', 'random')} inputs" + (f" from {golden['data']}" if golden.get("data") else "")
         raise VerificationError(
-            f"the bundle does not match ONNX Runtime through the {' and '.join(failed)} ({detail}; atol {golden['atol']}, rtol {golden['rtol']})",
-            "loosen --atol/--rtol if the difference is acceptable, or report the model",
+            f"the bundle does not match ONNX Runtime through the {' and '.join(failed)}: {size} on {len(golden['cases'])} "
+            f"golden case(s) of {where}, beyond atol {golden['atol']:.3g}, rtol {golden['rtol']:.3g}",
+            (f"pass --atol {_round_up(worst)} if a difference of {worst:.3g} is acceptable" if worst is not None else
+             "loosen --atol/--rtol if the difference is acceptable") + ", or report the model",
         )
     if "generator" in manifest and ran:
         report["generation"] = verify_generation(Path(bundle_dir), manifest, python, native, keyring)
@@ -187,6 +194,14 @@ def refuse_as_the_loader_did(native: dict) -> None:
     error = _REFUSALS[code](f"the native loader refused the bundle: {problem or f'exit {code}'}", fix or "see the line above")
     error.exit_code = code
     raise error
+
+
+def _round_up(value: float) -> str:
+    """A tolerance just above `value`, in two significant digits."""
+    if value <= 0 or not math.isfinite(value):
+        return f"{value:.3g}"
+    exponent = math.floor(math.log10(value)) - 1
+    return f"{math.ceil(value / 10 ** exponent) * 10 ** exponent:.2g}"
 
 
 def require_verified(report: dict, emulate: bool) -> None:

@@ -22,6 +22,7 @@ def build_command(
     name: Optional[str] = typer.Option(None, help="bundle name (default: model file stem or factory name)", rich_help_panel="Bundle"),
     version: Optional[str] = typer.Option(None, help="bundle version (default: from the model file, else 0.1.0)", rich_help_panel="Bundle"),
     inputs: List[str] = typer.Option([], "--input", "-i", help="name:1x3x224x224:float32, for dynamic or torch inputs", rich_help_panel="Model"),
+    dims: List[str] = typer.Option([], "--dim", help="range of a named (dynamic) axis, e.g. B=1..64 (default 1..64)", rich_help_panel="Model"),
     export_atol: float = typer.Option(1e-4, "--export-atol", help="PyTorch models: how far ONNX Runtime may differ from PyTorch "
                                       "after export (absolute; relative 1e-3)", rich_help_panel="Model"),
     golden_inputs: Optional[Path] = typer.Option(None, help=".npz of real inputs (one array per input, cases stacked on axis 0)", rich_help_panel="Golden check"),
@@ -96,7 +97,7 @@ def build_command(
     if quantization is None and (auto or (calib and not taylor_calib)):
         raise EdgepackError("--calib and --auto only apply to quantization", "add --quantize int8 (or another mode)")
 
-    plan = plan_build(model, target, out_dir, name=name, version=version, inputs=inputs, force=force, archive=archive,
+    plan = plan_build(model, target, out_dir, name=name, version=version, inputs=inputs, dims=dims, force=force, archive=archive,
                       reference=reference, golden=GoldenConfig(cases=cases, atol=atol, rtol=rtol),
                       golden_inputs=golden_inputs, tune=TuneConfig(trials=tune, database=database, rpc=RpcTracker.parse(rpc_tracker, rpc_key) if rpc_tracker else None) if tune else None,
                       compile=CompileConfig(cpu_schedule=schedule, tuning_database=str(database) if database else None, integer_ops=integer_ops),

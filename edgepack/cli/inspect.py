@@ -29,8 +29,12 @@ def print_summary(path: Path, manifest: dict) -> None:
     signature = Table("", "name", "dtype", "shape", title="I/O signature", title_justify="left")
     for kind in ("inputs", "outputs"):
         for spec in manifest[kind]:
-            signature.add_row(kind[:-1], spec["name"], spec["dtype"], "×".join(map(str, spec["shape"])) or "scalar")
+            sizes = [name or size for name, size in zip(spec.get("dims") or [None] * len(spec["shape"]), spec["shape"])]
+            signature.add_row(kind[:-1], spec["name"], spec["dtype"], "×".join(map(str, sizes)) or "scalar")
     out.print(signature)
+    if manifest.get("dim_ranges"):
+        out.print("dynamic: " + ", ".join(f"{name} = {low}..{high}" for name, (low, high) in manifest["dim_ranges"].items()),
+                  highlight=False)
     if manifest.get("verification"):
         for line in verification_lines(manifest["verification"]):
             out.print(line, highlight=False)
@@ -50,7 +54,7 @@ def print_summary(path: Path, manifest: dict) -> None:
     golden_entry = manifest.get("golden", {})
     origin = golden_entry.get("origin", "random")
     out.print(f"golden vectors: {len(golden_entry.get('cases', []))} case(s), "
-              + ("inputs from the user's data" if origin == "user" else f"{origin} inputs (not real data: pass --golden-inputs)")
+              + (f"inputs from the user's data ({golden_entry.get('data') or 'given'})" if origin == "user" else f"{origin} inputs (not real data: pass --golden-inputs)")
               + f", references from {golden_entry.get('reference', 'onnxruntime')}", highlight=False)
     stages = " → ".join(stage["stage"] for stage in manifest["provenance"]["stages"])
     out.print(f"source: {manifest['provenance']['source']['kind']} {manifest['provenance']['source']['path']}; stages: {stages}", highlight=False)

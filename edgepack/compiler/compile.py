@@ -19,6 +19,7 @@ from edgepack.compiler.relax_params import bind_as_constants, input_count
 from edgepack.compiler.schedules import vector_lanes
 from edgepack.compiler.weight_layout import pretranspose_weights
 from edgepack.errors import EdgepackError, first_line
+from edgepack.frontends.preflight import symbolic_shapes
 from edgepack.targets import TargetSpec
 
 __all__ = ["CompileConfig", "check_toolchain", "compile_model", "import_relax", "lower_to_tir", "schedule_kernels",
@@ -38,11 +39,14 @@ def import_relax(model: OnnxModel, integer_ops: bool = True, report=None, conv_b
     from tvm.relax.frontend.onnx import from_onnx
 
     try:
-        module = from_onnx(onnx.load(str(model.path)), shape_dict={s.name: list(s.shape) for s in model.inputs},
+        module = from_onnx(onnx.load(str(model.path)), shape_dict=symbolic_shapes(model.inputs),
                            dtype_dict={s.name: s.dtype for s in model.inputs}, keep_params_in_input=True)
     except Exception as exc:  # the frontend raises many types for ops it cannot convert
         raise EdgepackError(f"TVM cannot import the model: {first_line(exc)}", "simplify or re-export the model") from None
     module, params = relax.frontend.detach_params(module)
+    upper = {d: b[1] for spec in model.inputs for d, b in zip(spec.dims, spec.bounds) if d is not None}
+    if upper:  # memory planned once for the largest sizes, not allocated call by call
+        module["main"] = module["main"].with_attr("tir_var_upper_bound", upper)
     module, params, integer = integerize(module, params) if integer_ops else (module, params, survey(module))
     if report is not None:
         report.merge(integer)

@@ -153,8 +153,11 @@ def _tile_reduction(sch, block, lanes: int) -> None:
     if not spatial or len(spatial) + len(reduce) != len(loops):
         raise ValueError("unsupported iterator kinds")
     extents = [_extent(sch, loop) for loop in spatial]
-    if min(extents) < 1:
+    if max(extents) < 1:
         raise ValueError("dynamic shape")
+    # a symbolic axis (a dynamic batch) stays a serial loop outside the tile nest, which is then the static one
+    symbolic = [loop for loop, extent in zip(spatial, extents) if extent < 1]
+    extents = [max(extent, 1) for extent in extents]
     # epilogue (bias, residual, activation) follows the accumulator tile, not the whole tensor
     write_back = sch.cache_write(block, 0, "local")
     accumulate, write_back = block, write_back
@@ -181,9 +184,11 @@ def _tile_reduction(sch, block, lanes: int) -> None:
             o, i = sch.split(loop, [None, row_factor])
             outer.append(o)
             inner.insert(0, i)
-        else:
+        elif loop not in symbolic:
             outer.append(loop)
-    sch.reorder(*outer, *reduce, *inner)
+    if not outer:
+        raise ValueError("dynamic shape")
+    sch.reorder(*symbolic, *outer, *reduce, *inner)
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     work = _work(sch, [fused, *reduce, *inner])
     sch.reverse_compute_at(write_back, fused)

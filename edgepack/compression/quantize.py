@@ -14,6 +14,7 @@ or with `auto` keeps the most sensitive layers in float until the bound holds.
 from __future__ import annotations
 
 import contextlib
+import os
 import logging
 import shutil
 from dataclasses import asdict, dataclass, replace
@@ -31,6 +32,8 @@ from edgepack.compression.passes import PassContext
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")  # the layers whose weights are quantized, and the unit of --auto
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 RANDOM_SAMPLES = 32  # agreement samples when neither evaluation nor calibration data is given
+GOLDEN_SAMPLES = 3  # real samples a quantized file keeps for the golden vectors of a later build
+RECORD_KEY = "edgepack.quantize"  # metadata of a file written by `edgepack quantize`: mode and real samples
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,13 @@ class _Quantization:
     def golden_config(self, model: OnnxModel, golden: GoldenConfig) -> GoldenConfig:
         """The golden check of the quantized build: references from the graph as written (see each mode)."""
         return replace(golden, unfused=True)
+
+    def recorded_samples(self, model: OnnxModel, context: PassContext):
+        """The real samples this quantization saw (--eval, else calibration data), or None: kept in the
+        written file so that a later `edgepack build` makes its golden vectors from them."""
+        if self.gate.data is not None:
+            return load_eval_data(self.gate.data, model.inputs, GOLDEN_SAMPLES)
+        return None
 
     def config_json(self) -> dict:
         data = asdict(self)
@@ -109,6 +119,12 @@ class Int8Static(_Quantization):
     def golden_config(self, model: OnnxModel, golden: GoldenConfig) -> GoldenConfig:
         """One output quantization step on top of --atol: TVM runs QDQ dequantize-then-float."""
         return replace(golden, step=output_step(model.path), steps=1.0, unfused=True)
+
+    def recorded_samples(self, model: OnnxModel, context: PassContext):
+        if self.gate.data is not None:
+            return super().recorded_samples(model, context)
+        samples = _calibration(self, model, context)
+        return EvalData(tuple(stack[:GOLDEN_SAMPLES] for stack in samples.inputs), None, f"calibration data {samples.origin}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -652,9 +668,74 @@ def quantize(model: str | Path, out: Path, config: _Quantization, *, inputs: Seq
         raise EdgepackError(f"output '{out}' is not an .onnx file", "pass -o model.int8.onnx")
     plan = plan_front(str(model), target, list(inputs), onnx_passes=(config,))
     with tempfile.TemporaryDirectory(prefix="edgepack-quantize-") as workdir:
-        result = run_front(plan, Path(workdir), progress)
-        write_onnx(result.model, out, [*plan.prior_stages, *result.records])
+        work = Path(workdir)
+        result = run_front(plan, work, progress)
+        written = write_onnx(result.model, work / "written.onnx", [*plan.prior_stages, *result.records])
+        (work / "record").mkdir()
+        samples = config.recorded_samples(result.original, PassContext(work / "record", plan.target, progress))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        try:
+            _record(written, temporary, config.mode, samples, result.original.inputs)
+            os.replace(temporary, out)
+        finally:
+            temporary.unlink(missing_ok=True)
     return result.records[-1]
+
+
+def _record(path: Path, out: Path, mode: str, samples: EvalData | None, specs) -> None:
+    """Write `path` to `out` with metadata RECORD_KEY: the mode, and up to GOLDEN_SAMPLES real samples (base64 .npz)."""
+    import base64
+    import io
+    import json
+
+    import onnx
+
+    proto = onnx.load(str(path))
+    entry = {"mode": mode}
+    if samples is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **{spec.name: stack[:GOLDEN_SAMPLES] for spec, stack in zip(specs, samples.inputs)})
+        entry.update(samples=base64.b64encode(buffer.getvalue()).decode("ascii"), origin=samples.origin)
+    kept = [prop for prop in proto.metadata_props if prop.key != RECORD_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    proto.metadata_props.add(key=RECORD_KEY, value=json.dumps(entry))
+    onnx.save(proto, str(out))
+
+
+def recorded_quantization(path: Path, specs) -> tuple[str, EvalData | None] | None:
+    """What `edgepack quantize` recorded in the file at `path`: its mode and real samples (or None); None if nothing."""
+    import base64
+    import io
+    import json
+
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    value = next((prop.value for prop in proto.metadata_props if prop.key == RECORD_KEY), None)
+    if value is None:
+        return None
+    try:
+        entry = json.loads(value)
+        samples = None
+        if "samples" in entry:
+            archive = np.load(io.BytesIO(base64.b64decode(entry["samples"])), allow_pickle=False)
+            stacks = tuple(archive[spec.name].astype(spec.dtype, copy=False) for spec in specs)
+            if any(tuple(stack.shape[1:]) != tuple(spec.shape[1:]) for stack, spec in zip(stacks, specs)):
+                stacks = None  # recorded for other input shapes (`--input` changed them): not usable
+            samples = EvalData(stacks, None, f"{entry.get('origin', 'data')} recorded by edgepack quantize") if stacks else None
+        return str(entry["mode"]), samples
+    except (ValueError, KeyError, TypeError, OSError):
+        return None  # metadata written by something else: treat the file as not recorded
+
+
+def golden_rule(mode: str, model: OnnxModel, golden: GoldenConfig) -> GoldenConfig:
+    """The golden tolerance of a build of a file already quantized in `mode` (the mode's own rule)."""
+    modes = {cls.mode: cls for cls in (Int8Static, Int8Dynamic, Float16, Int4WeightOnly)}
+    if mode not in modes:
+        return replace(golden, unfused=True)
+    return modes[mode].golden_config(None, model, golden)  # the rules read only the model, not the config
 
 
 def summary_line(report: dict) -> str:

@@ -15,7 +15,7 @@ from edgepack.runtime.bundle_format import TensorSpec
 from edgepack.frontends.build_time import bind_inputs, refuse_runtime_operands
 from edgepack.frontends.fold import fold_shape_computations
 from edgepack.frontends.legalize import legalize
-from edgepack.frontends.signature import check_tensor_size, numpy_dtype
+from edgepack.frontends.signature import check_tensor_size, numpy_dtype, with_dim_ranges
 
 _ALWAYS_SUPPORTED = {"Constant", "If"}  # handled by the TVM frontend outside its converter map
 # in TVM's converter map but not importable as ONNX defines them: the converter reads com.microsoft's `num_heads`
@@ -115,8 +115,11 @@ def _graph_inputs(model) -> list:
     return [value for value in model.graph.input if value.name not in initializers]
 
 
-def fix_input_shapes(model, overrides: dict[str, TensorSpec]) -> list[TensorSpec]:
-    """Give every graph input a static shape (from `overrides` where given) and return the specs."""
+def fix_input_shapes(model, overrides: dict[str, TensorSpec], dim_ranges: dict | None = None) -> list[TensorSpec]:
+    """Give every graph input its shape (from `overrides` where given) and return the specs.
+
+    A named axis (`--input x:Bx30`, or the model's own dynamic axis) stays symbolic under its name, with
+    its range from `dim_ranges` (signature.DEFAULT_DIM_RANGE where none is given)."""
     inputs = _graph_inputs(model)
     names = [value.name for value in inputs]
     for name in overrides:
@@ -134,18 +137,31 @@ def fix_input_shapes(model, overrides: dict[str, TensorSpec]) -> list[TensorSpec
             if len(spec.shape) != len(dims):
                 raise EdgepackError(f"--input '{value.name}' has rank {len(spec.shape)}, the model's input has rank {len(dims)}",
                                     "give one dimension per axis")
-            for axis, (dim, want) in enumerate(zip(dims, spec.shape)):
-                if dim.HasField("dim_value") and dim.dim_value != want:
-                    raise EdgepackError(f"--input '{value.name}' dim {axis} is {want}, the model fixes it to {dim.dim_value}",
+            names = spec.dims or (None,) * len(spec.shape)
+            for axis, (dim, want, label) in enumerate(zip(dims, spec.shape, names)):
+                if dim.HasField("dim_value") and dim.dim_value >= 1 and (label is not None or dim.dim_value != want):
+                    raise EdgepackError(f"--input '{value.name}' dim {axis} is {label or want}, the model fixes it to {dim.dim_value}",
                                         "use the model's size for that axis")
                 dim.Clear()
-                dim.dim_value = want
-        else:
-            dynamic = [axis for axis, dim in enumerate(dims) if not dim.HasField("dim_value") or dim.dim_value < 1]
-            if dynamic:
-                raise EdgepackError(f"input '{value.name}' has dynamic dimension(s) at axis {', '.join(map(str, dynamic))}",
-                                    f"fix them with --input {value.name}:<d0>x<d1>...:{dtype}")
-        specs.append(TensorSpec(value.name, dtype, tuple(dim.dim_value for dim in dims)))
+                if label is None:
+                    dim.dim_value = want
+                else:
+                    dim.dim_param = label
+            specs.append(with_dim_ranges(spec, dim_ranges or {}))
+            continue
+        labels = []
+        for axis, dim in enumerate(dims):
+            if dim.HasField("dim_value") and dim.dim_value >= 1:
+                labels.append(None)
+                continue
+            label = dim.dim_param if dim.HasField("dim_param") and dim.dim_param.isidentifier() else f"{value.name}_{axis}"
+            label = label if label.isidentifier() else f"d{len(labels)}"
+            dim.Clear()
+            dim.dim_param = label
+            labels.append(label)
+        shape = tuple(dim.dim_value if label is None else 0 for dim, label in zip(dims, labels))
+        spec = TensorSpec(value.name, dtype, shape, tuple(labels), tuple(None for _ in labels)) if any(labels) else TensorSpec(value.name, dtype, shape)
+        specs.append(with_dim_ranges(spec, dim_ranges or {}))
     return specs
 
 
@@ -176,13 +192,15 @@ def op_report(model) -> PreflightReport:
 def output_specs(model, inputs: list[TensorSpec]) -> list[TensorSpec]:
     """Output names, dtypes and static shapes from ONNX shape inference (inputs fixed), else from TVM's import;
     nothing is run, so a model ONNX Runtime refuses (or that fails on all-zero inputs) still gets its shapes."""
+    ranges = {d: b for spec in inputs for d, b in zip(spec.dims, spec.bounds) if d is not None}
     specs, unknown = [], []
     for value in model.graph.output:
         tensor_type = value.type.tensor_type
         dims = tensor_type.shape.dim if tensor_type.HasField("shape") else None
-        static = dims is not None and all(dim.HasField("dim_value") for dim in dims)
+        static = dims is not None and all(dim.HasField("dim_value") or dim.dim_param in ranges for dim in dims)
         dtype = numpy_dtype(tensor_type.elem_type, f"output '{value.name}'") if tensor_type.elem_type else None
-        specs.append(TensorSpec(value.name, dtype, tuple(dim.dim_value for dim in dims)) if static and dtype else None)
+        specs.append(_output_spec(value.name, dtype, [dim.dim_value if dim.HasField("dim_value") else dim.dim_param for dim in dims], ranges)
+                     if static and dtype else None)
         if specs[-1] is None:
             unknown.append(value.name)
     if unknown:
@@ -190,12 +208,23 @@ def output_specs(model, inputs: list[TensorSpec]) -> list[TensorSpec]:
     return specs
 
 
+def symbolic_shapes(inputs) -> dict[str, list]:
+    """from_onnx's shape_dict: sizes, and one int64 TIR variable per dimension name (Relax symbolic shapes)."""
+    import tvm
+
+    variables: dict = {}
+    return {spec.name: [n if not spec.dims or spec.dims[axis] is None else variables.setdefault(spec.dims[axis], tvm.tirx.Var(spec.dims[axis], "int64"))
+                        for axis, n in enumerate(spec.shape)] for spec in inputs}
+
+
 def _imported_output_specs(model, inputs: list[TensorSpec], unknown: list[str]) -> list[TensorSpec]:
     """Output specs from the struct info of TVM's import of `main` (shapes it derives from the fixed inputs)."""
     from tvm.relax.frontend.onnx import from_onnx
 
+    ranges = {d: b for spec in inputs for d, b in zip(spec.dims, spec.bounds) if d is not None}
+
     try:
-        module = from_onnx(model, shape_dict={s.name: list(s.shape) for s in inputs}, dtype_dict={s.name: s.dtype for s in inputs},
+        module = from_onnx(model, shape_dict=symbolic_shapes(inputs), dtype_dict={s.name: s.dtype for s in inputs},
                            keep_params_in_input=True)
     except Exception as exc:  # the frontend raises many types for ops it cannot convert
         raise EdgepackError(f"TVM cannot import the model: {first_line(exc)}", "simplify or re-export the model") from None
@@ -208,15 +237,25 @@ def _imported_output_specs(model, inputs: list[TensorSpec], unknown: list[str]) 
             continue
         shape = getattr(field, "shape", None)
         values = getattr(shape, "values", None)
-        if values is None or not all(hasattr(dim, "value") for dim in values):
+        sizes = [int(dim.value) if hasattr(dim, "value") else getattr(dim, "name", None) for dim in values or []]
+        if values is None or not all(isinstance(size, int) or size in ranges for size in sizes):
             raise EdgepackError(f"output '{value.name}' has no static shape (it depends on input values, or is not a tensor)",
-                                "bundles need static tensor outputs; give the output a fixed size")
-        specs.append(TensorSpec(value.name, str(field.dtype), tuple(int(dim.value) for dim in values)))
+                                "bundles need tensor outputs whose sizes are fixed or named input dimensions")
+        specs.append(_output_spec(value.name, str(field.dtype), sizes, ranges))
     return specs
 
 
+def _output_spec(name: str, dtype: str, sizes: list, ranges: dict) -> TensorSpec:
+    """An output spec from sizes that are ints or names of input dimensions (dynamic, smallest size in `shape`)."""
+    if all(isinstance(size, int) for size in sizes):
+        return TensorSpec(name, dtype, tuple(sizes))
+    dims = tuple(None if isinstance(size, int) else size for size in sizes)
+    bounds = tuple(None if d is None else tuple(ranges[d]) for d in dims)
+    return TensorSpec(name, dtype, tuple(size if d is None else ranges[d][0] for size, d in zip(sizes, dims)), dims, bounds)
+
+
 def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path,
-              bound: dict[str, np.ndarray] | None = None) -> tuple[OnnxModel, StageRecord]:
+              bound: dict[str, np.ndarray] | None = None, dim_ranges: dict | None = None) -> tuple[OnnxModel, StageRecord]:
     """Check an ONNX file, fix its input shapes, refuse unsupported ops; writes workdir/model.onnx.
 
     `bound` gives inputs their values at build time (edgepack.frontends.build_time): they become constants."""
@@ -234,7 +273,7 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path,
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise EdgepackError(f"'{path}' fails the ONNX checker: {first_line(exc)}", "re-export the model with a current exporter") from None
-    inputs = fix_input_shapes(model, overrides)
+    inputs = fix_input_shapes(model, overrides, dim_ranges)
     for spec in inputs:  # before anything is allocated for them
         check_tensor_size(spec)
     try:

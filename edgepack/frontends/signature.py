@@ -23,15 +23,54 @@ def parse_input_spec(text: str) -> TensorSpec:
     dtype = parts[2] if len(parts) == 3 else "float32"
     if dtype not in SUPPORTED_DTYPES:
         raise EdgepackError(f"input spec '{text}': unknown dtype '{dtype}'", f"use one of {', '.join(SUPPORTED_DTYPES)}")
+    tokens = dims.lower().split("x") if dims and all(t.isdigit() for t in dims.lower().split("x")) else (dims.split("x") if dims else [])
+    named = tuple(token if _is_dim_name(token) else None for token in tokens)
     try:
-        shape = tuple(int(dim) for dim in dims.lower().split("x")) if dims else ()
+        shape = tuple(0 if _is_dim_name(token) else int(token) for token in tokens)
     except ValueError:
         raise EdgepackError(f"input spec '{text}': shape '{dims}' is not dimensions joined by 'x'", _FIX) from None
-    if any(dim < 1 for dim in shape):
+    if any(dim < 1 for dim, label in zip(shape, named) if label is None):
         raise EdgepackError(f"input spec '{text}': every dimension must be at least 1", _FIX)
+    if any(label is not None for label in named):  # sizes come from --dim NAME=LOW..HIGH (with_dim_ranges)
+        return TensorSpec(name, dtype, shape, named, tuple(None for _ in named))
     spec = TensorSpec(name, dtype, shape)
     check_tensor_size(spec)
     return spec
+
+
+def _is_dim_name(token: str) -> bool:
+    """A dynamic axis' name in `--input`: an identifier starting with a capital letter (B, T, Seq)."""
+    return token.isidentifier() and token[:1].isupper()
+
+
+DEFAULT_DIM_RANGE = (1, 64)  # a named or model-dynamic axis without --dim
+
+
+def parse_dim_ranges(texts: list[str]) -> dict[str, tuple[int, int]]:
+    """Parse `--dim B=1..64` options into {name: (smallest, largest)}."""
+    ranges = {}
+    for text in texts:
+        name, _, span = text.partition("=")
+        low, _, high = span.partition("..")
+        try:
+            bounds = (int(low), int(high))
+        except ValueError:
+            bounds = None
+        if not name.isidentifier() or bounds is None or not 1 <= bounds[0] <= bounds[1]:
+            raise EdgepackError(f"cannot read --dim '{text}'", "write it as NAME=LOW..HIGH with 1 <= LOW <= HIGH, e.g. B=1..64")
+        if name in ranges:
+            raise EdgepackError(f"--dim {name} is given twice", "pass one --dim per dimension name")
+        ranges[name] = bounds
+    return ranges
+
+
+def with_dim_ranges(spec: TensorSpec, ranges: dict[str, tuple[int, int]]) -> TensorSpec:
+    """`spec` with each named axis given its range (DEFAULT_DIM_RANGE when --dim does not name it); shape: the smallest."""
+    if not spec.dynamic:
+        return spec
+    bounds = tuple(ranges.get(d, DEFAULT_DIM_RANGE) if d is not None else None for d in spec.dims)
+    shape = tuple(b[0] if b is not None else n for b, n in zip(bounds, spec.shape))
+    return TensorSpec(spec.name, spec.dtype, shape, spec.dims, bounds)
 
 
 def parse_input_specs(texts: list[str]) -> dict[str, TensorSpec]:

@@ -66,6 +66,8 @@ Manifest ReadManifest(const std::string& bundle) {
   Manifest m;
   m.inputs = Specs(Field(root, "inputs"), "inputs");
   m.outputs = Specs(Field(root, "outputs"), "outputs");
+  ApplyDimRanges(m.inputs, root);
+  ApplyDimRanges(m.outputs, root);
   m.library = As<std::string>(Field(root, "library"), "library");
   json::Value params = Field(root, "params");
   m.params_file = As<std::string>(Field(params, "file"), "params.file");

@@ -9,7 +9,9 @@ namespace {
 
 struct TensorSpec {
   std::string name, dtype;
-  std::vector<int64_t> shape;
+  std::vector<int64_t> shape;       // a named axis: its smallest size
+  std::vector<std::string> dims;    // per axis: a dimension name ("" when fixed); empty when all are fixed
+  std::vector<int64_t> low, high;   // per named axis: its range (manifest "dim_ranges")
 };
 struct GoldenCase {
   std::vector<std::string> inputs, outputs;
@@ -69,9 +71,37 @@ std::vector<TensorSpec> Specs(const json::Value& value, const std::string& what)
     for (const ffi::Any& dim : As<json::Array>(Field(item, "shape"), "shape")) {
       spec.shape.push_back(As<int64_t>(dim, "shape"));
     }
+    if (std::optional<json::Value> dims = As<json::Object>(item, what).Get(ffi::String("dims"))) {
+      for (const ffi::Any& dim : As<json::Array>(*dims, "dims")) {
+        spec.dims.push_back(dim.type_index() == ffi::TypeIndex::kTVMFFINone ? "" : As<std::string>(dim, "dims"));
+      }
+      if (spec.dims.size() != spec.shape.size()) BadManifest("'dims' of '" + spec.name + "' needs one entry per axis");
+    }
     specs.push_back(spec);
   }
   return specs;
+}
+
+// The ranges of named axes ("dim_ranges": {name: [smallest, largest]}) into each spec's low/high.
+void ApplyDimRanges(std::vector<TensorSpec>& specs, const json::Value& root) {
+  std::optional<json::Value> ranges = As<json::Object>(root, "manifest").Get(ffi::String("dim_ranges"));
+  for (TensorSpec& spec : specs) {
+    for (const std::string& name : spec.dims) {
+      int64_t low = 0, high = 0;
+      if (!name.empty()) {
+        std::optional<json::Value> range =
+            ranges ? As<json::Object>(*ranges, "dim_ranges").Get(ffi::String(name)) : std::nullopt;
+        if (!range) BadManifest("dimension '" + name + "' has no entry in 'dim_ranges'");
+        json::Array bounds = As<json::Array>(*range, "dim_ranges");
+        if (bounds.size() != 2) BadManifest("'dim_ranges' entry '" + name + "' needs [smallest, largest]");
+        low = As<int64_t>(bounds[0], "dim_ranges");
+        high = As<int64_t>(bounds[1], "dim_ranges");
+        if (low < 1 || low > high) BadManifest("'dim_ranges' entry '" + name + "' is not 1 <= smallest <= largest");
+      }
+      spec.low.push_back(low);
+      spec.high.push_back(high);
+    }
+  }
 }
 
 // ---------------------------------------------------------------- strict JSON, as the Python loader reads it

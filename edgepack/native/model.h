@@ -16,6 +16,7 @@ void CheckInputs(const std::vector<Array>& arrays, const std::vector<TensorSpec>
              std::to_string(arrays.size()),
          "pass one --input per model input, in this order: " + names);
   }
+  std::map<std::string, int64_t> bound;  // named axis -> the size the inputs gave it
   for (size_t i = 0; i < specs.size(); ++i) {
     const TensorSpec& spec = specs[i];
     const std::vector<int64_t>& got = arrays[i].shape;
@@ -32,6 +33,23 @@ void CheckInputs(const std::vector<Array>& arrays, const std::vector<TensorSpec>
            fix);
     }
     for (size_t d = 0; d < got.size(); ++d) {
+      if (!spec.dims.empty() && !spec.dims[d].empty()) {  // a named axis: any size in its range
+        const std::string& name = spec.dims[d];
+        std::string axis = what + "dim " + std::to_string(d) + " (" + name + "): " + std::to_string(got[d]);
+        if (got[d] < spec.low[d] || got[d] > spec.high[d]) {
+          std::string range = std::to_string(spec.low[d]) + ".." + std::to_string(spec.high[d]);
+          Fail(kExitUser, axis + " is outside the bundle's range " + range,
+               "pass between " + std::to_string(spec.low[d]) + " and " + std::to_string(spec.high[d]) +
+                   " along that axis (split larger inputs), or rebuild with --dim " + name + "=" +
+                   std::to_string(spec.low[d]) + ".." + std::to_string(got[d]));
+        }
+        auto [it, fresh] = bound.emplace(name, got[d]);
+        if (!fresh && it->second != got[d]) {
+          Fail(kExitUser, axis + ", but another input gave " + name + " = " + std::to_string(it->second),
+               "give every axis named " + name + " the same size");
+        }
+        continue;
+      }
       if (got[d] != spec.shape[d]) {
         Fail(kExitUser,
              what + "dim " + std::to_string(d) + ": expected " + std::to_string(spec.shape[d]) +

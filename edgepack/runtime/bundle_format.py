@@ -81,18 +81,46 @@ def first_line(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Name, numpy dtype name and static shape of one model input or output."""
+    """Name, numpy dtype name and shape of one model input or output.
+
+    A dynamic axis has a name in `dims` (None for a fixed axis) and its inclusive size range in
+    `bounds`; `shape` then holds its smallest size."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
+    dims: tuple = ()  # per axis: the dimension's name, or None where the size is fixed; () when all are fixed
+    bounds: tuple = ()  # per axis: (smallest, largest) for a named axis, else None
 
     @classmethod
-    def from_json(cls, entry: Mapping) -> "TensorSpec":
-        return cls(str(entry["name"]), str(entry["dtype"]), tuple(int(d) for d in entry["shape"]))
+    def from_json(cls, entry: Mapping, dim_ranges: Mapping | None = None) -> "TensorSpec":
+        shape = tuple(int(d) for d in entry["shape"])
+        dims = tuple(entry.get("dims") or ())
+        ranges = dim_ranges or {}
+        bounds = tuple((int(ranges[d][0]), int(ranges[d][1])) if d is not None else None for d in dims)
+        return cls(str(entry["name"]), str(entry["dtype"]), shape, dims, bounds)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        entry = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if any(d is not None for d in self.dims):
+            entry["dims"] = list(self.dims)
+        return entry
+
+    @property
+    def dynamic(self) -> bool:
+        return any(d is not None for d in self.dims)
+
+    def at(self, sizes: Mapping[str, int]) -> "TensorSpec":
+        """This spec with its named axes set to `sizes` (a static spec)."""
+        if not self.dynamic:
+            return self
+        shape = tuple(sizes[d] if d is not None else n for d, n in zip(self.dims, self.shape))
+        return TensorSpec(self.name, self.dtype, shape)
+
+
+def dim_ranges_of(specs: Sequence["TensorSpec"]) -> dict[str, list[int]]:
+    """{name: [smallest, largest]} of the named axes of `specs`."""
+    return {d: list(b) for spec in specs for d, b in zip(spec.dims, spec.bounds) if d is not None}
 
 
 
@@ -244,6 +272,16 @@ def check_manifest_fields(manifest: Mapping, path: Path | str = MANIFEST) -> Non
             if (not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or spec.get("dtype") not in _DTYPES
                     or not isinstance(spec.get("shape"), list) or not all(is_int(d) and d >= 0 for d in spec["shape"])):
                 bad(f"an entry of '{key}' needs a name, a dtype ({', '.join(_DTYPES)}) and a shape of ints")
+    ranges = manifest.get("dim_ranges", {})
+    if not isinstance(ranges, dict) or not all(isinstance(r, list) and len(r) == 2 and all(is_int(n) for n in r)
+                                               and 1 <= r[0] <= r[1] for r in ranges.values()):
+        bad("'dim_ranges' must map dimension names to [smallest, largest] sizes")
+    for key in ("inputs", "outputs"):
+        for spec in manifest[key]:
+            dims = spec.get("dims")
+            if dims is not None and (not isinstance(dims, list) or len(dims) != len(spec["shape"])
+                                     or not all(d is None or d in ranges for d in dims)):
+                bad(f"'{key}' entry '{spec['name']}': 'dims' needs one name of 'dim_ranges' (or null) per axis")
     params = manifest.get("params")
     if not isinstance(params, dict) or not isinstance(params.get("file"), str) or not is_str_list(params.get("names")):
         bad("'params' must be an object with a 'file' and a list of 'names'")
@@ -699,7 +737,8 @@ def check_cuda(bundle: Path, manifest: Mapping) -> None:
 
 
 def check_inputs(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray]) -> None:
-    """Refuse inputs whose count, dtype or any dimension differs from the signature."""
+    """Refuse inputs whose count, dtype or any dimension differs from the signature (a named axis: outside its range)."""
+    bound: dict[str, int] = {}
     if len(arrays) != len(specs):
         names = ", ".join(spec.name for spec in specs)
         raise BundleError(f"expected {len(specs)} input(s) ({names}), got {len(arrays)}", "pass one array per input, in this order")
@@ -712,8 +751,18 @@ def check_inputs(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray]) -> N
                 "reshape the array to the bundle's input shape",
             )
         for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
-            if want != got:
+            name = spec.dims[axis] if spec.dims else None
+            if name is None and want != got:
                 raise BundleError(f"input '{spec.name}' dim {axis}: expected {want}, got {got}", "reshape the array to the bundle's input shape")
+            if name is None:
+                continue
+            low, high = spec.bounds[axis]
+            if not low <= got <= high:
+                raise BundleError(f"input '{spec.name}' dim {axis} ({name}): {got} is outside the bundle's range {low}..{high}",
+                                  f"pass between {low} and {high} along that axis (split larger inputs), or rebuild with --dim {name}={low}..{got}")
+            if bound.setdefault(name, got) != got:
+                raise BundleError(f"input '{spec.name}' dim {axis} ({name}): {got}, but another input gave {name} = {bound[name]}",
+                                  f"give every axis named {name} the same size")
 
 
 

@@ -103,8 +103,8 @@ class LoadedBundle:
         self.path = Path(bundle)
         self.manifest = manifest
         self.device = device  # the TVM device of the inputs and weights; None: the CPU
-        self.inputs = [TensorSpec.from_json(entry) for entry in manifest["inputs"]]
-        self.outputs = [TensorSpec.from_json(entry) for entry in manifest["outputs"]]
+        self.inputs = [TensorSpec.from_json(entry, manifest.get("dim_ranges")) for entry in manifest["inputs"]]
+        self.outputs = [TensorSpec.from_json(entry, manifest.get("dim_ranges")) for entry in manifest["outputs"]]
         self._vm = vm
         self._params = params
 
