@@ -68,6 +68,7 @@ class FrontResult:
     golden: GoldenConfig = GoldenConfig()  # the golden tolerance the passes ask for
     torch_model: TorchModel | None = None  # after the torch passes (PyTorch sources)
     samples: EvalData | None = None  # real samples a pass saw (quantization: --eval or calibration data)
+    written: OnnxModel | None = None  # the last ONNX pass's own output, before pre-flight checked it again
 
 
 def plan_front(
@@ -146,6 +147,7 @@ def run_front(
         context = pass_context(plan.target, work, stage_pass.stage, progress)
         changed, record = stage_pass.run(result.model, context)
         result.records.append(record)
+        result.written = changed
         result.samples = result.samples or _pass_samples(stage_pass, result.model, context)
         (context.workdir / "preflight").mkdir()
         result.model, _ = preflight(changed.path, {}, context.workdir / "preflight", dim_ranges=plan.dim_ranges)

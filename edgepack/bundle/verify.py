@@ -122,7 +122,7 @@ def verify_generation(bundle_dir: Path, manifest: dict, python: dict, native: di
         report["python_loader"] = Generator(loader.load(bundle_dir, keyring)).generate(golden["prompt_ids"], len(expected))
     if native["ran"]:
         prefix = emulator_command(manifest["target"]) if manifest["target"]["arch"] != platform.machine() else []
-        result = run_native_loader(bundle_dir, "generate", "--prompt-ids", ",".join(map(str, golden["prompt_ids"])),
+        result = run_native_loader(bundle_dir, manifest["files"], "generate", "--prompt-ids", ",".join(map(str, golden["prompt_ids"])),
                                    "--max-new-tokens", str(len(expected)), *keyring_args(keyring), prefix=prefix or [])
         report["native_loader"] = ([int(t) for t in result.stdout.split()] if result.returncode == 0
                                    else (result.stderr.strip().splitlines() or ["no output"])[-1])

@@ -670,7 +670,8 @@ def quantize(model: str | Path, out: Path, config: _Quantization, *, inputs: Seq
     with tempfile.TemporaryDirectory(prefix="edgepack-quantize-") as workdir:
         work = Path(workdir)
         result = run_front(plan, work, progress)
-        written = write_onnx(result.model, work / "written.onnx", [*plan.prior_stages, *result.records])
+        # the quantized file as the pass wrote it (what its report measured), not pre-flight's folded copy
+        written = write_onnx(result.written, work / "written.onnx", [*plan.prior_stages, *result.records])
         (work / "record").mkdir()
         samples = config.recorded_samples(result.original, PassContext(work / "record", plan.target, progress))
         out.parent.mkdir(parents=True, exist_ok=True)

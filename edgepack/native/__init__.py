@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["build_native_loader"]
 
 _SOURCE_DIR = Path(__file__).parent
-_FLAGS = ("-O2", "-std=c++17", "-s", "-pthread")
+_FLAGS = ("-Os", "-std=c++17", "-s", "-pthread")  # -Os: the loader is glue around the TVM runtime; size matters on boards
 _LIBS = ("-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi", "-ldl", "-Wl,-rpath,$ORIGIN")
 
 

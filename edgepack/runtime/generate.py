@@ -220,7 +220,6 @@ def parse_ids(text: str) -> list[int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the process exit code."""
-    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
     args = _parser().parse_args(argv)
     try:
         bundle = load(args.bundle or Path(__file__).resolve().parent.parent, args.keyring or os.environ.get(KEYRING_ENV) or None)
@@ -260,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # only TVM's runtime library on the device; set here, not in main(), so that a host process calling
+    # main() keeps the compiler for its own later work and children
+    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
     sys.exit(main())
 
 

@@ -311,7 +311,6 @@ def write_outputs(outputs: list[np.ndarray], output: Path | None, output_dir: Pa
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the process exit code."""
-    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
     args = _parser().parse_args(argv)
     try:
         bundle = load(args.bundle or _default_bundle(), args.keyring or os.environ.get(KEYRING_ENV) or None)
@@ -337,4 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # only TVM's runtime library on the device; set here, not in main(), so that a host process calling
+    # main() keeps the compiler for its own later work and children
+    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
     sys.exit(main())

@@ -802,7 +802,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: load, bind, print `serving <model> <version> at <url>`, serve until SIGTERM/SIGINT."""
-    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
     args = _parser().parse_args(argv)
     bundle_dir = args.bundle or Path(__file__).resolve().parent.parent
     try:
@@ -850,4 +849,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # only TVM's runtime library on the device; set here, not in main(), so that a host process calling
+    # main() keeps the compiler for its own later work and children
+    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
     sys.exit(main())
