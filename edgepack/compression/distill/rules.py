@@ -164,7 +164,7 @@ def fit_rules(features: np.ndarray, classes: np.ndarray, n_classes: int, config:
     rules.append(Rule((), default, int(remaining.sum()), int(rest[default]) if remaining.any() else 0))
     if len(rules) == 1:
         raise EdgepackError("no rule beats predicting one class for every sample",
-                            "raise --max-conditions or lower --min-support")
+                            "raise --max-conditions, or distill into --tree or --svm instead")
     return round_thresholds(RuleSet(tuple(rules), n_classes), x)
 
 
