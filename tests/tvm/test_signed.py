@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -226,7 +227,6 @@ def test_build_with_sign_writes_a_verifying_envelope(onnx_models, keys, tmp_path
 
 def test_deploy_with_a_device_keyring(mlp_bundle, copy_bundle, keys, tmp_path):
     from edgepack.deploy import HealthConfig, deploy
-    from edgepack.deploy.health import HealthCheckFailed
 
     store, ring = tmp_path / "store", str(keys["trusted"].public)
     signed = copy_bundle(mlp_bundle, tmp_path / "signed")
@@ -238,6 +238,9 @@ def test_deploy_with_a_device_keyring(mlp_bundle, copy_bundle, keys, tmp_path):
     manifest = json.loads((unsigned / MANIFEST).read_text())
     manifest["version"] = "9.0.0"
     (unsigned / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    with pytest.raises(HealthCheckFailed, match="is not signed") as info:
+    before = sorted((p.relative_to(store), p.is_symlink() and os.readlink(p)) for p in store.rglob("*"))
+    with pytest.raises(IntegrityError, match="is not signed") as info:  # refused on the host, before any write
         deploy(unsigned, str(store), health=HealthConfig(keyring=ring))
-    assert info.value.exit_code == 5 and f"{result.version} is active" in info.value.problem
+    assert info.value.exit_code == 3
+    assert sorted((p.relative_to(store), p.is_symlink() and os.readlink(p)) for p in store.rglob("*")) == before
+    assert os.readlink(store / "mlp" / "current").endswith(result.version)
