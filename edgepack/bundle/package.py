@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -9,6 +10,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from edgepack.artifacts import Bundle, CompiledModule, StageRecord
 from edgepack.errors import EdgepackError
@@ -95,6 +97,35 @@ def _archive(directory: Path) -> Path:
     return archive
 
 
+@contextlib.contextmanager
+def staged(config: PackageConfig, target_name: str) -> Iterator[tuple[Path, Path]]:
+    """A fresh staging directory beside the bundle's destination, and that destination (checked first).
+
+    On any failure the staging directory, and an output directory this call created, are removed."""
+    destination = bundle_path(config, target_name)
+    check_destination(config, target_name)
+    created_out_dir = not config.out_dir.exists()  # removed again if the build fails (an empty -o stays absent)
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=config.out_dir, prefix=f".{destination.name}.staging-"))
+    try:
+        yield staging, destination
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created_out_dir:
+            shutil.rmtree(config.out_dir, ignore_errors=True)
+        raise
+
+
+def seal(staging: Path, destination: Path, manifest: dict, sign_key: Path | None) -> None:
+    """Write the final manifest, sign it when a key is given, and swap the staged bundle into place."""
+    write_manifest(staging, manifest)
+    if sign_key is not None:
+        from edgepack.bundle.signing import sign_bundle
+
+        sign_bundle(staging, sign_key)
+    replace_atomically(staging, destination)
+
+
 def write_bundle(compiled: CompiledModule, golden: GoldenVectors, config: PackageConfig,
                  provenance: dict, verify, assess=None) -> tuple[Bundle, StageRecord]:
     """Write the bundle into a staging directory, `verify(staging, manifest)` it, then move it into place.
@@ -102,12 +133,7 @@ def write_bundle(compiled: CompiledModule, golden: GoldenVectors, config: Packag
     `verify` returns the verification report (or raises); `assess(staging)`, when given, returns the
     quality report stored as the manifest's `quality` (or raises). Nothing is left behind when anything fails.
     """
-    destination = bundle_path(config, compiled.target.name)
-    check_destination(config, compiled.target.name)
-    created_out_dir = not config.out_dir.exists()  # removed again if the build fails (an empty -o stays absent)
-    config.out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=config.out_dir, prefix=f".{destination.name}.staging-"))
-    try:
+    with staged(config, compiled.target.name) as (staging, destination):
         shutil.copy2(compiled.library, staging / compiled.library.name)
         shutil.copy2(compiled.params, staging / compiled.params.name)
         golden_entry = write_golden(golden, staging)
@@ -138,17 +164,7 @@ def write_bundle(compiled: CompiledModule, golden: GoldenVectors, config: Packag
         manifest["verification"] = verify(staging, manifest)
         if assess is not None:
             manifest["quality"] = assess(staging)
-        write_manifest(staging, manifest)
-        if config.sign_key is not None:
-            from edgepack.bundle.signing import sign_bundle
-
-            sign_bundle(staging, config.sign_key)
-        replace_atomically(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created_out_dir:
-            shutil.rmtree(config.out_dir, ignore_errors=True)
-        raise
+        seal(staging, destination, manifest, config.sign_key)
     archive = _archive(destination) if config.archive else None
     sizes = {rel: entry["size"] for rel, entry in manifest["files"].items()}
     report = {"path": str(destination), "archive": str(archive) if archive else None,

@@ -4,13 +4,12 @@ in a staging directory, verify it through both loaders, and move it into place a
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from edgepack.artifacts import Bundle, StageRecord
 from edgepack.bundle.golden import GoldenVectors, write_golden
 from edgepack.bundle.manifest import file_entries, new_manifest, tool_versions, write_manifest
-from edgepack.bundle.package import PackageConfig, bundle_path, check_destination, copy_runtime, replace_atomically
+from edgepack.bundle.package import PackageConfig, copy_runtime, seal, staged
 from edgepack.compiler.runtime_files import GENERATE_MODULE, NATIVE_LOADER, device_requirements, generate_module
 from edgepack.llm.golden import LlmGolden
 from edgepack.runtime.bundle_format import TensorSpec
@@ -23,12 +22,7 @@ def write_llm_bundle(library: Path, params: Path, param_names: list[str], target
                      generator: dict, config: PackageConfig, provenance: dict, tokenizer: Path | None,
                      atol: float, rtol: float, verify) -> tuple[Bundle, StageRecord]:
     """Write, `verify(staging)` (returns the report or raises), then move into place; nothing is left on failure."""
-    destination = bundle_path(config, target.name)
-    check_destination(config, target.name)
-    created_out_dir = not config.out_dir.exists()
-    config.out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=config.out_dir, prefix=f".{destination.name}.staging-"))
-    try:
+    with staged(config, target.name) as (staging, destination):
         shutil.copy2(library, staging / library.name)
         shutil.copy2(params, staging / params.name)
         vectors = GoldenVectors(((golden.prompt_ids,),), ((golden.logits,),), atol, rtol, "transformers (PyTorch)")
@@ -58,17 +52,7 @@ def write_llm_bundle(library: Path, params: Path, param_names: list[str], target
         )
         write_manifest(staging, manifest)
         manifest["verification"] = verify(staging)
-        write_manifest(staging, manifest)
-        if config.sign_key is not None:
-            from edgepack.bundle.signing import sign_bundle
-
-            sign_bundle(staging, config.sign_key)
-        replace_atomically(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created_out_dir:
-            shutil.rmtree(config.out_dir, ignore_errors=True)
-        raise
+        seal(staging, destination, manifest, config.sign_key)
     sizes = {rel: entry["size"] for rel, entry in manifest["files"].items()}
     report = {"path": str(destination), "total_bytes": sum(sizes.values()), "file_bytes": sizes}
     return Bundle(destination, manifest), StageRecord("package", {"archive": False}, report)
