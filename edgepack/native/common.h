@@ -79,6 +79,38 @@ struct Failure {
   throw Failure{code, std::move(problem), std::move(fix)};
 }
 
+// Walks a command's options from argv[2] on, each `--name value` or `--name=value`; `help` names where
+// the options are listed, for the one-line refusal of an option given without its value.
+class OptionCursor {
+ public:
+  OptionCursor(int argc, char** argv, std::string help) : argc_(argc), argv_(argv), help_(std::move(help)) {}
+
+  bool Next() {  // moves to the next option; false after the last
+    if (++i_ >= argc_) return false;
+    name_ = argv_[i_];
+    size_t equals = name_.find('=');
+    has_inline_ = name_.rfind("--", 0) == 0 && equals != std::string::npos;
+    if (has_inline_) {
+      inline_ = name_.substr(equals + 1);
+      name_ = name_.substr(0, equals);
+    }
+    return true;
+  }
+  const std::string& name() const { return name_; }
+  std::string Value() {  // the option's value: after '=' or the next argument
+    if (has_inline_) return inline_;
+    if (i_ + 1 >= argc_) Fail(kExitUsage, "option " + name_ + " needs a value", "see " + help_);
+    return argv_[++i_];
+  }
+
+ private:
+  int argc_;
+  char** argv_;
+  std::string help_, name_, inline_;
+  int i_ = 1;
+  bool has_inline_ = false;
+};
+
 // A whole file's bytes ("" when it cannot be read; callers check what they need first).
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

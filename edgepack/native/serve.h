@@ -42,18 +42,10 @@ double ParsePositive(const std::string& option, const std::string& text) {
 
 ServeOptions ParseServeArgs(int argc, char** argv) {
   ServeOptions opt;
-  for (int i = 2; i < argc; ++i) {
-    std::string arg = argv[i], inline_value;
-    bool has_inline = arg.rfind("--", 0) == 0 && arg.find('=') != std::string::npos;
-    if (has_inline) {
-      inline_value = arg.substr(arg.find('=') + 1);
-      arg = arg.substr(0, arg.find('='));
-    }
-    auto value = [&]() -> std::string {
-      if (has_inline) return inline_value;
-      if (i + 1 >= argc) Fail(kExitUsage, "option " + arg + " needs a value", "see edgepack-run serve --help");
-      return argv[++i];
-    };
+  OptionCursor args(argc, argv, "edgepack-run serve --help");
+  while (args.Next()) {
+    const std::string& arg = args.name();
+    auto value = [&args] { return args.Value(); };
     if (arg == "-h" || arg == "--help") {
       std::cout << kServeUsage;
       std::exit(0);
