@@ -142,8 +142,9 @@ def _vector_index(sch, block, extents: list[int], lanes: int) -> int:
     return max((i for i, e in enumerate(extents) if e > 1), default=len(extents) - 1)
 
 
-def _tile_reduction(sch, block, lanes: int) -> None:
-    """Register-tile one reduction block and write its epilogue back tile by tile."""
+def _tile_reduction(sch, block, lanes: int) -> set[str]:
+    """Register-tile one reduction block and write its epilogue back tile by tile; returns the names of the
+    blocks in the tile (write-back, init), which are scheduled here and must not be rescheduled as spatial."""
     loops = sch.get_loops(block)
     iter_vars = sch.get(block).iter_vars
     if len(loops) != len(iter_vars):
@@ -198,16 +199,27 @@ def _tile_reduction(sch, block, lanes: int) -> None:
         sch.vectorize(inner[-1])
     if len(inner) > 1:
         sch.unroll(inner[0])
-    _vectorize_innermost(sch, write_back)
+    _vectorize_innermost(sch, write_back, below=fused)
+    tile = {sch.get(write_back).name_hint}
     if reduce:  # after the annotations: the update block alone is no longer a reduction block
         init = sch.decompose_reduction(accumulate, reduce[0])
+        tile.add(sch.get(init).name_hint)
         if int(sch.get(sch.get_loops(init)[-1]).kind) == 0:
-            _vectorize_innermost(sch, init)
+            _vectorize_innermost(sch, init, below=fused)
+    return tile
 
 
-def _vectorize_innermost(sch, block) -> None:
+def _vectorize_innermost(sch, block, below=None) -> None:
+    """Vectorize the block's innermost loop when it is short; with `below`, only a loop nested inside that one.
+
+    A tile's write-back and init blocks sit in the outer tile loop `below` together with the reduction. When
+    the tile has no inner loops (no vector or row factor divides the extents, e.g. a batch-1 matmul with 17
+    outputs), their innermost loop is that outer loop itself, and vectorizing it vectorizes the reduction
+    around an accumulator that TVM compacts to one element per iteration: all lanes add into one scalar."""
     loops = sch.get_loops(block)
-    if loops and 1 < _extent(sch, loops[-1]) <= 64:
+    if not loops or (below is not None and sch.get(loops[-1]).same_as(sch.get(below))):
+        return
+    if 1 < _extent(sch, loops[-1]) <= 64:
         sch.vectorize(loops[-1])
 
 
@@ -251,9 +263,12 @@ def heuristic_schedule(func, lanes: int = 8):
     _inline_injective(sch)
     root = sch.get_sblock("root")
     reductions = [sch.get(b).name_hint for b in sch.get_child_blocks(root) if _is_reduction(sch, b)]
+    tiled: set[str] = set()
     for name in reductions:  # by name: tiling one block inlines others' epilogues
-        _tile_reduction(sch, sch.get_sblock(name), lanes)
+        tiled |= _tile_reduction(sch, sch.get_sblock(name), lanes)
     for block in sch.get_child_blocks(root):
+        if sch.get(block).name_hint in tiled:  # its loops enclose the reduction too: nothing to fuse or vectorize
+            continue
         if _is_spatial(sch, block) and len(sch.get_loops(block)) and not _is_annotated(sch, block):
             _schedule_spatial(sch, block, lanes)
     return sch
