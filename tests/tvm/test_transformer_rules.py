@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+
+from tests.models import attention_scores_onnx
 
 pytestmark = pytest.mark.tvm
 
@@ -25,24 +25,6 @@ def test_padding_only_where_no_tile_divides():
     assert matmul_padding([(1, True), (-1, True), (64, False)], 8) is None
 
 
-def _attention_scores_onnx(path: Path) -> Path:
-    """scores = (q @ k) / 8 + bias, q: 1x3x197x64, k: 1x3x64x197 (a ViT's attention logits)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    bias = numpy_helper.from_array(rng.standard_normal(TOKENS).astype(np.float32), "bias")
-    eight = numpy_helper.from_array(np.array(8.0, np.float32), "eight")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["q", "k"], ["s"]), helper.make_node("Div", ["s", "eight"], ["d"]),
-         helper.make_node("Add", ["d", "bias"], ["y"])], "scores",
-        [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, 3, TOKENS, 64]),
-         helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, 3, 64, TOKENS])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, TOKENS, TOKENS])], [bias, eight])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
-
-
 def test_padded_attention_matmul_is_tiled_and_matches_onnxruntime(tmp_path):
     import onnxruntime as ort
     import tvm
@@ -54,7 +36,7 @@ def test_padded_attention_matmul_is_tiled_and_matches_onnxruntime(tmp_path):
     from edgepack.frontends.preflight import preflight
     from edgepack.targets import load_target
 
-    path = _attention_scores_onnx(tmp_path / "scores.onnx")
+    path = attention_scores_onnx(tmp_path / "scores.onnx")
     model, _ = preflight(path, {}, tmp_path)
     module, params = import_relax(model)
     target = load_target("x86_64").tvm_target()
