@@ -165,3 +165,42 @@ def torch_outputs(module: nn.Module, arrays: list[np.ndarray]) -> list[np.ndarra
     with torch.no_grad():
         result = module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
     return [t.numpy() for t in (result if isinstance(result, tuple) else (result,))]
+
+
+def activations_onnx(path: Path) -> Path:
+    """softmax(x) + gelu(x) + sigmoid(x) + tanh(x) + erf(x) + exp(x / 8), x: 4x96 (one op each, opset 20)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    eighth = numpy_helper.from_array(np.array(0.125, np.float32), "eighth")
+    nodes = [helper.make_node("Softmax", ["x"], ["s"], axis=-1), helper.make_node("Gelu", ["x"], ["g"]),
+             helper.make_node("Sigmoid", ["x"], ["sg"]), helper.make_node("Tanh", ["x"], ["t"]),
+             helper.make_node("Erf", ["x"], ["e"]), helper.make_node("Mul", ["x", "eighth"], ["x8"]),
+             helper.make_node("Exp", ["x8"], ["ex"])]
+    total = "s"
+    for index, name in enumerate(("g", "sg", "t", "e", "ex")):
+        out = "y" if index == 4 else f"sum{index}"
+        nodes.append(helper.make_node("Add", [total, name], [out]))
+        total = out
+    graph = helper.make_graph(nodes, "activations", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 96])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 96])], [eighth])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(path))
+    return path
+
+
+def attention_scores_onnx(path: Path, tokens: int = 197) -> Path:
+    """scores = (q @ k) / 8 + bias, q: 1x3xTx64, k: 1x3x64xT (a ViT's attention logits at T = 197 tokens)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    bias = numpy_helper.from_array(rng.standard_normal(tokens).astype(np.float32), "bias")
+    eight = numpy_helper.from_array(np.array(8.0, np.float32), "eight")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["q", "k"], ["s"]), helper.make_node("Div", ["s", "eight"], ["d"]),
+         helper.make_node("Add", ["d", "bias"], ["y"])], "scores",
+        [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, 3, tokens, 64]),
+         helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, 3, 64, tokens])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, tokens, tokens])], [bias, eight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path

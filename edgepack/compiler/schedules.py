@@ -17,6 +17,7 @@ Functions that carry tuning records (`tirx.is_scheduled`) are not touched.
 
 from __future__ import annotations
 
+from edgepack.compiler.transformer_rules import pad_matmul_axes, same_domain
 from edgepack.errors import first_line
 
 from dataclasses import dataclass, field
@@ -164,7 +165,7 @@ def _tile_reduction(sch, block, lanes: int) -> set[str]:
     accumulate, write_back = block, write_back
     # after cache_write the compute block writes local memory; the copy block writes the old buffer
     for consumer in sch.get_consumers(write_back):
-        if _is_spatial(sch, consumer):
+        if _is_spatial(sch, consumer) and same_domain(sch, write_back, consumer):
             try:
                 sch.reverse_compute_inline(consumer)
             except Exception:  # noqa: BLE001 - keep the epilogue as its own loop nest
@@ -261,6 +262,8 @@ def heuristic_schedule(func, lanes: int = 8):
 
     sch = s_tir.Schedule(func)
     _inline_injective(sch)
+    if pad_matmul_axes(sch, lanes):  # 197 tokens: no tile divides them (edgepack.compiler.transformer_rules)
+        _inline_injective(sch)
     root = sch.get_sblock("root")
     reductions = [sch.get(b).name_hint for b in sch.get_child_blocks(root) if _is_reduction(sch, b)]
     tiled: set[str] = set()

@@ -146,3 +146,12 @@ def test_blocked_and_depthwise_convolutions_match_onnxruntime_under_qemu(tmp_pat
     assert report["conv_layout"] == {"layout": "NCHW4c", "blocked_convs": 4}
     assert manifest["verification"]["passed"] and manifest["verification"]["native_loader"]["emulator"] == "qemu-aarch64"
     assert manifest["verification"]["max_abs_err"] < 1e-4
+
+
+def test_fast_math_and_padded_attention_match_onnxruntime_under_qemu(tmp_path):
+    """The polynomial exp/erf/tanh/sigmoid/softmax/GELU and the padded 197-token matmul, built for arm64, verified under qemu."""
+    from models import activations_onnx, attention_scores_onnx
+
+    for onnx_file in (activations_onnx(tmp_path / "act.onnx"), attention_scores_onnx(tmp_path / "scores.onnx")):
+        manifest = build(str(onnx_file), "arm64", tmp_path / onnx_file.stem).bundle.manifest
+        assert manifest["verification"]["passed"] and manifest["verification"]["native_loader"]["emulator"] == "qemu-aarch64"

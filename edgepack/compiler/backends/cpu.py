@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from edgepack.compiler.config import CompileConfig
+from edgepack.compiler.fast_math import fast_math_pass
 from edgepack.compiler.schedules import ScheduleReport, cpu_schedule_pass, vector_lanes
 from edgepack.compiler.tuning_records import RECORD_FILE, open_database
 from edgepack.targets import TargetSpec
@@ -54,14 +55,14 @@ class CpuBackend:
 def lower_to_tir(module, tvm_target):
     """Legalize and fuse the imported Relax module into TIR kernels (the default CPU pipeline's first half).
 
+    exp, erf, tanh, sigmoid, softmax and GELU legalize to vectorisable polynomials (edgepack.compiler.fast_math).
     Tuning (edgepack.compiler.tune) extracts its tasks from this module, so records match what compile sees."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     with tvm_target:
-        return tvm.transform.Sequential(cpu.library_dispatch_passes(tvm_target) + cpu.legalize_passes(tvm_target))(
-            module
-        )
+        passes = cpu.library_dispatch_passes(tvm_target) + [fast_math_pass()] + cpu.legalize_passes(tvm_target)
+        return tvm.transform.Sequential(passes)(module)
 
 
 def schedule_kernels(module, tvm_target, config: CompileConfig):
