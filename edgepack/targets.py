@@ -65,9 +65,12 @@ class TargetSpec:
         return str(self.tvm["arch"]) if self.device == "cuda" else None
 
     def runs_on_this_machine(self) -> bool:
-        """Whether code for this target can be executed here without emulation (GPU targets: never
-        assumed; the loaders probe for a CUDA driver themselves)."""
-        return self.arch == platform.machine() and self.device == "cpu"
+        """Whether code for this target can be executed here without emulation: this arch and every listed CPU
+        feature (an AVX-512 target on an AVX2 machine cannot). GPU targets: never assumed; the loaders probe for a
+        CUDA driver themselves."""
+        from edgepack.runtime.bundle_format import missing_cpu_features
+
+        return self.arch == platform.machine() and self.device == "cpu" and not missing_cpu_features(self.cpu_features)
 
     def tvm_target(self):
         """The `tvm.target.Target` built from the `[tvm]` table, unchanged."""

@@ -69,8 +69,10 @@ def flops_of(module, example) -> int:
     return int(counter.get_total_flops())
 
 
-def build_bundles(name: str, out: Path, tune_trials: int, database: Path, tune_minutes: float | None = None) -> tuple[dict[str, Path], dict]:
-    """The untuned bundle and, with a tuning budget, the tuned one; plus the tuning stage's report."""
+def build_bundles(name: str, out: Path, tune_trials: int, database: Path, tune_minutes: float | None = None,
+                  targets: tuple[str, ...] = ("x86_64",)) -> tuple[dict[str, Path], dict]:
+    """The untuned bundle per target (`edgepack-untuned` for x86_64, `edgepack-untuned-<target>` for the others) and,
+    with a tuning budget, the tuned x86_64 one; plus the tuning stage's report."""
     from edgepack.build import build
     from edgepack.compiler.compile import CompileConfig
     from edgepack.compiler.tune import TuneConfig
@@ -78,11 +80,13 @@ def build_bundles(name: str, out: Path, tune_trials: int, database: Path, tune_m
     path, factory, _ = MODELS[name]
     spec = f"{path}:{factory}"
     bundles, tuning = {}, {}
-    started = time.perf_counter()
-    result = build(spec, "x86_64", out / "untuned", name=name, force=True,
-                   compile=CompileConfig(tuning_database=str(out / "no-records")))
-    bundles["edgepack-untuned"] = result.bundle.path
-    print(f"  built untuned in {time.perf_counter() - started:.0f} s", flush=True)
+    for target in targets:
+        started = time.perf_counter()
+        label = "edgepack-untuned" if target == "x86_64" else f"edgepack-untuned-{target}"
+        result = build(spec, target, out / label, name=name, force=True,
+                       compile=CompileConfig(tuning_database=str(out / "no-records")))
+        bundles[label] = result.bundle.path
+        print(f"  built {label} in {time.perf_counter() - started:.0f} s", flush=True)
     if tune_trials or tune_minutes:
         started = time.perf_counter()
         result = build(spec, "x86_64", out / "tuned", name=name, force=True,
@@ -193,6 +197,21 @@ def tune_minutes(entries: list[str], parser: argparse.ArgumentParser) -> dict[st
     return minutes
 
 
+def check_targets(names: list[str], parser: argparse.ArgumentParser) -> None:
+    """Every --targets entry must be a target whose bundles run on this machine (they are timed here)."""
+    from edgepack.errors import EdgepackError
+    from edgepack.targets import load_target
+
+    for name in names:
+        try:
+            target = load_target(name)
+        except EdgepackError as exc:
+            parser.error(f"--targets: {exc.problem}; {exc.fix}")
+        if not target.runs_on_this_machine():
+            parser.error(f"--targets: bundles for '{name}' cannot run on this machine ({target.arch}, "
+                         f"{', '.join(target.cpu_features) or 'no extra CPU features'})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="MLP + digits CNN, untuned, few runs (CI)")
@@ -202,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="tuning time budget per model, e.g. `20 mlp=3` (alone: trials unbounded; "
                              "with --tune-trials: whichever ends first)")
     parser.add_argument("--database", type=Path, help="tuning database (default: a fresh one under --work)")
+    parser.add_argument("--targets", nargs="+", default=["x86_64"], metavar="TARGET",
+                        help="x86_64 targets to build untuned bundles for, timed side by side (e.g. x86_64 x86_64-v4)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--runs", type=int, default=None, help="timed calls per engine (default 200, quick 20)")
     parser.add_argument("--work", type=Path, default=None, help="where bundles are built (default: a temp dir)")
@@ -210,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from edgepack.bench import SETTLE_S, TURN_WARMUP
     minutes = tune_minutes(args.tune_minutes or [], parser)
+    check_targets(args.targets, parser)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     names = args.models or [n for n, (_, _, quick) in MODELS.items() if quick or not args.quick]
     runs = args.runs or (20 if args.quick else 200)
@@ -228,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"{name}:", flush=True)
         bundles, tuning = build_bundles(name, work / name, 0 if args.quick else args.tune_trials, database,
-                                        None if args.quick else minutes.get(name, minutes.get("*")))
+                                        None if args.quick else minutes.get(name, minutes.get("*")), tuple(args.targets))
         results["models"][name] = bench_model(name, bundles, args.threads, results["protocol"]["warmup"], runs, 5)
         if tuning:
             results["models"][name]["tuning"] = {key: tuning.get(key) for key in

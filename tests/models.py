@@ -99,6 +99,39 @@ class MixedConvs(nn.Module):
         return self.head(y).mean(dim=(2, 3))
 
 
+class ClippedConvs(nn.Module):
+    """MobileNetV2/V3 activations between blockable convolutions: ReLU6 (ONNX Clip), Hardswish and a squeeze-excite
+    gate with Hardsigmoid (both imported as `R.clip`); a 3-channel stem and a 10-channel head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.expand = nn.Conv2d(16, 32, 1)
+        self.depthwise = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.squeeze = nn.Conv2d(32, 16, 1)
+        self.excite = nn.Conv2d(16, 32, 1)
+        self.project = nn.Conv2d(32, 16, 1)
+        self.head = nn.Conv2d(16, 10, 1)
+
+    def forward(self, x):
+        y = nn.functional.relu6(self.stem(x))
+        z = nn.functional.hardswish(self.depthwise(nn.functional.relu6(self.expand(y))))
+        z = z * nn.functional.hardsigmoid(self.excite(torch.relu(self.squeeze(z.mean(dim=(2, 3), keepdim=True)))))
+        return self.head(y + self.project(z)).mean(dim=(2, 3))
+
+
+def conv_model_onnx(directory: Path, module: nn.Module, opset: int | None = None):
+    """A convolutional test model at 1x3x16x16 as an OnnxModel artifact (input x, output y, 10 classes)."""
+    from edgepack.artifacts import OnnxModel
+    from edgepack.runtime.bundle_format import TensorSpec
+
+    path = directory / f"{type(module).__name__.lower()}{opset or ''}.onnx"
+    torch.onnx.export(module.eval(), (torch.zeros(1, 3, 16, 16),), str(path), input_names=["x"], output_names=["y"],
+                      dynamo=False, **({"opset_version": opset} if opset else {}))
+    return OnnxModel.at(path, [TensorSpec("x", "float32", (1, 3, 16, 16))], [TensorSpec("y", "float32", (1, 10))])
+
+
 def mixed_convs_onnx(directory: Path):
     """MixedConvs at 1x3x16x16 as an OnnxModel artifact (input x, output y)."""
     from edgepack.artifacts import OnnxModel

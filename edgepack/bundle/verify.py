@@ -86,6 +86,8 @@ def verify_native(bundle_dir: Path, manifest: dict, emulate: bool, keyring: Path
             packages = " ".join(target["toolchain"].get("emulator_apt_packages") or ["qemu-user"])
             return {"ran": False, "reason": f"emulator '{target['toolchain'].get('emulator')}' is not installed "
                                             f"(apt-get install {packages})"}
+    elif (lacking := cpu_lacks(target)) is not None:
+        return {"ran": False, "reason": lacking}
     result = run_native_loader(bundle_dir, manifest["files"], "verify", *keyring_args(keyring), prefix=prefix)
     errors = [float(value) for value, _ in _CASE_ERROR.findall(result.stdout)]
     return {
@@ -103,10 +105,22 @@ def keyring_args(keyring: Path | str | None) -> list[str]:
     return ["--keyring", str(Path(keyring).absolute())] if keyring else []
 
 
+def cpu_lacks(target: dict) -> str | None:
+    """Why this CPU cannot run a bundle of its own arch (features its target requires, e.g. AVX-512), or None.
+
+    No emulator here adds them (qemu-user has no AVX-512): such a bundle is verified on a machine that has them."""
+    missing = bundle_format.missing_cpu_features(target.get("capabilities", {}).get("cpu_features", []))
+    if not missing:
+        return None
+    return f"this CPU lacks {', '.join(missing)}, which target '{target['name']}' requires"
+
+
 def verify_python(bundle_dir: Path, target: dict, keyring: Path | None = None) -> dict:
     """Golden check with the Python loader, in this process, where the target's code can run here."""
     if target["arch"] != platform.machine():
         return {"ran": False, "reason": f"{target['arch']} libraries cannot be loaded on this {platform.machine()} machine"}
+    if (lacking := cpu_lacks(target)) is not None:
+        return {"ran": False, "reason": lacking}
     return {"ran": True, **loader.load(bundle_dir, keyring).verify()}
 
 

@@ -12,7 +12,7 @@ from edgepack.cli.console import out
 
 def doctor_command(as_json: bool = typer.Option(False, "--json", help="print the readiness of every target as JSON")) -> None:
     """Report, per target, whether the compiler, runtime libraries and emulator are here."""
-    from edgepack.compiler.doctor import check_all
+    from edgepack.compiler.doctor import check_all, fullest_native_target
 
     rows = check_all()
     if as_json:
@@ -24,6 +24,10 @@ def doctor_command(as_json: bool = typer.Option(False, "--json", help="print the
         table.add_row(row.target.name, row.target.arch, "yes" if row.can_build else "no",
                       "yes" if row.can_verify else "no", row.runtime, "; ".join(row.todo) or "—")
     out.print(table)
+    fullest = fullest_native_target([row.target for row in rows])
+    if fullest is not None:
+        out.print(f"For bundles that run on this machine's CPU: --target {fullest.name} ({fullest.description}). "
+                  "Pick the device's target for other machines.")
 
 
 def register(app: typer.Typer) -> None:

@@ -44,3 +44,10 @@ def check_target(target: TargetSpec) -> TargetReadiness:
 def check_all() -> list[TargetReadiness]:
     """Readiness of every shipped target."""
     return [check_target(load_target(name)) for name in target_names()]
+
+
+def fullest_native_target(targets: list[TargetSpec]) -> TargetSpec | None:
+    """Of the CPU targets whose code runs on this machine, the one that uses the most of its CPU features
+    (on an AVX-512 machine the AVX-512 target, not the AVX2 default); None when none runs here."""
+    native = [target for target in targets if target.runs_on_this_machine()]
+    return max(native, key=lambda target: len(target.cpu_features), default=None)

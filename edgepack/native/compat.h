@@ -49,6 +49,10 @@ bool CpuHas(const std::string& feature) {
   if (feature == "avx2") return __builtin_cpu_supports("avx2");
   if (feature == "fma") return __builtin_cpu_supports("fma");
   if (feature == "avx512f") return __builtin_cpu_supports("avx512f");
+  if (feature == "avx512bw") return __builtin_cpu_supports("avx512bw");
+  if (feature == "avx512cd") return __builtin_cpu_supports("avx512cd");
+  if (feature == "avx512dq") return __builtin_cpu_supports("avx512dq");
+  if (feature == "avx512vl") return __builtin_cpu_supports("avx512vl");
   if (feature == "avx512_vnni" || feature == "avx512vnni") return __builtin_cpu_supports("avx512vnni");
   if (feature == "sse4_2") return __builtin_cpu_supports("sse4.2");
   return false;

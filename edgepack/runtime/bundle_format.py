@@ -646,6 +646,13 @@ def cpu_features() -> set[str]:
 
 
 
+def missing_cpu_features(required) -> list[str]:
+    """The features in `required` this CPU lacks (none when /proc/cpuinfo cannot be read: nothing to go by)."""
+    available = cpu_features()
+    return [feature for feature in required if available and feature not in available]
+
+
+
 def check_compatibility(bundle: Path, manifest: Mapping) -> None:
     """Refuse, before loading, a library for another architecture or a CPU missing a required feature.
 
@@ -658,9 +665,7 @@ def check_compatibility(bundle: Path, manifest: Mapping) -> None:
     if built_for != here:
         raise BundleError(f"bundle is built for {built_for}, this machine is {here}",
                           f"run it on {built_for} hardware (or `edgepack verify --emulate`), or build it for a {here} target")
-    required = manifest.get("requires", {}).get("cpu_features", [])
-    available = cpu_features()
-    missing = [feature for feature in required if available and feature not in available]
+    missing = missing_cpu_features(manifest.get("requires", {}).get("cpu_features", []))
     if missing:
         raise BundleError(f"this CPU lacks {', '.join(missing)}, which the bundle's target requires",
                           "build for a target without those features (see `edgepack targets`)")

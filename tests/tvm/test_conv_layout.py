@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from models import MixedConvs, mixed_convs_onnx
+from models import ClippedConvs, MixedConvs, conv_model_onnx, mixed_convs_onnx
 
 from edgepack.build import build
 from edgepack.compiler.compile import CompileConfig, import_relax
@@ -83,3 +83,60 @@ def test_a_model_the_layout_pass_cannot_convert_stays_nchw(tmp_path):
     report: dict = {}
     import_relax(model, conv_block=8, layout_report=report)
     assert report["layout"] == "NCHW" and report["blocked_convs"] == 0 and "layout conversion failed" in report["skipped"]
+
+
+def test_clips_between_convolutions_stay_blocked(tmp_path):
+    """ReLU6 (the importer's call_tir maximum/minimum), Hardswish and Hardsigmoid (R.clip) become R.maximum/R.minimum by
+    a constant, which the layout pass keeps blocked: activations change layout only at the blocked region's edges."""
+    report: dict = {}
+    module, _ = import_relax(conv_model_onnx(tmp_path, ClippedConvs()), conv_block=8, layout_report=report)
+    assert report == {"layout": "NCHW8c", "blocked_convs": 5}  # all but the 3-channel stem and the 10-class head
+    ops = _ops(module)
+    assert ops.count("relax.layout_transform") == 2  # after the stem (one transform for both its uses), before the head
+    assert "relax.clip" not in ops and ops.count("relax.maximum") == ops.count("relax.minimum") == 4
+
+
+@pytest.mark.parametrize("opset", [10, 17])
+def test_both_forms_of_the_importers_clip_become_maximum_and_minimum(tmp_path, opset):
+    """Opset 10's Clip carries its bounds as attributes (immediates in the kernel), opset 11+ as inputs (guarded
+    against NaN by the importer): both are recognised."""
+    import onnx
+    import torch
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from edgepack.compiler.clip_ops import rewrite_clips
+    from edgepack.compiler.compile import embed_scalar_params
+
+    path = tmp_path / "relu6.onnx"
+    net = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1), torch.nn.ReLU6()).eval()
+    torch.onnx.export(net, (torch.zeros(1, 8, 4, 4),), str(path), input_names=["x"], output_names=["y"], dynamo=False,
+                      opset_version=opset)
+    module, params = relax.frontend.detach_params(from_onnx(onnx.load(str(path)), keep_params_in_input=True))
+    module, _ = embed_scalar_params(module, params["main"])
+    assert _ops(module).count("relax.call_tir") == 2
+    rewritten, count = rewrite_clips(module)
+    ops = _ops(rewritten)
+    assert count == 2 and "relax.call_tir" not in ops and ops.count("relax.maximum") == ops.count("relax.minimum") == 1
+    x = np.random.default_rng(1).standard_normal((1, 8, 4, 4)).astype(np.float32) * 8
+    weights = [p.numpy() for p in params["main"]]
+    assert np.array_equal(_run(module, x, weights), _run(rewritten, x, weights))
+
+
+def _run(module, x, weights):
+    import tvm
+    from tvm import relax
+
+    target = tvm.target.Target({"kind": "llvm"})
+    executable = relax.build(module, target=target, relax_pipeline=relax.get_default_pipeline(target))
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(w) for w in weights]).numpy()
+
+
+def test_clipped_model_builds_blocked_and_matches_onnxruntime(tmp_path):
+    model = conv_model_onnx(tmp_path, ClippedConvs())
+    manifest = build(str(model.path), "x86_64", tmp_path / "dist", compile=CompileConfig(tuning_database=str(tmp_path / "none"))
+                     ).bundle.manifest
+    report = next(s for s in manifest["provenance"]["stages"] if s["stage"] == "compile")["report"]
+    assert report["conv_layout"] == {"layout": "NCHW8c", "blocked_convs": 5} and report["kernels"]["unscheduled"] == {}
+    assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_err"] < 1e-4

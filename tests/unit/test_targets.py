@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import tomllib
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from edgepack.targets import TargetSpec, load_target, parse_target, target_names
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = ["arm64", "cuda", "cuda-sm86", "cuda-sm89", "cuda-sm90", "jetson-orin", "neoverse-v1", "rpi4", "rpi5",
-           "x86_64", "x86_64-generic"]
+           "x86_64", "x86_64-generic", "x86_64-v4"]
 
 GOOD = """\
 name = "board"
@@ -61,6 +62,24 @@ def test_x86_64_by_name():
     assert spec.supports("avx2") and spec.supports("fma") and spec.supports("int8")
     assert not spec.supports("i8mm")
     assert not load_target("x86_64-generic").supports("avx2")
+
+
+def test_x86_64_v4_is_avx512_with_16_lanes_and_runs_only_where_the_cpu_has_it():
+    from edgepack.compiler.doctor import fullest_native_target
+    from edgepack.compiler.schedules import vector_lanes
+    from edgepack.runtime.bundle_format import cpu_features
+
+    spec = load_target("x86_64-v4")
+    assert dict(spec.tvm)["mcpu"] == "x86-64-v4" and vector_lanes(spec.tvm_target()) == 16
+    assert vector_lanes(load_target("x86_64").tvm_target()) == 8
+    assert spec.supports("avx512f") and spec.supports("avx512vl") and not spec.supports("avx512_vnni")
+    here = cpu_features()
+    assert spec.runs_on_this_machine() == ("avx512f" in here and platform.machine() == "x86_64")
+    specs = [load_target(name) for name in SHIPPED]
+    fullest = fullest_native_target(specs)
+    if platform.machine() == "x86_64":  # the AVX-512 target where the CPU has it, else the AVX2 default (CI hosts)
+        assert fullest.name == ("x86_64-v4" if "avx512f" in here else "x86_64" if "avx2" in here else "x86_64-generic")
+    assert fullest is None or all(len(s.cpu_features) <= len(fullest.cpu_features) for s in specs if s.runs_on_this_machine())
 
 
 def test_spec_is_frozen():

@@ -42,8 +42,12 @@ class CpuBackend:
         return {}
 
     def verify_here(self, target: TargetSpec) -> tuple[bool, str | None]:
-        """Natively, or under the target's emulator; else what to install."""
-        if target.arch == platform.machine() or shutil.which(target.toolchain.emulator or "") is not None:
+        """Natively, or under the target's emulator; else what to install, or where to verify."""
+        if target.arch == platform.machine():
+            if target.runs_on_this_machine():
+                return True, None
+            return False, f"verify on a CPU with {', '.join(target.cpu_features)} (this one lacks some; no emulator adds them)"
+        if shutil.which(target.toolchain.emulator or "") is not None:
             return True, None
         return (
             False,
