@@ -241,32 +241,25 @@ class ServeApp {
            Tensors(manifest_.inputs, true) + ",\"outputs\":" + Tensors(manifest_.outputs, true) + "}";
   }
 
-  // One model call (of one request or a batch); counts its rows for edgepack_batch_rows.
+  // One model call (of one request or a batch).
   std::vector<Array> Call(const std::vector<Array>& arrays, double* model_ms) {
+    std::lock_guard<std::mutex> lock(model_mutex_);  // one model call at a time: the VM is not shared
+    auto start = std::chrono::steady_clock::now();
     std::vector<Array> outputs;
-    {
-      std::lock_guard<std::mutex> lock(model_mutex_);  // one model call at a time: the VM is not shared
-      auto start = std::chrono::steady_clock::now();
-      std::vector<ffi::Tensor> tensors = model_.Run(ToTensors(arrays));
-      for (const ffi::Tensor& tensor : tensors) outputs.push_back(FromTensor(tensor));
-      *model_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    }
-    int64_t rows = Rows(arrays);
-    std::lock_guard<std::mutex> lock(metrics_mutex_);
-    for (size_t b = 0; b < kBatchRowBuckets.size(); ++b) row_buckets_[b] += double(rows) <= kBatchRowBuckets[b];
-    row_sum_ += rows;
-    ++calls_;
+    for (const ffi::Tensor& tensor : model_.Run(ToTensors(arrays))) outputs.push_back(FromTensor(tensor));
+    *model_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     return outputs;
   }
 
   // Checks a request's inputs (400 when they do not fit) and runs them, alone or in a batch.
-  std::vector<Array> Run(const std::vector<Array>& arrays, double* model_ms) {
+  // `batch_rows`: the rows of the batched call it was part of (0: batching is off).
+  std::vector<Array> Run(const std::vector<Array>& arrays, double* model_ms, int64_t* batch_rows) {
     try {
       CheckInputs(arrays, manifest_.inputs);
     } catch (const Failure& f) {
       Refuse(400, f.problem, f.fix);
     }
-    return batcher_ ? batcher_->Submit(arrays, model_ms) : Call(arrays, model_ms);
+    return batcher_ ? batcher_->Submit(arrays, model_ms, batch_rows) : Call(arrays, model_ms);
   }
 
   // "batch_axis": ..., "batch_max_rows": ... for the started log line; "" when requests are not batched.
@@ -280,9 +273,9 @@ class ServeApp {
 
   // POST /v1/infer or /v2/models/<name>/infer: decoded, run, encoded (serve_infer.h); `arrays` gets the inputs.
   std::string Infer(bool v1, const std::string& body, const std::string& json_length, double* model_ms,
-                    std::vector<Array>* arrays) {
+                    std::vector<Array>* arrays, int64_t* batch_rows) {
     InferRequest request = v1 ? DecodeV1(body, manifest_.inputs) : DecodeV2(body, json_length, manifest_.inputs, manifest_.outputs);
-    std::vector<Array> outputs = Run(request.inputs, model_ms);
+    std::vector<Array> outputs = Run(request.inputs, model_ms, batch_rows);
     std::string answer = v1 ? EncodeV1(name_, version_, *model_ms, outputs, manifest_.outputs)
                             : EncodeV2(name_, version_, request, outputs, manifest_.outputs);
     *arrays = std::move(request.inputs);
@@ -336,12 +329,7 @@ class ServeApp {
     line(h + "_bucket", double(latency_count_), "le=\"+Inf\"");
     line(h + "_sum", latency_sum_);
     line(h + "_count", double(latency_count_));
-    std::string rows = "edgepack_batch_rows";
-    family(rows, "histogram", "Rows per model call (requests stacked along the batch axis; see --batch-window-ms).");
-    for (size_t b = 0; b < kBatchRowBuckets.size(); ++b) line(rows + "_bucket", double(row_buckets_[b]), "le=\"" + PromNumber(kBatchRowBuckets[b]) + "\"");
-    line(rows + "_bucket", double(calls_), "le=\"+Inf\"");
-    line(rows + "_sum", double(row_sum_));
-    line(rows + "_count", double(calls_));
+    if (batcher_) out += batcher_->Render(axis_.name, labels);
     out += drift_.Render(labels);
     return out;
   }
@@ -365,8 +353,7 @@ class ServeApp {
   std::mutex model_mutex_, metrics_mutex_;
   std::map<int, long> codes_ = {{200, 0}};
   std::array<long, 13> buckets_{};
-  std::array<long, kBatchRowBuckets.size()> row_buckets_{};
-  long row_sum_ = 0, calls_ = 0;
+
   double latency_sum_ = 0;
   long latency_count_ = 0;
   double started_ = double(std::time(nullptr));
@@ -464,7 +451,7 @@ int Serve(const ServeOptions& opt, const std::string& bundle, const Manifest& m)
   // Inference requests: counted, logged (after the answer is sent), never dependent on the log.
   auto finish = [app_ptr, send_json, error_body](httplib::Response& res, int code, const std::string& answer,
                                                  const std::string& error, double seconds, double model_ms,
-                                                 const std::vector<Array>* arrays, bool v1) {
+                                                 const std::vector<Array>* arrays, bool v1, int64_t batch_rows) {
     app_ptr->Observe(code, seconds, code == 200 ? arrays : nullptr);
     double latency_ms = std::round(seconds * 1e7) / 1e4;
     if (code == 200 && v1) {
@@ -485,6 +472,7 @@ int Serve(const ServeOptions& opt, const std::string& bundle, const Manifest& m)
       record += ",\"model_ms\":";
       AppendNumber(&record, std::round(model_ms * 1e4) / 1e4, 10);
     }
+    if (batch_rows > 0) record += ",\"batch_rows\":" + std::to_string(batch_rows);
     if (!error.empty()) record += ",\"error\":" + JsonString(error);
     t_log_record = LogFields(*app_ptr, record);
   };
@@ -501,7 +489,7 @@ int Serve(const ServeOptions& opt, const std::string& bundle, const Manifest& m)
       bool v1 = req.path == "/v1/infer";
       if (!req.has_header("Content-Length")) {
         res.set_header("Connection", "close");
-        finish(res, 411, "", "the request has no Content-Length; send the body with a Content-Length header", 0, -1, nullptr, v1);
+        finish(res, 411, "", "the request has no Content-Length; send the body with a Content-Length header", 0, -1, nullptr, v1, 0);
         return httplib::Server::HandlerResponse::Handled;
       }
       std::string length = req.get_header_value("Content-Length");
@@ -510,7 +498,7 @@ int Serve(const ServeOptions& opt, const std::string& bundle, const Manifest& m)
         res.set_header("Connection", "close");
         finish(res, 413, "", "the request body has " + length + " bytes, more than " + std::to_string(max_body) +
                                  "; send fewer inputs per request, or start the server with a larger --max-body-mb",
-               0, -1, nullptr, v1);
+               0, -1, nullptr, v1, 0);
         return httplib::Server::HandlerResponse::Handled;
       }
     }
@@ -521,11 +509,12 @@ int Serve(const ServeOptions& opt, const std::string& bundle, const Manifest& m)
     auto start = std::chrono::steady_clock::now();
     double model_ms = -1;
     std::vector<Array> arrays;
+    int64_t batch_rows = 0;
     std::string answer, error;
     int code = 200;
     try {
       answer = app_ptr->Infer(v1, req.body, v1 ? std::string() : req.get_header_value("Inference-Header-Content-Length"),
-                              &model_ms, &arrays);
+                              &model_ms, &arrays, &batch_rows);
     } catch (const HttpError& e) {
       code = e.code;
       error = e.problem + "; " + e.fix;
@@ -537,7 +526,7 @@ int Serve(const ServeOptions& opt, const std::string& bundle, const Manifest& m)
       error = std::string("inference failed (") + e.what() + ")";
     }
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    finish(res, code, answer, error, seconds, model_ms, &arrays, v1);
+    finish(res, code, answer, error, seconds, model_ms, &arrays, v1, batch_rows);
   };
   server.set_logger([app_ptr](const httplib::Request&, const httplib::Response&) {
     if (!t_log_record.empty()) {

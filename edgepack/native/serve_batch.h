@@ -16,7 +16,6 @@
 namespace {
 
 constexpr double kDefaultBatchWindowMs = 2.0;
-const std::array<double, 11> kBatchRowBuckets = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
 
 // The axis requests can be stacked along: the same named axis first in every input and output and
 // nowhere else. Empty name: none (a static bundle, or one whose first axes differ).
@@ -80,7 +79,7 @@ class Batcher {
 
   // Runs checked `inputs` in one model call with whatever other requests are waiting; returns this
   // request's rows of the outputs and sets the call's milliseconds. Rethrows the call's failure.
-  std::vector<Array> Submit(const std::vector<Array>& inputs, double* model_ms) {
+  std::vector<Array> Submit(const std::vector<Array>& inputs, double* model_ms, int64_t* batch_rows) {
     Slot slot{&inputs, Rows(inputs)};
     std::unique_lock<std::mutex> lock(mutex_);
     pending_.push_back(&slot);
@@ -91,7 +90,37 @@ class Batcher {
     }
     if (slot.error) std::rethrow_exception(slot.error);
     *model_ms = slot.model_ms;
+    *batch_rows = slot.batch_rows;
     return std::move(slot.outputs);
+  }
+
+  // The Prometheus families of the batcher (edgepack_batch_*, as runtime/edgepack_serve.py's), each
+  // sample with `labels`.
+  std::string Render(const std::string& axis, const std::string& labels) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::string out, name = "edgepack_batch_rows";
+    out += "# HELP edgepack_batch_window_seconds Longest wait to gather requests into one call along axis " + axis +
+           ".\n# TYPE edgepack_batch_window_seconds gauge\nedgepack_batch_window_seconds{" + labels + ",axis=\"" +
+           PromLabel(axis) + "\"} " + PromNumber(window_ / 1000.0) + "\n";
+    out += "# HELP edgepack_batch_requests_total Inference requests answered by the batcher's model calls.\n"
+           "# TYPE edgepack_batch_requests_total counter\nedgepack_batch_requests_total{" + labels + "} " +
+           PromNumber(double(requests_)) + "\n";
+    out += "# HELP " + name + " Rows (along the batch axis) per model call of the batcher; _count is the calls.\n# TYPE " + name +
+           " histogram\n";
+    std::set<int64_t> bounds;
+    for (int64_t b = 1;; b *= 2) {
+      bounds.insert(std::min(b, max_rows_));
+      if (b >= max_rows_) break;
+    }
+    for (int64_t bound : bounds) {
+      long count = 0;
+      for (const auto& [rows, calls] : by_rows_) count += rows <= bound ? calls : 0;
+      out += name + "_bucket{" + labels + ",le=\"" + std::to_string(bound) + "\"} " + std::to_string(count) + "\n";
+    }
+    out += name + "_bucket{" + labels + ",le=\"+Inf\"} " + std::to_string(calls_) + "\n";
+    out += name + "_sum{" + labels + "} " + std::to_string(rows_sum_) + "\n" + name + "_count{" + labels + "} " +
+           std::to_string(calls_) + "\n";
+    return out;
   }
 
  private:
@@ -101,6 +130,7 @@ class Batcher {
     bool done = false;
     std::vector<Array> outputs;
     double model_ms = 0;
+    int64_t batch_rows = 0;
     std::exception_ptr error;
   };
 
@@ -153,12 +183,17 @@ class Batcher {
       for (Slot* s : batch) {
         s->outputs = batch.size() == 1 ? std::move(outputs) : Slice(outputs, first, s->rows);
         s->model_ms = ms;
+        s->batch_rows = rows;
         first += s->rows;
       }
     } catch (...) {
       for (Slot* s : batch) s->error = std::current_exception();
     }
     lock->lock();
+    ++calls_;
+    requests_ += long(batch.size());
+    rows_sum_ += rows;
+    ++by_rows_[rows];
     for (Slot* s : batch) s->done = true;
     running_ = false;
     changed_.notify_all();
@@ -171,6 +206,8 @@ class Batcher {
   std::mutex mutex_;
   std::condition_variable changed_;
   std::deque<Slot*> pending_;
+  long calls_ = 0, requests_ = 0, rows_sum_ = 0;
+  std::map<int64_t, long> by_rows_;  // model calls by their rows
   bool running_ = false;
 };
 
