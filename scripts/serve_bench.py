@@ -6,6 +6,8 @@ Builds the digits example for x86_64, then measures, on this machine:
   1. `edgepack-run bench` (the model call alone): median ms;
   2. HTTP overhead: p50 of GET /v2/health/ready on the native server (one keep-alive client);
   3. v2 inference p50 with one keep-alive client, compared with (1) + (2) (target: within 1.2x);
+     also the p50 of POSTing the same body to a path that does not exist (answered 404): the HTTP
+     cost of a request with that body (http.client sends its headers and its body in two writes);
   4. 16 concurrent keep-alive clients sending --requests v2 requests in all: errors, p50/p99, throughput;
   5. resident memory (VmRSS) of the native server and of the Python server after the same load.
 Writes the numbers as JSON. Ratios only: the machine may be shared.
@@ -55,7 +57,7 @@ def timed(host: str, port: int, method: str, path: str, body: bytes | None, coun
         response = connection.getresponse()
         response.read()
         times.append((time.perf_counter() - start) * 1000.0)
-        errors += response.status != 200
+        errors += response.status != (404 if path == "/none" else 200)
     connection.close()
     return times, errors
 
@@ -110,25 +112,30 @@ def main() -> int:
     model_ms = json.loads(bench.stdout)["median_ms"]
 
     report: dict = {"bundle": f"digits x86_64 ({name})", "threads": 1, "model_median_ms": model_ms,
+                    "load_average_end": None,
                     "machine": f"{os.cpu_count()} cores, shared with other jobs (load average {os.getloadavg()[0]:.1f} at start)"}
     for kind, command in (("native", [str(bundle / "runtime" / "edgepack-run"), "serve", "--port", "0"]),
                           ("python", [sys.executable, str(bundle / "runtime" / "edgepack_serve.py"), "--port", "0", "--log", "-"])):
         process, host, port = start(command)
         try:
             timed(host, port, "POST", path, body, 50)  # warm up
-            ready, single, errors = [], [], 0
-            for _ in range(10):  # interleaved blocks, so a change in the machine's load hits both alike
+            ready, post, single, errors = [], [], [], 0
+            for _ in range(10):  # interleaved blocks, so a change in the machine's load hits them alike
                 ready += timed(host, port, "GET", "/v2/health/ready", None, args.single // 10)[0]
+                post += timed(host, port, "POST", "/none", body, args.single // 10)[0]
                 times, failed = timed(host, port, "POST", path, body, args.single // 10)
                 single, errors = single + times, errors + failed
             load = concurrent(host, port, path, body, args.clients, args.requests)
-            entry = {"http_overhead_p50_ms": statistics.median(ready), "v2_infer_p50_ms": statistics.median(single),
+            entry = {"http_overhead_p50_ms": statistics.median(ready), "post_same_body_404_p50_ms": statistics.median(post),
+                     "v2_infer_p50_ms": statistics.median(single),
                      "single_client_errors": errors, "concurrent": load, "rss_kb_after_load": rss_kb(process.pid)}
             entry["v2_p50_over_bench_plus_http"] = entry["v2_infer_p50_ms"] / (model_ms + entry["http_overhead_p50_ms"])
+            entry["v2_p50_over_bench_plus_post"] = entry["v2_infer_p50_ms"] / (model_ms + entry["post_same_body_404_p50_ms"])
             report[kind] = entry
         finally:
             process.terminate()
             process.wait(timeout=30)
+    report["load_average_end"] = round(os.getloadavg()[0], 1)
     report["target_within_1_2x"] = report["native"]["v2_p50_over_bench_plus_http"] <= 1.2
     report["rss_native_over_python"] = report["native"]["rss_kb_after_load"] / report["python"]["rss_kb_after_load"]
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -237,3 +237,20 @@ def attention_scores_onnx(path: Path, tokens: int = 197) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, tokens, tokens])], [bias, eight])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
+
+
+def mlp_with_dynamic_batch(path: Path) -> Path:
+    """x[N,30] -> MatMul 30x16 + bias -> Relu -> MatMul 16x5 + bias -> y[N,5]; the batch axis is named N."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+               for name, shape in (("w1", (30, 16)), ("b1", (16,)), ("w2", (16, 5)), ("b2", (5,)))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Add", ["h0", "b1"], ["h1"]),
+             helper.make_node("Relu", ["h1"], ["h2"]), helper.make_node("MatMul", ["h2", "w2"], ["h3"]),
+             helper.make_node("Add", ["h3", "b2"], ["y"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 30])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path

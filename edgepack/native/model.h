@@ -20,41 +20,42 @@ void CheckInputs(const std::vector<Array>& arrays, const std::vector<TensorSpec>
   for (size_t i = 0; i < specs.size(); ++i) {
     const TensorSpec& spec = specs[i];
     const std::vector<int64_t>& got = arrays[i].shape;
-    std::string what = "input '" + spec.name + "' ";
-    std::string fix = "pass a " + spec.dtype + " array of shape " + ShapeText(spec.shape);
+    // the texts of a refusal are made only for one (the server checks every request)
+    auto what = [&spec] { return "input '" + spec.name + "' "; };
+    auto fix = [&spec] { return "pass a " + spec.dtype + " array of shape " + ShapeText(spec.shape); };
     if (spec.dtype != arrays[i].dtype->name) {
-      Fail(kExitUser, what + "dtype: expected " + spec.dtype + ", got " + arrays[i].dtype->name,
-           fix);
+      Fail(kExitUser, what() + "dtype: expected " + spec.dtype + ", got " + arrays[i].dtype->name,
+           fix());
     }
     if (got.size() != spec.shape.size()) {
       Fail(kExitUser,
-           what + "rank: expected " + std::to_string(spec.shape.size()) + ", got " +
+           what() + "rank: expected " + std::to_string(spec.shape.size()) + ", got " +
                std::to_string(got.size()),
-           fix);
+           fix());
     }
     for (size_t d = 0; d < got.size(); ++d) {
       if (!spec.dims.empty() && !spec.dims[d].empty()) {  // a named axis: any size in its range
         const std::string& name = spec.dims[d];
-        std::string axis = what + "dim " + std::to_string(d) + " (" + name + "): " + std::to_string(got[d]);
+        auto axis = [&] { return what() + "dim " + std::to_string(d) + " (" + name + "): " + std::to_string(got[d]); };
         if (got[d] < spec.low[d] || got[d] > spec.high[d]) {
           std::string range = std::to_string(spec.low[d]) + ".." + std::to_string(spec.high[d]);
-          Fail(kExitUser, axis + " is outside the bundle's range " + range,
+          Fail(kExitUser, axis() + " is outside the bundle's range " + range,
                "pass between " + std::to_string(spec.low[d]) + " and " + std::to_string(spec.high[d]) +
                    " along that axis (split larger inputs), or rebuild with --dim " + name + "=" +
                    std::to_string(spec.low[d]) + ".." + std::to_string(got[d]));
         }
         auto [it, fresh] = bound.emplace(name, got[d]);
         if (!fresh && it->second != got[d]) {
-          Fail(kExitUser, axis + ", but another input gave " + name + " = " + std::to_string(it->second),
+          Fail(kExitUser, axis() + ", but another input gave " + name + " = " + std::to_string(it->second),
                "give every axis named " + name + " the same size");
         }
         continue;
       }
       if (got[d] != spec.shape[d]) {
         Fail(kExitUser,
-             what + "dim " + std::to_string(d) + ": expected " + std::to_string(spec.shape[d]) +
+             what() + "dim " + std::to_string(d) + ": expected " + std::to_string(spec.shape[d]) +
                  ", got " + std::to_string(got[d]),
-             fix);
+             fix());
       }
     }
   }
@@ -251,11 +252,22 @@ ffi::Tensor ToTensor(const Array& array) {
   return tensor;
 }
 
+// The Dtype of a TVM dtype: numbers directly, anything else by its name (nullptr: none of kDtypes).
+const Dtype* DtypeOf(DLDataType type) {
+  if (type.lanes == 1 && (type.code == kDLFloat || type.code == kDLInt || type.code == kDLUInt)) {
+    char kind = type.code == kDLFloat ? 'f' : type.code == kDLInt ? 'i' : 'u';
+    for (const Dtype& d : kDtypes) {
+      if (d.descr[1] == kind && d.size * 8 == type.bits) return &d;
+    }
+  }
+  return DtypeByName(std::string(ffi::DLDataTypeToString(type)));
+}
+
 Array FromTensor(const ffi::Tensor& tensor) {
-  std::string dtype(ffi::DLDataTypeToString(tensor.dtype()));
-  Array array{DtypeByName(dtype), {tensor.shape().begin(), tensor.shape().end()}, {}};
+  Array array{DtypeOf(tensor.dtype()), {tensor.shape().begin(), tensor.shape().end()}, {}};
   bool on_gpu = tensor.device().device_type == kDLCUDA;
   if (array.dtype == nullptr || (tensor.device().device_type != kDLCPU && !on_gpu) || !tensor.IsContiguous()) {
+    std::string dtype(ffi::DLDataTypeToString(tensor.dtype()));
     Fail(kExitInternal, "the model returned a " + dtype + " tensor that cannot be saved as .npy",
          std::string("outputs must be contiguous CPU tensors of ") + kDtypeList);
   }

@@ -14,8 +14,9 @@
 #include <mutex>
 
 #include "third_party/cpp-httplib/httplib.h"
-#include "serve_json.h"
+#include "serve_infer.h"
 #include "serve_drift.h"
+#include "serve_batch.h"
 
 namespace {
 
@@ -23,12 +24,15 @@ const char kServeUsage[] =
     "usage: edgepack-run serve [--bundle DIR] [--keyring PATH] [--device cpu|cuda] [--host 127.0.0.1]\n"
     "                          [--port 8080] [--log FILE|-] [--status-file FILE] [--max-body-mb 64]\n"
     "                          [--max-connections 64] [--timeout 10] [--drift-threshold 0.25]\n"
-    "Serves POST /v1/infer, /v2/models/<name>/infer, GET /healthz, /metrics, /v1/model, /v2/... until SIGTERM.\n";
+    "                          [--batch-window-ms 2]\n"
+    "Serves POST /v1/infer, /v2/models/<name>/infer, GET /healthz, /metrics, /v1/model, /v2/... until SIGTERM.\n"
+    "On a bundle with a dynamic batch axis, concurrent requests are run as one call of up to the axis's\n"
+    "largest size, gathered for at most --batch-window-ms (0: one call per request).\n";
 
 struct ServeOptions {
   std::string bundle, keyring, device, host = "127.0.0.1", log, status_file;
   long port = 8080, max_connections = 64;
-  double max_body_mb = 64, timeout_s = 10, drift_threshold = kDefaultDriftThreshold;
+  double max_body_mb = 64, timeout_s = 10, drift_threshold = kDefaultDriftThreshold, batch_window_ms = kDefaultBatchWindowMs;
 };
 
 double ParsePositive(const std::string& option, const std::string& text) {
@@ -36,6 +40,15 @@ double ParsePositive(const std::string& option, const std::string& text) {
   double value = std::strtod(text.c_str(), &end);
   if (text.empty() || *end != '\0' || !(value > 0) || std::isinf(value)) {
     Fail(kExitUsage, option + " takes a positive number, got '" + text + "'", "see edgepack-run serve --help");
+  }
+  return value;
+}
+
+double ParseNonNegative(const std::string& option, const std::string& text) {
+  char* end = nullptr;
+  double value = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !(value >= 0) || std::isinf(value)) {
+    Fail(kExitUsage, option + " takes a number >= 0, got '" + text + "'", "see edgepack-run serve --help");
   }
   return value;
 }
@@ -79,6 +92,8 @@ ServeOptions ParseServeArgs(int argc, char** argv) {
       opt.timeout_s = ParsePositive(arg, value());
     } else if (arg == "--drift-threshold") {
       opt.drift_threshold = ParsePositive(arg, value());
+    } else if (arg == "--batch-window-ms") {
+      opt.batch_window_ms = ParseNonNegative(arg, value());
     } else {
       Fail(kExitUsage, "unknown option '" + arg + "' for 'serve'", "see edgepack-run serve --help");
     }
@@ -132,14 +147,6 @@ class JsonLog {
   std::atomic<long> failures_{0};
 };
 
-const char* V2Datatype(const std::string& dtype) {
-  static const std::map<std::string, const char*> names = {
-      {"float16", "FP16"}, {"float32", "FP32"}, {"float64", "FP64"}, {"int8", "INT8"}, {"int32", "INT32"},
-      {"int64", "INT64"}, {"uint8", "UINT8"}, {"bool", "BOOL"}};
-  auto it = names.find(dtype);
-  return it == names.end() ? "UNKNOWN" : it->second;
-}
-
 // Connections served at once are bounded; one more is answered 503 (Retry-After) by a short-lived
 // thread that reads at most its request line and headers under the read timeout.
 std::atomic<long> g_active_connections{0}, g_refused_connections{0};
@@ -176,7 +183,12 @@ thread_local std::string t_log_record;
 class ServeApp {
  public:
   ServeApp(const std::string& bundle, const Manifest& m, const ServeOptions& opt, JsonLog* log)
-      : manifest_(m), log_(log), model_(bundle, m), drift_(m, bundle, opt.drift_threshold) {
+      : manifest_(m), log_(log), model_(bundle, m), drift_(m, bundle, opt.drift_threshold), axis_(FindBatchAxis(m)) {
+    if (!axis_.name.empty() && opt.batch_window_ms > 0) {
+      batcher_ = std::make_unique<Batcher>(axis_.max_rows, opt.batch_window_ms,
+                                           [this](const std::vector<Array>& inputs, double* ms) { return Call(inputs, ms); },
+                                           [] { return g_active_connections.load(); });
+    }
     json::Value root = json::Parse(ReadFile(bundle + "/manifest.json"));
     name_ = LabelField(root, "name");
     version_ = LabelField(root, "version");
@@ -229,205 +241,45 @@ class ServeApp {
            Tensors(manifest_.inputs, true) + ",\"outputs\":" + Tensors(manifest_.outputs, true) + "}";
   }
 
-  std::vector<Array> Run(const std::vector<Array>& arrays, double* model_ms) {
+  // One model call (of one request or a batch).
+  std::vector<Array> Call(const std::vector<Array>& arrays, double* model_ms) {
+    std::lock_guard<std::mutex> lock(model_mutex_);  // one model call at a time: the VM is not shared
+    auto start = std::chrono::steady_clock::now();
+    std::vector<Array> outputs;
+    for (const ffi::Tensor& tensor : model_.Run(ToTensors(arrays))) outputs.push_back(FromTensor(tensor));
+    *model_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    return outputs;
+  }
+
+  // Checks a request's inputs (400 when they do not fit) and runs them, alone or in a batch.
+  // `batch_rows`: the rows of the batched call it was part of (0: batching is off).
+  std::vector<Array> Run(const std::vector<Array>& arrays, double* model_ms, int64_t* batch_rows) {
     try {
       CheckInputs(arrays, manifest_.inputs);
     } catch (const Failure& f) {
       Refuse(400, f.problem, f.fix);
     }
-    std::lock_guard<std::mutex> lock(model_mutex_);  // one model call at a time: the VM is not shared
-    auto start = std::chrono::steady_clock::now();
-    std::vector<ffi::Tensor> tensors = model_.Run(ToTensors(arrays));
-    std::vector<Array> outputs;
-    for (const ffi::Tensor& tensor : tensors) outputs.push_back(FromTensor(tensor));
-    *model_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    return outputs;
+    return batcher_ ? batcher_->Submit(arrays, model_ms, batch_rows) : Call(arrays, model_ms);
   }
 
-  // POST /v1/infer: {"inputs": {"<name>": nested} | [nested, ...]} → {"model", "version", "model_ms", "outputs"}.
-  std::string InferV1(const std::string& body, double* model_ms, std::vector<Array>* arrays) {
-    json::Value payload = ParseRequestJson(body);
-    std::optional<json::Object> object = payload.try_cast<json::Object>();
-    std::optional<ffi::Any> inputs = object ? object->Get(ffi::String("inputs")) : std::nullopt;
-    if (!inputs) Refuse(400, "the request has no \"inputs\"", "send {\"inputs\": {\"<name>\": [[...]]}}");
-    std::optional<ffi::Any> format = object->Get(ffi::String("output_format"));
-    if (format && format->try_cast<std::string>().value_or("") != "list") {
-      Refuse(400, "output_format '" + format->try_cast<std::string>().value_or("?") + "' is not served by edgepack-run",
-             "use list (npy in and out: the Python server)");
-    }
-    std::vector<std::string> names;
-    for (const TensorSpec& spec : manifest_.inputs) names.push_back(spec.name);
-    std::vector<json::Value> values;
-    if (std::optional<json::Object> by_name = inputs->try_cast<json::Object>()) {
-      std::string unknown, missing;
-      for (const auto& [key, value] : *by_name) {
-        std::string k = key.try_cast<std::string>().value_or("");
-        if (std::find(names.begin(), names.end(), k) == names.end()) unknown += (unknown.empty() ? "" : ", ") + k;
-      }
-      for (const std::string& n : names) {
-        std::optional<ffi::Any> v = by_name->Get(ffi::String(n));
-        if (!v) missing += (missing.empty() ? "" : ", ") + n;
-        else values.push_back(*v);
-      }
-      if (!unknown.empty() || !missing.empty()) {
-        Refuse(400, "inputs must be exactly " + Join(names) + " (unknown: " + (unknown.empty() ? "none" : unknown) +
-                        "; missing: " + (missing.empty() ? "none" : missing) + ")", "name every model input once");
-      }
-    } else if (std::optional<json::Array> by_position = inputs->try_cast<json::Array>()) {
-      if (by_position->size() != names.size()) {
-        Refuse(400, "expected " + std::to_string(names.size()) + " input(s) (" + Join(names) + "), got " +
-                        std::to_string(by_position->size()), "send one array per input, in signature order");
-      }
-      for (const ffi::Any& v : *by_position) values.push_back(v);
-    } else {
-      Refuse(400, "\"inputs\" must be an object or a list", "send {\"inputs\": {\"<name>\": [[...]]}}");
-    }
-    for (size_t i = 0; i < values.size(); ++i) {
-      if (values[i].try_cast<json::Object>()) {
-        Refuse(400, "input '" + names[i] + "' is an object (base64 .npy is served by the Python server)", "send nested lists");
-      }
-      arrays->push_back(ArrayFromJson(values[i], manifest_.inputs[i]));
-    }
-    std::vector<Array> outputs = Run(*arrays, model_ms);
-    std::string out = "{\"model\":" + JsonString(name_) + ",\"version\":" + JsonString(version_) + ",\"model_ms\":";
-    AppendNumber(&out, std::round(*model_ms * 1e4) / 1e4, 10);
-    out += ",\"outputs\":{";
-    for (size_t o = 0; o < outputs.size(); ++o) {
-      out += (o ? "," : "") + JsonString(o < manifest_.outputs.size() ? manifest_.outputs[o].name : "output_" + std::to_string(o)) + ":";
-      AppendArray(&out, outputs[o], true);
-    }
-    return out + "}";  // the caller closes the object after adding latency_ms
+  // "batch_axis": ..., "batch_max_rows": ... for the started log line; "" when requests are not batched.
+  std::string BatchingFields(double window_ms) const {
+    if (!batcher_) return "";
+    std::string out = "\"batch_axis\":" + JsonString(axis_.name) + ",\"batch_max_rows\":" + std::to_string(axis_.max_rows) +
+                      ",\"batch_window_ms\":";
+    AppendNumber(&out, window_ms, 10);
+    return out;
   }
 
-  // POST /v2/models/<name>/infer: JSON tensors or the binary tensor extension (Inference-Header-Content-Length).
-  std::string InferV2(const std::string& request_body, const std::string& json_length, double* model_ms,
-                      std::vector<Array>* arrays) {
-    std::string body = request_body, binary;
-    if (!json_length.empty()) {
-      char* end = nullptr;
-      unsigned long long n = std::strtoull(json_length.c_str(), &end, 10);
-      if (*end != '\0' || !std::isdigit(static_cast<unsigned char>(json_length[0])) || n > request_body.size()) {
-        Refuse(400, "Inference-Header-Content-Length '" + json_length + "' does not fit the body", "send the JSON header's byte length");
-      }
-      body = request_body.substr(0, n);
-      binary = request_body.substr(n);
-    }
-    json::Value payload = ParseRequestJson(body);
-    std::optional<json::Object> object = payload.try_cast<json::Object>();
-    std::optional<ffi::Any> inputs_any = object ? object->Get(ffi::String("inputs")) : std::nullopt;
-    std::optional<json::Array> inputs = inputs_any ? inputs_any->try_cast<json::Array>() : std::nullopt;
-    if (!inputs) Refuse(400, "the request has no \"inputs\" list", "send {\"inputs\": [{\"name\", \"shape\", \"datatype\", \"data\"}]}");
-    std::map<std::string, json::Object> by_name;
-    for (const ffi::Any& item : *inputs) {
-      std::optional<json::Object> tensor = item.try_cast<json::Object>();
-      std::optional<ffi::Any> name = tensor ? tensor->Get(ffi::String("name")) : std::nullopt;
-      std::optional<std::string> text = name ? name->try_cast<std::string>() : std::nullopt;
-      if (!text) Refuse(400, "an input has no \"name\"", "send one object per input with name, shape, datatype, data");
-      by_name.emplace(*text, *tensor);
-    }
-    std::vector<std::string> names;
-    std::string unknown, missing;
-    for (const TensorSpec& spec : manifest_.inputs) {
-      names.push_back(spec.name);
-      if (!by_name.count(spec.name)) missing += (missing.empty() ? "" : ", ") + spec.name;
-    }
-    for (const auto& [name, tensor] : by_name) {
-      if (std::find(names.begin(), names.end(), name) == names.end()) unknown += (unknown.empty() ? "" : ", ") + name;
-    }
-    if (!unknown.empty() || !missing.empty() || by_name.size() != inputs->size()) {
-      Refuse(400, "inputs must be exactly " + Join(names) + " (unknown: " + (unknown.empty() ? "none" : unknown) +
-                      "; missing: " + (missing.empty() ? "none" : missing) + ")", "name every model input once");
-    }
-    size_t offset = 0;
-    for (const TensorSpec& spec : manifest_.inputs) {
-      const json::Object& tensor = by_name.at(spec.name);
-      std::vector<int64_t> shape;
-      std::optional<ffi::Any> shape_any = tensor.Get(ffi::String("shape"));
-      std::optional<json::Array> shape_list = shape_any ? shape_any->try_cast<json::Array>() : std::nullopt;
-      bool shape_ok = bool(shape_list);
-      int64_t count = 1;
-      for (size_t d = 0; shape_ok && d < shape_list->size(); ++d) {
-        const ffi::Any& dim = (*shape_list)[d];
-        std::optional<int64_t> v = dim.type_index() == ffi::TypeIndex::kTVMFFIInt ? dim.try_cast<int64_t>() : std::nullopt;
-        shape_ok = v && *v >= 0 && *v < (int64_t(1) << 31);
-        if (shape_ok) {
-          shape.push_back(*v);
-          count = std::min<int64_t>(count * *v, int64_t(1) << 40);
-        }
-      }
-      if (!shape_ok) Refuse(400, "input '" + spec.name + "' has no valid \"shape\"", "send \"shape\": " + ShapeText(spec.shape));
-      std::optional<ffi::Any> datatype_any = tensor.Get(ffi::String("datatype"));
-      std::string datatype = datatype_any ? datatype_any->try_cast<std::string>().value_or("") : "";
-      std::string expected = V2Datatype(spec.dtype);
-      if (datatype != expected) {
-        Refuse(400, "input '" + spec.name + "' datatype is '" + datatype + "', the model takes " + expected,
-               "send \"datatype\": \"" + expected + "\"");
-      }
-      const Dtype* dtype = DtypeByName(spec.dtype);
-      std::optional<ffi::Any> parameters_any = tensor.Get(ffi::String("parameters"));
-      std::optional<json::Object> parameters = parameters_any ? parameters_any->try_cast<json::Object>() : std::nullopt;
-      std::optional<ffi::Any> size_any = parameters ? parameters->Get(ffi::String("binary_data_size")) : std::nullopt;
-      Array array;
-      if (size_any) {
-        std::optional<int64_t> size = size_any->type_index() == ffi::TypeIndex::kTVMFFIInt ? size_any->try_cast<int64_t>() : std::nullopt;
-        if (!size || *size < 0 || offset + uint64_t(*size) > binary.size()) {
-          Refuse(400, "input '" + spec.name + "' binary_data_size runs past the body", "send the tensor bytes after the JSON header");
-        }
-        if (*size != count * dtype->size) {
-          Refuse(400, "input '" + spec.name + "' has " + std::to_string(*size) + " bytes, shape " + ShapeText(shape) + " needs " +
-                          std::to_string(count * dtype->size), "send the whole tensor");
-        }
-        array = Array{dtype, shape, std::vector<char>(binary.begin() + offset, binary.begin() + offset + *size)};
-        offset += *size;
-      } else {
-        std::optional<ffi::Any> data = tensor.Get(ffi::String("data"));
-        if (!data || !data->try_cast<json::Array>()) {
-          Refuse(400, "input '" + spec.name + "' has no \"data\" list", "send the elements, flat in row-major order or nested");
-        }
-        array = ArrayFromJson(*data, spec);
-        if (NumElements(array.shape) != count) {
-          Refuse(400, "input '" + spec.name + "' has " + std::to_string(NumElements(array.shape)) + " elements, shape " +
-                          ShapeText(shape) + " needs " + std::to_string(count), "send one element per position of the shape");
-        }
-        array.shape = shape;
-      }
-      arrays->push_back(std::move(array));
-    }
-    if (offset != binary.size()) {
-      Refuse(400, std::to_string(binary.size() - offset) + " bytes follow the last binary input", "send exactly the binary_data_size bytes");
-    }
-    std::vector<std::string> wanted;
-    if (std::optional<ffi::Any> requested = object->Get(ffi::String("outputs"))) {
-      std::optional<json::Array> list = requested->try_cast<json::Array>();
-      bool ok = bool(list);
-      for (size_t i = 0; ok && i < list->size(); ++i) {
-        std::optional<json::Object> o = (*list)[i].try_cast<json::Object>();
-        std::optional<ffi::Any> n = o ? o->Get(ffi::String("name")) : std::nullopt;
-        std::string name = n ? n->try_cast<std::string>().value_or("") : "";
-        ok = std::any_of(manifest_.outputs.begin(), manifest_.outputs.end(), [&](const TensorSpec& s) { return s.name == name; });
-        wanted.push_back(name);
-      }
-      if (!ok) Refuse(400, "\"outputs\" names an unknown output", "ask for some of the outputs in the model metadata");
-    }
-    std::vector<Array> outputs = Run(*arrays, model_ms);
-    std::string out = "{\"model_name\":" + JsonString(name_) + ",\"model_version\":" + JsonString(version_);
-    if (std::optional<ffi::Any> id = object->Get(ffi::String("id"))) {
-      if (std::optional<std::string> text = id->try_cast<std::string>()) out += ",\"id\":" + JsonString(*text);
-    }
-    out += ",\"outputs\":[";
-    bool first = true;
-    for (size_t o = 0; o < outputs.size(); ++o) {
-      std::string name = o < manifest_.outputs.size() ? manifest_.outputs[o].name : "output_" + std::to_string(o);
-      if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), name) == wanted.end()) continue;
-      out += std::string(first ? "" : ",") + "{\"name\":" + JsonString(name) + ",\"datatype\":" +
-             JsonString(V2Datatype(outputs[o].dtype->name)) + ",\"shape\":[";
-      for (size_t d = 0; d < outputs[o].shape.size(); ++d) out += (d ? "," : "") + std::to_string(outputs[o].shape[d]);
-      out += "],\"data\":";
-      AppendArray(&out, outputs[o], false);
-      out += "}";
-      first = false;
-    }
-    return out + "]}";
+  // POST /v1/infer or /v2/models/<name>/infer: decoded, run, encoded (serve_infer.h); `arrays` gets the inputs.
+  std::string Infer(bool v1, const std::string& body, const std::string& json_length, double* model_ms,
+                    std::vector<Array>* arrays, int64_t* batch_rows) {
+    InferRequest request = v1 ? DecodeV1(body, manifest_.inputs) : DecodeV2(body, json_length, manifest_.inputs, manifest_.outputs);
+    std::vector<Array> outputs = Run(request.inputs, model_ms, batch_rows);
+    std::string answer = v1 ? EncodeV1(name_, version_, *model_ms, outputs, manifest_.outputs)
+                            : EncodeV2(name_, version_, request, outputs, manifest_.outputs);
+    *arrays = std::move(request.inputs);
+    return answer;
   }
 
   Drift& drift() { return drift_; }
@@ -477,6 +329,7 @@ class ServeApp {
     line(h + "_bucket", double(latency_count_), "le=\"+Inf\"");
     line(h + "_sum", latency_sum_);
     line(h + "_count", double(latency_count_));
+    if (batcher_) out += batcher_->Render(axis_.name, labels);
     out += drift_.Render(labels);
     return out;
   }
@@ -489,20 +342,18 @@ class ServeApp {
     if (std::optional<std::string> text = value->try_cast<std::string>()) return *text;
     return std::string(json::Stringify(*value));
   }
-  static std::string Join(const std::vector<std::string>& names) {
-    std::string out;
-    for (const std::string& n : names) out += (out.empty() ? "" : ", ") + n;
-    return out;
-  }
 
   const Manifest& manifest_;
   JsonLog* log_;
   Model model_;
   Drift drift_;
+  BatchAxis axis_;
+  std::unique_ptr<Batcher> batcher_;  // null: one model call per request
   std::string name_, version_, target_;
   std::mutex model_mutex_, metrics_mutex_;
   std::map<int, long> codes_ = {{200, 0}};
   std::array<long, 13> buckets_{};
+
   double latency_sum_ = 0;
   long latency_count_ = 0;
   double started_ = double(std::time(nullptr));
@@ -600,17 +451,16 @@ int Serve(const ServeOptions& opt, const std::string& bundle, const Manifest& m)
   // Inference requests: counted, logged (after the answer is sent), never dependent on the log.
   auto finish = [app_ptr, send_json, error_body](httplib::Response& res, int code, const std::string& answer,
                                                  const std::string& error, double seconds, double model_ms,
-                                                 const std::vector<Array>* arrays, bool v1) {
+                                                 const std::vector<Array>* arrays, bool v1, int64_t batch_rows) {
     app_ptr->Observe(code, seconds, code == 200 ? arrays : nullptr);
     double latency_ms = std::round(seconds * 1e7) / 1e4;
-    if (code == 200) {
+    if (code == 200 && v1) {
       std::string body = answer;
-      if (v1) {
-        body += ",\"latency_ms\":";
-        AppendNumber(&body, latency_ms, 10);
-        body += "}";
-      }
-      send_json(res, 200, body);
+      body += ",\"latency_ms\":";
+      AppendNumber(&body, latency_ms, 10);
+      send_json(res, 200, body + "}");
+    } else if (code == 200) {
+      send_json(res, 200, answer);
     } else {
       send_json(res, code, error_body(error));
     }
@@ -622,6 +472,7 @@ int Serve(const ServeOptions& opt, const std::string& bundle, const Manifest& m)
       record += ",\"model_ms\":";
       AppendNumber(&record, std::round(model_ms * 1e4) / 1e4, 10);
     }
+    if (batch_rows > 0) record += ",\"batch_rows\":" + std::to_string(batch_rows);
     if (!error.empty()) record += ",\"error\":" + JsonString(error);
     t_log_record = LogFields(*app_ptr, record);
   };
@@ -638,7 +489,7 @@ int Serve(const ServeOptions& opt, const std::string& bundle, const Manifest& m)
       bool v1 = req.path == "/v1/infer";
       if (!req.has_header("Content-Length")) {
         res.set_header("Connection", "close");
-        finish(res, 411, "", "the request has no Content-Length; send the body with a Content-Length header", 0, -1, nullptr, v1);
+        finish(res, 411, "", "the request has no Content-Length; send the body with a Content-Length header", 0, -1, nullptr, v1, 0);
         return httplib::Server::HandlerResponse::Handled;
       }
       std::string length = req.get_header_value("Content-Length");
@@ -647,7 +498,7 @@ int Serve(const ServeOptions& opt, const std::string& bundle, const Manifest& m)
         res.set_header("Connection", "close");
         finish(res, 413, "", "the request body has " + length + " bytes, more than " + std::to_string(max_body) +
                                  "; send fewer inputs per request, or start the server with a larger --max-body-mb",
-               0, -1, nullptr, v1);
+               0, -1, nullptr, v1, 0);
         return httplib::Server::HandlerResponse::Handled;
       }
     }
@@ -658,11 +509,12 @@ int Serve(const ServeOptions& opt, const std::string& bundle, const Manifest& m)
     auto start = std::chrono::steady_clock::now();
     double model_ms = -1;
     std::vector<Array> arrays;
+    int64_t batch_rows = 0;
     std::string answer, error;
     int code = 200;
     try {
-      answer = v1 ? app_ptr->InferV1(req.body, &model_ms, &arrays)
-                  : app_ptr->InferV2(req.body, req.get_header_value("Inference-Header-Content-Length"), &model_ms, &arrays);
+      answer = app_ptr->Infer(v1, req.body, v1 ? std::string() : req.get_header_value("Inference-Header-Content-Length"),
+                              &model_ms, &arrays, &batch_rows);
     } catch (const HttpError& e) {
       code = e.code;
       error = e.problem + "; " + e.fix;
@@ -674,7 +526,7 @@ int Serve(const ServeOptions& opt, const std::string& bundle, const Manifest& m)
       error = std::string("inference failed (") + e.what() + ")";
     }
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    finish(res, code, answer, error, seconds, model_ms, &arrays, v1);
+    finish(res, code, answer, error, seconds, model_ms, &arrays, v1, batch_rows);
   };
   server.set_logger([app_ptr](const httplib::Request&, const httplib::Response&) {
     if (!t_log_record.empty()) {
@@ -746,7 +598,8 @@ int Serve(const ServeOptions& opt, const std::string& bundle, const Manifest& m)
                                      ",\n  \"log\": " + (log_path.empty() ? "null" : JsonString(log_path)) +
                                      ",\n  \"started\": " + JsonString(UtcNow()) + ",\n  \"server\": \"edgepack-run\"\n}\n");
   }
-  log->Write(LogFields(*app_ptr, "\"status\":\"started\",\"url\":" + JsonString(url)));
+  std::string batching = app_ptr->BatchingFields(opt.batch_window_ms);
+  log->Write(LogFields(*app_ptr, "\"status\":\"started\",\"url\":" + JsonString(url) + (batching.empty() ? "" : "," + batching)));
   std::printf("serving %s %s at %s\n", app_ptr->name().c_str(), app_ptr->version().c_str(), url.c_str());
   std::fflush(stdout);
 

@@ -1,110 +1,37 @@
-// JSON for `edgepack-run serve`: strict request checks, tensors from nested lists, strict JSON out.
+// JSON for `edgepack-run serve`: tensors from nested lists (request_json.h reads the body), strict JSON out.
 // Part of edgepack-run (loader.cc includes every part once, in order, into one translation unit).
 #ifndef EDGEPACK_NATIVE_SERVE_JSON_H_
 #define EDGEPACK_NATIVE_SERVE_JSON_H_
 
+#include "request_json.h"
+
 namespace {
 
-// kMaxJsonDepth (64) comes from manifest_json.h: one nesting limit for every JSON edgepack-run reads.
-constexpr size_t kMaxIntDigits = 40;
-
-// A request the server refuses: the HTTP status and `problem; fix`.
-struct HttpError {
-  int code;
-  std::string problem, fix;
-};
-
-[[noreturn]] void Refuse(int code, std::string problem, std::string fix) {
-  throw HttpError{code, std::move(problem), std::move(fix)};
-}
-
-// Refuses, before parsing, what the parser would take but JSON does not allow or what costs too much:
-// nesting deeper than kMaxJsonDepth, integers longer than kMaxIntDigits, NaN/Infinity literals.
-void ScanRequestJson(const std::string& text) {
-  int depth = 0;
-  size_t digits = 0;
-  for (size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (c == '"') {
-      for (++i; i < text.size() && text[i] != '"'; ++i) {
-        if (text[i] == '\\') ++i;
-      }
-      digits = 0;
-      continue;
-    }
-    if (c >= '0' && c <= '9') {
-      if (++digits > kMaxIntDigits) {
-        Refuse(400, "the request holds a number of more than " + std::to_string(kMaxIntDigits) + " digits",
-               "send integers of at most " + std::to_string(kMaxIntDigits) + " digits");
-      }
-      continue;
-    }
-    digits = 0;
-    if (c == '[' || c == '{') {
-      if (++depth > kMaxJsonDepth) {
-        Refuse(400, "the request JSON is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels",
-               "send tensors as nested lists of their rank");
-      }
-    } else if (c == ']' || c == '}') {
-      --depth;
-    } else if (std::isalpha(static_cast<unsigned char>(c))) {
-      size_t end = i;
-      while (end < text.size() && std::isalpha(static_cast<unsigned char>(text[end]))) ++end;
-      std::string word = text.substr(i, end - i);
-      bool exponent = (word == "e" || word == "E") && i > 0 && std::isdigit(static_cast<unsigned char>(text[i - 1]));
-      if (word != "true" && word != "false" && word != "null" && !exponent) {
-        Refuse(400, "the request body is not JSON (it holds " + word.substr(0, 16) + ")",
-               "send finite numbers in strict JSON (non-finite inputs as base64 .npy)");
-      }
-      i = end - 1;
-    }
-  }
-}
-
-json::Value ParseRequestJson(const std::string& text) {
-  ScanRequestJson(text);
-  ffi::String error;
-  json::Value value;
-  try {
-    value = json::Parse(text, &error);
-  } catch (const ffi::Error& e) {
-    Refuse(400, "the request body is not JSON (" + std::string(e.message()) + ")", "send a JSON object");
-  }
-  if (!error.empty()) {
-    std::string detail(error);
-    std::replace(detail.begin(), detail.end(), '\n', ' ');
-    Refuse(400, "the request body is not JSON (" + detail + ")", "send a JSON object with \"inputs\"");
-  }
-  return value;
-}
-
-// ---------------------------------------------------------------- tensors from JSON
-
-// Leaves of a nested list, in row-major order, with the shape of the nesting.
-struct Leaves {
-  std::vector<int64_t> shape;
-  std::vector<json::Value> values;
-};
-
-void CollectLeaves(const json::Value& value, size_t level, Leaves* out, const std::string& name) {
-  std::optional<json::Array> list = value.try_cast<json::Array>();
-  if (level == out->shape.size()) {  // first visit at this depth fixes the dimension
-    if (list) out->shape.push_back(int64_t(list->size()));
-  }
-  bool expect_list = level < out->shape.size();
-  if (bool(list) != expect_list || (list && int64_t(list->size()) != out->shape[level])) {
-    Refuse(400, "input '" + name + "' is a ragged list", "send a full array");
-  }
+// Whether `node` is a nested list of full rectangular shape `shape` from dimension `level` on;
+// counts its leaves into `*leaves`.
+bool Rectangular(const JsonDocument& doc, const JsonNode& node, size_t level, const std::vector<int64_t>& shape,
+                 int64_t* leaves) {
+  bool list = node.kind == JsonNode::kArray;
+  if (list != (level < shape.size()) || (list && int64_t(node.size) != shape[level])) return false;
   if (!list) {
-    out->values.push_back(value);
+    ++*leaves;
+    return true;
+  }
+  const JsonNode* items = doc.Children(node);
+  for (uint32_t k = 0; k < node.size; ++k) {
+    if (!Rectangular(doc, items[k], level + 1, shape, leaves)) return false;
+  }
+  return true;
+}
+
+// The leaves of a rectangular nested list, in row-major order.
+void Leaves(const JsonDocument& doc, const JsonNode& node, std::vector<const JsonNode*>* out) {
+  if (node.kind != JsonNode::kArray) {
+    out->push_back(&node);
     return;
   }
-  for (const ffi::Any& item : *list) CollectLeaves(item, level + 1, out, name);
-}
-
-bool IsDtypeKind(const TensorSpec& spec, char kind) {
-  const Dtype* d = DtypeByName(spec.dtype);
-  return d != nullptr && d->descr[1] == kind;
+  const JsonNode* items = doc.Children(node);
+  for (uint32_t k = 0; k < node.size; ++k) Leaves(doc, items[k], out);
 }
 
 void StoreElement(const Dtype* dtype, char* p, double value, int64_t integer, bool is_integer) {
@@ -139,18 +66,25 @@ void StoreElement(const Dtype* dtype, char* p, double value, int64_t integer, bo
 }
 
 // One input from nested lists of numbers, cast like the Python server (numpy's same_kind casting).
-Array ArrayFromJson(const json::Value& value, const TensorSpec& spec) {
+// The shape is that of the first items at each depth; every other list must match it.
+Array ArrayFromJson(const JsonDocument& doc, const JsonNode& value, const TensorSpec& spec) {
   const Dtype* dtype = DtypeByName(spec.dtype);
   if (dtype == nullptr) Refuse(500, "the model input '" + spec.name + "' has dtype " + spec.dtype, "use the Python server");
-  Leaves leaves;
-  CollectLeaves(value, 0, &leaves, spec.name);
-  Array array{dtype, leaves.shape, std::vector<char>(leaves.values.size() * dtype->size)};
+  std::vector<int64_t> shape;
+  for (const JsonNode* node = &value; node->kind == JsonNode::kArray; node = doc.Children(*node)) {
+    shape.push_back(int64_t(node->size));
+    if (node->size == 0) break;
+  }
+  int64_t count = 0;
+  if (!Rectangular(doc, value, 0, shape, &count)) Refuse(400, "input '" + spec.name + "' is a ragged list", "send a full array");
+  std::vector<const JsonNode*> leaves;
+  leaves.reserve(size_t(count));
+  Leaves(doc, value, &leaves);
+  Array array{dtype, shape, std::vector<char>(leaves.size() * dtype->size)};
   char kind = dtype->descr[1];
-  for (size_t i = 0; i < leaves.values.size(); ++i) {
-    const json::Value& leaf = leaves.values[i];
-    std::optional<bool> boolean = leaf.type_index() == ffi::TypeIndex::kTVMFFIBool ? leaf.try_cast<bool>() : std::nullopt;
-    std::optional<int64_t> integer = !boolean && leaf.type_index() == ffi::TypeIndex::kTVMFFIInt ? leaf.try_cast<int64_t>() : std::nullopt;
-    std::optional<double> real = !boolean && !integer && leaf.type_index() == ffi::TypeIndex::kTVMFFIFloat ? leaf.try_cast<double>() : std::nullopt;
+  for (size_t i = 0; i < leaves.size(); ++i) {
+    const JsonNode& leaf = *leaves[i];
+    bool boolean = leaf.kind == JsonNode::kBool, integer = leaf.kind == JsonNode::kInt, real = leaf.kind == JsonNode::kFloat;
     if (!boolean && !integer && !real) {
       Refuse(400, "input '" + spec.name + "' is not a nested list of numbers",
              "send numbers of shape " + ShapeText(spec.shape));
@@ -166,13 +100,13 @@ Array ArrayFromJson(const json::Value& value, const TensorSpec& spec) {
       int64_t low = kind == 'u' ? 0 : (bits == 64 ? INT64_MIN : -(int64_t(1) << (bits - 1)));
       int64_t high = kind == 'u' ? (bits == 64 ? INT64_MAX : (int64_t(1) << bits) - 1)
                                  : (bits == 64 ? INT64_MAX : (int64_t(1) << (bits - 1)) - 1);
-      if (*integer < low || *integer > high) {
+      if (leaf.integer < low || leaf.integer > high) {
         Refuse(400, "input '" + spec.name + "' has values outside the " + spec.dtype + " range",
                "send values in [" + std::to_string(low) + ", " + std::to_string(high) + "]");
       }
     }
-    double number = boolean ? double(*boolean) : integer ? double(*integer) : *real;
-    StoreElement(dtype, array.data.data() + i * dtype->size, number, integer ? *integer : int64_t(number), bool(integer));
+    double number = boolean ? double(leaf.boolean) : integer ? double(leaf.integer) : leaf.real;
+    StoreElement(dtype, array.data.data() + i * dtype->size, number, integer ? leaf.integer : int64_t(number), integer);
   }
   return array;
 }
@@ -203,9 +137,9 @@ void AppendNumber(std::string* out, double value, int digits) {
   } else if (std::isinf(value)) {
     *out += value > 0 ? "\"Infinity\"" : "\"-Infinity\"";
   } else {
-    char buffer[40];
-    std::snprintf(buffer, sizeof(buffer), "%.*g", digits, value);
-    *out += buffer;
+    char buffer[40];  // printf's %.<digits>g, without printf
+    std::to_chars_result r = std::to_chars(buffer, buffer + sizeof(buffer), value, std::chars_format::general, digits);
+    out->append(buffer, r.ptr);
   }
 }
 
@@ -215,12 +149,21 @@ void AppendElement(std::string* out, const Array& array, int64_t i) {
     *out += array.data[i] ? "true" : "false";
   } else if (kind == 'f') {
     AppendNumber(out, ElementAt(array, i), array.dtype->size == 8 ? 17 : 9);
-  } else if (array.dtype->size == 8) {
-    int64_t v;
-    std::memcpy(&v, array.data.data() + i * 8, 8);
-    *out += std::to_string(v);
   } else {
-    *out += std::to_string(int64_t(ElementAt(array, i)));
+    char buffer[24];
+    std::to_chars_result r{buffer, std::errc()};
+    if (array.dtype->size == 8 && kind == 'u') {
+      uint64_t v;
+      std::memcpy(&v, array.data.data() + i * 8, 8);
+      r = std::to_chars(buffer, buffer + sizeof(buffer), v);
+    } else if (array.dtype->size == 8) {
+      int64_t v;
+      std::memcpy(&v, array.data.data() + i * 8, 8);
+      r = std::to_chars(buffer, buffer + sizeof(buffer), v);
+    } else {
+      r = std::to_chars(buffer, buffer + sizeof(buffer), int64_t(ElementAt(array, i)));
+    }
+    out->append(buffer, r.ptr);
   }
 }
 

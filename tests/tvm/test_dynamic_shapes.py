@@ -7,31 +7,16 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from models import mlp_with_dynamic_batch
 
 pytestmark = pytest.mark.tvm
-
-
-def _mlp_with_dynamic_batch(path):
-    """x[N,30] -> MatMul 30x16 + bias -> Relu -> MatMul 16x5 + bias -> y[N,5]; the batch axis is named N."""
-    rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
-               for name, shape in (("w1", (30, 16)), ("b1", (16,)), ("w2", (16, 5)), ("b2", (5,)))]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Add", ["h0", "b1"], ["h1"]),
-             helper.make_node("Relu", ["h1"], ["h2"]), helper.make_node("MatMul", ["h2", "w2"], ["h3"]),
-             helper.make_node("Add", ["h3", "b2"], ["y"])]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 30])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], weights)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     directory = tmp_path_factory.mktemp("dynamic")
-    _mlp_with_dynamic_batch(directory / "mlp.onnx")
+    mlp_with_dynamic_batch(directory / "mlp.onnx")
     np.save(directory / "x171.npy", np.random.default_rng(1).standard_normal((171, 30)).astype(np.float32))
     return directory
 
