@@ -17,14 +17,14 @@ from edgepack.measure.coverage import EXCLUDED, PASSED, CaseResult, node_cases, 
 from edgepack.targets import load_target
 
 
-def markdown(results: list[CaseResult], summary: dict, every: int, native: bool) -> str:
+def markdown(results: list[CaseResult], summary: dict, every: int, native: bool, target: str = "x86_64") -> str:
     """The table by outcome, the failing ops by class, and every remaining case with its one-line reason."""
     lines = ["# Op coverage: ONNX's node test cases through edgepack", "",
-             f"`scripts/coverage.py --every {every}{' --native' if native else ''}` on x86_64: "
+             f"`scripts/coverage.py --every {every}{' --native' if native else ''}` on {target}: "
              f"{summary['cases']} cases (every {every}th of the `onnx` package's node test cases), "
              f"{summary['tensor_cases']} with tensor values only; each is pre-flighted, imported and compiled by TVM, "
              "packaged with the case's inputs and expected outputs as golden vectors and verified through the "
-             f"{'Python and native loaders' if native else 'Python loader'}.", "",
+             f"{'native loader under qemu-user' if target != 'x86_64' else 'Python and native loaders' if native else 'Python loader'}.", "",
              f"**Pass share: {summary['pass_share']:.1%}** of the tensor cases.", "",
              "| outcome | cases |", "|---|---|"]
     lines += [f"| {outcome} | {count} |" for outcome, count in sorted(summary["counts"].items(), key=lambda kv: -kv[1])]
@@ -43,7 +43,8 @@ def main(argv=None) -> int:
     parser.add_argument("--every", type=int, default=4, help="run every N-th case (1: all)")
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--native", action="store_true", help="verify through the native loader too")
-    parser.add_argument("--target", default="x86_64")
+    parser.add_argument("--target", default="x86_64", help="a target name or file; another arch is verified by its native "
+                        "loader under qemu-user")
     parser.add_argument("--shipped", action="store_true", help="the ONNX files of onnx's backend test data instead")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "results": [r.to_json() for r in results]}, indent=1))
     if args.markdown:
-        args.markdown.write_text(markdown(results, summary, args.every, args.native))
+        args.markdown.write_text(markdown(results, summary, args.every, args.native, target.name))
     return 0
 
 

@@ -4,6 +4,7 @@ expected outputs, verified through the loaders. `scripts/coverage.py` runs them 
 
 from __future__ import annotations
 
+import platform
 import shutil
 import tempfile
 from collections import Counter
@@ -167,7 +168,8 @@ def _build_and_verify(case, source: Path, inputs, expected, work: Path, target, 
     golden = GoldenVectors((tuple(inputs),), (tuple(np.asarray(e) for e in expected),),
                            max(float(case.atol), MIN_ATOL), max(float(case.rtol), 1e-3), "onnx-node-test")
     config = PackageConfig("case", "0.0.0", work / "dist", reference=False)
-    verify = (lambda staging, manifest: verify_bundle(staging)) if native else \
+    foreign = target.arch != platform.machine()  # the native loader under qemu-user: the Python one cannot load it
+    verify = (lambda staging, manifest: _ran(verify_bundle(staging))) if native or foreign else \
         (lambda staging, manifest: _python_only(verify_python, staging, manifest))
     try:
         write_bundle(compiled, golden, config, {"source": {"kind": "onnx"}}, verify=verify)
@@ -176,6 +178,16 @@ def _build_and_verify(case, source: Path, inputs, expected, work: Path, target, 
     except EdgepackError as exc:
         return MISMATCH, str(exc)[:300]
     return PASSED, ""
+
+
+def _ran(report: dict) -> dict:
+    """A verify report in which some loader ran; a bundle nothing here could run is a failure, not a pass."""
+    from edgepack.errors import VerificationError
+
+    if report.get("passed") is None:
+        raise VerificationError(f"no loader could run the bundle here ({report['native_loader'].get('reason')})",
+                                "install the target's emulator (qemu-user)")
+    return report
 
 
 def _python_only(verify_python, staging: Path, manifest: dict) -> dict:

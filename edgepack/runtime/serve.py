@@ -72,6 +72,7 @@ V2_DATATYPES = {"FP16": "float16", "FP32": "float32", "FP64": "float64", "INT8":
                 "INT32": "int32", "INT64": "int64", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32",
                 "UINT64": "uint64", "BOOL": "bool"}
 NUMPY_TO_V2 = {dtype: name for name, dtype in V2_DATATYPES.items()}
+DEFAULT_BATCH_WINDOW_MS = 2.0
 
 
 class RequestError(Exception):
@@ -208,6 +209,17 @@ class Metrics:
         self.drift_threshold = drift_threshold
         self.log_failures = lambda: 0  # set by ServeApp to its log's failure count
         self.refused_connections = 0
+        self.batching: tuple[str, int, float] | None = None  # (axis name, largest rows, window seconds) when on
+        self.batch_calls, self.batch_requests, self.batch_rows_sum = 0, 0, 0
+        self.batch_buckets: dict[int, int] = {}
+
+    def observe_batch(self, requests: int, rows: int) -> None:
+        """Count one model call of the batcher that answered `requests` requests with `rows` rows in all."""
+        with self.lock:
+            self.batch_calls += 1
+            self.batch_requests += requests
+            self.batch_rows_sum += rows
+            self.batch_buckets[rows] = self.batch_buckets.get(rows, 0) + 1
 
     def observe(self, code: int, seconds: float, arrays: Sequence[np.ndarray] | None = None) -> None:
         with self.lock:
@@ -282,7 +294,24 @@ class Metrics:
                    [self._line("edgepack_input_psi", d.psi(f), input=n, feature=str(f)) for n, d in self.features.items() for f in range(d.features)])
             family("edgepack_drift_threshold", "gauge", "PSI above which a feature is reported as drifting.",
                    [self._line("edgepack_drift_threshold", float(self.drift_threshold))])
+            if self.batching is not None:
+                self._render_batching(family)
         return "\n".join(lines) + "\n"
+
+
+    def _render_batching(self, family) -> None:
+        axis, largest, window = self.batching
+        family("edgepack_batch_window_seconds", "gauge", f"Longest wait to gather requests into one call along axis {axis}.",
+               [self._line("edgepack_batch_window_seconds", float(window), axis=axis)])
+        family("edgepack_batch_requests_total", "counter", "Inference requests answered by the batcher's model calls.",
+               [self._line("edgepack_batch_requests_total", self.batch_requests)])
+        name = "edgepack_batch_rows"
+        bounds = sorted({min(1 << k, largest) for k in range(largest.bit_length() + 1)})
+        samples = [self._line(f"{name}_bucket", sum(c for rows, c in self.batch_buckets.items() if rows <= bound), le=str(bound))
+                   for bound in bounds]
+        samples += [self._line(f"{name}_bucket", self.batch_calls, le="+Inf"), self._line(f"{name}_sum", self.batch_rows_sum),
+                    self._line(f"{name}_count", self.batch_calls)]
+        family(name, "histogram", "Rows (along the batch axis) per model call of the batcher; _count is the calls.", samples)
 
 
 def _drift(stats: RunningStats, golden: RunningStats) -> float:
@@ -427,10 +456,107 @@ def encode_outputs(outputs: list[np.ndarray], specs, output_format: str) -> dict
     return buffers
 
 
+def batch_axis(inputs, outputs) -> tuple[str, int] | None:
+    """(name, largest size) of a dynamic batch axis: the leading axis of every input and output, one name with
+    a range, found nowhere else; None when the bundle has none (static bundles: no batching)."""
+    specs = [*inputs, *outputs]
+    if not inputs or not outputs or not all(spec.dims and spec.dims[0] is not None for spec in specs):
+        return None
+    name = specs[0].dims[0]
+    if any(spec.dims[0] != name or name in spec.dims[1:] for spec in specs):
+        return None
+    return name, int(inputs[0].bounds[0][1])
+
+
+class _Pending:
+    """One request's checked inputs waiting in the batcher, and what its model call gave back."""
+
+    def __init__(self, arrays: list[np.ndarray]):
+        self.arrays = arrays
+        self.rows = int(arrays[0].shape[0])
+        self.key = tuple(array.shape[1:] for array in arrays)  # requests batch only with equal trailing shapes
+        self.arrived = time.perf_counter()
+        self.done = threading.Event()
+        self.outputs: list[np.ndarray] | None = None
+        self.error: BaseException | None = None
+        self.model_ms, self.batch_rows = 0.0, 0
+
+
+class Batcher:
+    """One worker that gathers concurrent requests into one model call along the batch axis.
+
+    It takes the oldest waiting request, waits until `window_s` after its arrival or until `max_rows` rows
+    (of requests with the same trailing shapes) wait, concatenates their inputs, runs once and splits the
+    outputs back by each request's rows. A request that waited while the previous call ran goes at once.
+    """
+
+    def __init__(self, run, max_rows: int, window_s: float, metrics: "Metrics"):
+        self.run, self.max_rows, self.window_s, self.metrics = run, max_rows, window_s, metrics
+        self.cond = threading.Condition()
+        self.queue: list[_Pending] = []
+        threading.Thread(target=self._work, name="edgepack-batcher", daemon=True).start()
+
+    def submit(self, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], float, int]:
+        """Run checked inputs in the next batch; returns (outputs, milliseconds of the call, rows in the call)."""
+        item = _Pending(arrays)
+        with self.cond:
+            self.queue.append(item)
+            self.cond.notify()
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+        return item.outputs, item.model_ms, item.batch_rows
+
+    def _take(self) -> list[_Pending]:
+        with self.cond:
+            while not self.queue:
+                self.cond.wait()
+            first = self.queue[0]
+            deadline = first.arrived + self.window_s
+            while True:
+                waiting = sum(item.rows for item in self.queue if item.key == first.key)
+                left = deadline - time.perf_counter()
+                if waiting >= self.max_rows or left <= 0:
+                    break
+                self.cond.wait(left)
+            batch, rows, rest = [], 0, []
+            for item in self.queue:
+                if item.key == first.key and rows + item.rows <= self.max_rows:
+                    batch.append(item)
+                    rows += item.rows
+                else:
+                    rest.append(item)
+            self.queue = rest
+            return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._take()
+            rows = sum(item.rows for item in batch)
+            try:
+                if len(batch) == 1:
+                    joined = batch[0].arrays
+                else:
+                    joined = [np.concatenate(parts, axis=0) for parts in zip(*(item.arrays for item in batch))]
+                outputs, model_ms = self.run(joined)
+                cuts = np.cumsum([item.rows for item in batch])[:-1]
+                pieces = [np.split(output, cuts, axis=0) for output in outputs]
+                for index, item in enumerate(batch):
+                    item.outputs = [np.ascontiguousarray(parts[index]) for parts in pieces]
+                    item.model_ms, item.batch_rows = model_ms, rows
+            except BaseException as exc:  # the model call failed: every request of the batch gets the error
+                for item in batch:
+                    item.error = exc
+            self.metrics.observe_batch(len(batch), rows)
+            for item in batch:
+                item.done.set()
+
+
 class ServeApp:
     """The loaded bundle, its metrics and log; `infer` answers one request body."""
 
-    def __init__(self, bundle, log: JsonLog, max_body_bytes: int = 64 << 20, drift_threshold: float = DEFAULT_DRIFT_THRESHOLD):
+    def __init__(self, bundle, log: JsonLog, max_body_bytes: int = 64 << 20, drift_threshold: float = DEFAULT_DRIFT_THRESHOLD,
+                 batch_window_ms: float = 0.0):
         self.bundle = bundle
         self.model, self.version = str(bundle.manifest["name"]), str(bundle.manifest["version"])
         self.log = log
@@ -447,6 +573,10 @@ class ServeApp:
         target = bundle.manifest.get("target", {}).get("name", "unknown")
         self.metrics = Metrics(self.model, self.version, target, golden, [spec.name for spec in bundle.inputs], features, drift_threshold)
         self.metrics.log_failures = lambda: self.log.failures
+        axis = batch_axis(bundle.inputs, bundle.outputs) if batch_window_ms > 0 and "generator" not in bundle.manifest else None
+        self.batcher = Batcher(self._call, axis[1], batch_window_ms / 1000.0, self.metrics) if axis else None
+        if self.batcher is not None:
+            self.metrics.batching = (axis[0], axis[1], batch_window_ms / 1000.0)
 
     def health(self) -> dict:
         """/healthz: "ok", or "degraded" with the problems (log writes failing)."""
@@ -472,17 +602,25 @@ class ServeApp:
         return {"name": self.model, "versions": [self.version], "platform": "edgepack",
                 "inputs": tensors(self.bundle.inputs), "outputs": tensors(self.bundle.outputs)}
 
-    def _run(self, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
-        try:
-            loader.check_inputs(self.bundle.inputs, arrays)
-        except loader.BundleError as exc:
-            raise RequestError(400, exc.problem, exc.fix) from None
+    def _call(self, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+        """One model call on checked inputs: (outputs, milliseconds)."""
         with self.model_lock:
             start = time.perf_counter()
             outputs = self.bundle.run(arrays)
             return outputs, (time.perf_counter() - start) * 1000.0
 
-    def infer_v2(self, body: bytes, json_length: str | None) -> tuple[dict, float, list[np.ndarray]]:
+    def _run(self, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], float, int | None]:
+        """Check one request's inputs (400 for this request alone), then run them, in a batch when batching is on:
+        (outputs, model milliseconds, rows of the call that ran them or None without batching)."""
+        try:
+            loader.check_inputs(self.bundle.inputs, arrays)
+        except loader.BundleError as exc:
+            raise RequestError(400, exc.problem, exc.fix) from None
+        if self.batcher is not None:
+            return self.batcher.submit(arrays)
+        return (*self._call(arrays), None)
+
+    def infer_v2(self, body: bytes, json_length: str | None) -> tuple[dict, float, list[np.ndarray], int | None]:
         """One Open Inference Protocol v2 request (JSON tensors, or Triton's binary tensor extension)."""
         binary = b""
         if json_length is not None:
@@ -539,30 +677,31 @@ class ServeApp:
             wanted = [o["name"] for o in requested]
         else:
             wanted = out_names
-        outputs, model_ms = self._run(arrays)
+        outputs, model_ms, batch_rows = self._run(arrays)
         response = {"model_name": self.model, "model_version": self.version, "outputs": [
             {"name": spec.name, "datatype": NUMPY_TO_V2.get(str(array.dtype), str(array.dtype).upper()), "shape": list(array.shape),
              "data": strict_list(array.ravel())}
             for spec, array in zip(self.bundle.outputs, outputs) if spec.name in wanted]}
         if isinstance(payload.get("id"), str):
             response["id"] = payload["id"]
-        return response, model_ms, arrays
+        return response, model_ms, arrays, batch_rows
 
     def describe(self) -> dict:
         return {"model": self.model, "version": self.version, "target": self.bundle.manifest.get("target", {}).get("name"),
                 **self.bundle.signature()}
 
-    def infer(self, body: bytes) -> tuple[dict, float | None, list[np.ndarray]]:
-        """Decode, run and encode one /v1/infer request body; returns (response, model milliseconds, inputs)."""
+    def infer(self, body: bytes) -> tuple[dict, float | None, list[np.ndarray], int | None]:
+        """Decode, run and encode one /v1/infer request body; returns (response, model milliseconds, inputs,
+        rows of the batched call or None)."""
         payload = parse_json(body)
         output_format = payload.get("output_format", "list") if isinstance(payload, dict) else "list"
         if output_format not in ("list", "npy"):
             raise RequestError(400, f"unknown output_format '{output_format}'", "use list or npy")
         arrays = decode_inputs(payload, self.bundle.inputs)
-        outputs, model_ms = self._run(arrays)
+        outputs, model_ms, batch_rows = self._run(arrays)
         response = {"model": self.model, "version": self.version, "model_ms": round(model_ms, 4),
                     "outputs": encode_outputs(outputs, self.bundle.outputs, output_format)}
-        return response, model_ms, arrays
+        return response, model_ms, arrays, batch_rows
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -647,7 +786,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": f"unknown model '{route[0]}'; this server runs '{self.app.model}'"})
             return
         start = time.perf_counter()
-        model_ms, arrays = None, None
+        model_ms, arrays, batch_rows = None, None, None
         try:
             length = self.headers.get("Content-Length")
             if length is None or not length.isdigit():
@@ -666,9 +805,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 raise RequestError(400, f"the request body ended after {len(body)} of {length} bytes", "send the whole body")
             if route is None:
-                response, model_ms, arrays = self.app.infer(body)
+                response, model_ms, arrays, batch_rows = self.app.infer(body)
             else:
-                response, model_ms, arrays = self.app.infer_v2(body, self.headers.get("Inference-Header-Content-Length"))
+                response, model_ms, arrays, batch_rows = self.app.infer_v2(body, self.headers.get("Inference-Header-Content-Length"))
             code, error = 200, None
         except RequestError as exc:
             code, error, response = exc.code, f"{exc.problem}; {exc.fix}", None
@@ -688,6 +827,8 @@ class _Handler(BaseHTTPRequestHandler):
                       "code": code, "latency_ms": round(seconds * 1000.0, 4), "route": "v1" if route is None else "v2"}
             if model_ms is not None:
                 record["model_ms"] = round(model_ms, 4)
+            if batch_rows is not None:
+                record["batch_rows"] = batch_rows
             if error is not None:
                 record["error"] = error
             self.app.log.write(**record)
@@ -796,6 +937,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="PSI above which a feature is reported as drifting in /healthz (default 0.25)")
     parser.add_argument("--keyring", type=Path, default=None,
                         help=f"trusted public keys (.pub file or directory); refuse unsigned bundles (default: ${loader.KEYRING_ENV})")
+    parser.add_argument("--batch-window-ms", type=float, default=DEFAULT_BATCH_WINDOW_MS,
+                        help="bundles with a dynamic batch axis: gather concurrent requests for at most this long into one "
+                             f"model call (default {DEFAULT_BATCH_WINDOW_MS:g}; 0: one call per request)")
     parser.add_argument("--verify", action="store_true", help="run the golden vectors before serving; refuse to start if they fail")
     return parser
 
@@ -807,13 +951,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.max_connections < 1 or not args.timeout > 0 or not args.max_body_mb > 0 or not args.drift_threshold > 0:
             raise loader.BundleError("--max-connections, --timeout, --max-body-mb and --drift-threshold must be positive", "pass positive limits")
+        if not 0 <= args.batch_window_ms <= 1000:
+            raise loader.BundleError(f"--batch-window-ms {args.batch_window_ms:g} is outside 0..1000", "pass a few milliseconds, or 0 to turn batching off")
         bundle = loader.load(bundle_dir, args.keyring or os.environ.get(loader.KEYRING_ENV) or None)
         if args.verify and not bundle.verify()["passed"]:
             raise loader.VerificationError("outputs differ from the golden vectors beyond tolerance", "do not serve this bundle; rebuild it")
         defaults = store_files(bundle_dir, str(bundle.manifest["version"]))
         log_path = None if args.log == "-" else Path(args.log) if args.log else (defaults[0] if defaults else None)
         status_path = args.status_file or (defaults[1] if defaults else None)
-        app = ServeApp(bundle, JsonLog(log_path), int(args.max_body_mb * (1 << 20)), args.drift_threshold)
+        app = ServeApp(bundle, JsonLog(log_path), int(args.max_body_mb * (1 << 20)), args.drift_threshold, args.batch_window_ms)
         try:
             server = Server((args.host, args.port), app, args.max_connections, args.timeout)
         except OSError as exc:
