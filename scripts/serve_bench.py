@@ -11,6 +11,12 @@ Builds the digits example for x86_64, then measures, on this machine:
   4. 16 concurrent keep-alive clients sending --requests v2 requests in all: errors, p50/p99, throughput;
   5. resident memory (VmRSS) of the native server and of the Python server after the same load.
 Writes the numbers as JSON. Ratios only: the machine may be shared.
+
+    .venv/bin/python scripts/serve_bench.py --batching [--requests 2000] [--clients 16]
+
+instead builds a dynamic-batch MLP (x[N,512], N = 1..64) and measures the Python server's throughput under
+--clients concurrent clients with request batching off (--batch-window-ms 0) and on (2 ms), alternated twice,
+every answer checked against the same request run alone; writes docs/serve_batch_bench.json.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ def rss_kb(pid: int) -> int:
     return -1
 
 
-def timed(host: str, port: int, method: str, path: str, body: bytes | None, count: int) -> tuple[list[float], int]:
+def timed(host: str, port: int, method: str, path: str, body: bytes | None, count: int, check=None) -> tuple[list[float], int]:
+    """Latencies (ms) of `count` requests on one keep-alive connection, and the errors (not 200, or `check(answer)` false)."""
     connection = http.client.HTTPConnection(host, port, timeout=60)
     times, errors = [], 0
     headers = {"Content-Type": "application/json"} if body else {}
@@ -55,27 +62,30 @@ def timed(host: str, port: int, method: str, path: str, body: bytes | None, coun
         start = time.perf_counter()
         connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
-        response.read()
+        answer = response.read()
         times.append((time.perf_counter() - start) * 1000.0)
-        errors += response.status != (404 if path == "/none" else 200)
+        errors += response.status != (404 if path == "/none" else 200) or (check is not None and not check(answer))
     connection.close()
     return times, errors
 
 
-def concurrent(host: str, port: int, path: str, body: bytes, clients: int, requests: int) -> dict:
+def concurrent(host: str, port: int, path: str, body: bytes | list[bytes], clients: int, requests: int, checks=None) -> dict:
+    """`clients` keep-alive clients sending `requests` in all; client i sends body[i] (a list) checked by checks[i]."""
     results: list[tuple[list[float], int]] = []
     lock = threading.Lock()
 
-    def client(count: int) -> None:
+    def client(index: int, count: int) -> None:
+        mine = body[index % len(body)] if isinstance(body, list) else body
+        check = checks[index % len(checks)] if checks else None
         try:
-            outcome = timed(host, port, "POST", path, body, count)
+            outcome = timed(host, port, "POST", path, mine, count, check)
         except OSError:
             outcome = ([], count)
         with lock:
             results.append(outcome)
 
     shares = [requests // clients + (i < requests % clients) for i in range(clients)]
-    threads = [threading.Thread(target=client, args=(share,)) for share in shares]
+    threads = [threading.Thread(target=client, args=(i, share)) for i, share in enumerate(shares)]
     start = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -87,13 +97,106 @@ def concurrent(host: str, port: int, path: str, body: bytes, clients: int, reque
             "p50_ms": statistics.median(times), "p99_ms": times[int(0.99 * (len(times) - 1))], "throughput_per_s": len(times) / seconds}
 
 
+def dynamic_mlp(path: Path, sizes: tuple[int, ...] = (512, 2048, 2048, 10)) -> Path:
+    """An ONNX MLP x[N,512] -> 2048 -> 2048 -> y[N,10] (ReLU between) whose batch axis N is dynamic."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, weights, last = [], [], "x"
+    for k, (m, n) in enumerate(zip(sizes, sizes[1:])):
+        weights += [numpy_helper.from_array((rng.standard_normal((m, n)) / np.sqrt(m)).astype(np.float32), f"w{k}"),
+                    numpy_helper.from_array(rng.standard_normal(n).astype(np.float32) * 0.1, f"b{k}")]
+        nodes += [helper.make_node("MatMul", [last, f"w{k}"], [f"m{k}"]), helper.make_node("Add", [f"m{k}", f"b{k}"], [f"a{k}"])]
+        last = f"a{k}"
+        if k < len(sizes) - 2:
+            nodes.append(helper.make_node("Relu", [last], [f"r{k}"]))
+            last = f"r{k}"
+    nodes[-1].output[0] = "y"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", sizes[0]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", sizes[-1]])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def batch_metrics(host: str, port: int) -> tuple[float, float]:
+    """(rows, model calls) of the Python server's batcher from its /metrics (0, 0 when batching is off)."""
+    connection = http.client.HTTPConnection(host, port, timeout=60)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    connection.close()
+    found = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("edgepack_batch_rows_")}
+    return found.get("edgepack_batch_rows_sum", 0.0), found.get("edgepack_batch_rows_count", 0.0)
+
+
+def batching(args) -> dict:
+    """The Python server on a dynamic-batch MLP, `--clients` clients (one row per request each): batching off
+    (--batch-window-ms 0) against on (--batch-window-ms 2), alternated twice, every answer checked."""
+    from edgepack.build import build
+    from edgepack.runtime import loader
+
+    work = Path(tempfile.mkdtemp(prefix="serve-batch-bench-"))
+    bundle = build(str(dynamic_mlp(work / "mlp.onnx")), "x86_64", work / "dist").bundle.path
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    name = manifest["name"]
+    single = loader.load(bundle)
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal((1, 512)).astype(np.float32) for _ in range(args.clients)]
+    refs = [single.run([x])[0] for x in xs]
+    bodies = [json.dumps({"inputs": [{"name": "x", "shape": [1, 512], "datatype": "FP32", "data": x.ravel().tolist()}]}).encode()
+              for x in xs]
+
+    def checker(ref: np.ndarray):
+        def check(answer: bytes) -> bool:
+            out = json.loads(answer)["outputs"][0]
+            return np.allclose(np.asarray(out["data"], dtype=np.float32).reshape(out["shape"]), ref, rtol=1e-4, atol=1e-4)
+        return check
+
+    checks = [checker(ref) for ref in refs]
+    bench = single.bench(warmup=20, runs=200, arrays=[np.concatenate(xs)])
+    report: dict = {"bundle": f"MLP 512-2048-2048-10, x[N,512], N = 1..64 ({name})", "threads": 1, "clients": args.clients,
+                    "requests_per_run": args.requests, "model_median_ms_at_16_rows_in_process_default_threads": bench["median_ms"],
+                    "model_median_ms_at_1_row_in_process_default_threads": single.bench(warmup=20, runs=200, arrays=[xs[0]])["median_ms"],
+                    "machine": f"{os.cpu_count()} cores, shared with other jobs (load average {os.getloadavg()[0]:.1f} at start)",
+                    "runs": []}
+    path = f"/v2/models/{name}/infer"
+    for round_ in range(2):
+        for window in ("0", "2"):
+            process, host, port = start([sys.executable, str(bundle / "runtime" / "edgepack_serve.py"), "--port", "0", "--log", "-",
+                                         "--batch-window-ms", window])
+            try:
+                timed(host, port, "POST", path, bodies[0], 20, checks[0])  # warm up
+                before = batch_metrics(host, port)
+                load = concurrent(host, port, path, bodies, args.clients, args.requests, checks)
+                after = batch_metrics(host, port)
+                calls = after[1] - before[1]
+                load.update({"batch_window_ms": float(window), "round": round_, "load_average": os.getloadavg()[0],
+                             "rows_per_call": (after[0] - before[0]) / calls if calls else 1.0})
+                report["runs"].append(load)
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
+    best = {window: max(r["throughput_per_s"] for r in report["runs"] if r["batch_window_ms"] == window) for window in (0.0, 2.0)}
+    report["best_throughput_per_s"] = {"off": best[0.0], "on_2ms": best[2.0]}
+    report["on_over_off"] = best[2.0] / best[0.0]
+    report["errors"] = sum(r["errors"] for r in report["runs"])
+    return report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "serve_bench.json")
+    parser.add_argument("--out", type=Path, default=None, help="default docs/serve_bench.json (--batching: docs/serve_batch_bench.json)")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--single", type=int, default=2000, help="sequential requests for the p50s")
+    parser.add_argument("--batching", action="store_true", help="instead: the Python server's request batching off vs on")
     args = parser.parse_args()
+    if args.batching:
+        report = batching(args)
+        (args.out or ROOT / "docs" / "serve_batch_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report, indent=2))
+        return 0
+    args.out = args.out or ROOT / "docs" / "serve_bench.json"
 
     from edgepack.build import build
 

@@ -4,6 +4,7 @@ An island like the Python loader it builds on: it imports the standard library, 
 loader only, and is copied into every bundle as `runtime/edgepack_serve.py`:
 
     python3 runtime/edgepack_serve.py [--host 127.0.0.1] [--port 8080] [--log FILE|-] [--verify] [--keyring PUB]
+                                      [--batch-window-ms 2]
 
 Requests (docs/deployment.md, "Serving and monitoring"):
 
@@ -24,6 +25,10 @@ Outputs are strict JSON: a NaN or infinite output element is sent as the string 
 Retry-After), --timeout seconds to read a request or wait on an idle connection, JSON nested deeper than
 64 levels or with integers longer than 40 digits (400). With --keyring or $EDGEPACK_KEYRING an unsigned
 or untrusted bundle is refused before its library is loaded, as by both loaders.
+
+Bundles whose inputs and outputs all lead with one dynamic axis (a batch) have concurrent requests gathered
+into one model call (`Batcher`): at most --batch-window-ms after the oldest waiting one, or until the axis's
+upper bound in rows waits; each request is checked (400) before it joins a batch.
 
 Every /v1/infer request is logged as one JSON line (time, model, version, status, code,
 latency_ms). A bundle that sits in a device store (`<model>/versions/<version>/`) logs to
