@@ -17,7 +17,7 @@ Functions that carry tuning records (`tirx.is_scheduled`) are not touched.
 
 from __future__ import annotations
 
-from edgepack.compiler.transformer_rules import pad_matmul_axes, same_domain
+from edgepack.compiler.transformer_rules import divisor_at_most, pad_matmul_axes, same_domain
 from edgepack.errors import first_line
 
 from dataclasses import dataclass, field
@@ -48,19 +48,12 @@ def _extent(sch, loop) -> int:
     return int(value) if hasattr(value, "value") or isinstance(value, int) else -1
 
 
-def _divisor_at_most(extent: int, limit: int) -> int:
-    for factor in range(min(extent, limit), 0, -1):
-        if extent % factor == 0:
-            return factor
-    return 1
-
-
 def _vector_factor(extent: int, lanes: int) -> int:
     """Lanes of the innermost output tile: two vectors, one vector, else the largest divisor up to two vectors."""
     for factor in (2 * lanes, lanes):
         if extent % factor == 0:
             return factor
-    return _divisor_at_most(extent, 2 * lanes)
+    return divisor_at_most(extent, 2 * lanes)
 
 
 def _is_reduction(sch, block) -> bool:
@@ -177,7 +170,7 @@ def _tile_reduction(sch, block, lanes: int) -> set[str]:
     others = [i for i, e in enumerate(extents) if i != vec_index and e > 1]
     row_index = max(others, key=lambda i: (extents[i], i)) if others else None
     budget = TILE_VECTORS * lanes if vec_index == _weight_axis(sch, block, extents, lanes) else TILE_ELEMENTS
-    row_factor = _divisor_at_most(extents[row_index], max(budget // vec_factor, 1)) if row_index is not None else 1
+    row_factor = divisor_at_most(extents[row_index], max(budget // vec_factor, 1)) if row_index is not None else 1
     outer, inner = [], []
     for index, loop in enumerate(spatial):
         if index == vec_index and vec_factor > 1:
@@ -251,7 +244,7 @@ def _schedule_spatial(sch, block, lanes: int) -> None:
         raise ValueError("dynamic shape")
     vector = None
     if extent > 1:
-        factor = extent if extent <= 4 * lanes else _divisor_at_most(extent, 4 * lanes)
+        factor = extent if extent <= 4 * lanes else divisor_at_most(extent, 4 * lanes)
         if factor > 1:
             if factor < extent:
                 last, vector = sch.split(last, [None, factor])

@@ -23,8 +23,12 @@ def _static_extent(dom) -> int:
     return int(extent) if hasattr(extent, "value") or isinstance(extent, int) else -1
 
 
-def _best_divisor(extent: int, limit: int) -> int:
-    return max(f for f in range(1, min(extent, limit) + 1) if extent % f == 0)
+def divisor_at_most(extent: int, limit: int) -> int:
+    """The largest factor of `extent` that is at most `limit` (1 when none is larger)."""
+    for factor in range(min(extent, limit), 0, -1):
+        if extent % factor == 0:
+            return factor
+    return 1
 
 
 def matmul_padding(iter_extents: list[tuple[int, bool]], lanes: int) -> list[int] | None:
@@ -46,7 +50,7 @@ def matmul_padding(iter_extents: list[tuple[int, bool]], lanes: int) -> list[int
         if index == innermost:
             if extent % lanes:
                 padding[index] = lanes
-        elif _best_divisor(extent, 2 * lanes) < MIN_ROW_TILE:
+        elif divisor_at_most(extent, 2 * lanes) < MIN_ROW_TILE:
             padding[index] = lanes
     return padding if any(p > 1 for p in padding) else None
 
