@@ -1,7 +1,11 @@
 """Rewrite ONNX nodes TVM imports but cannot compile into equivalent nodes it can.
 
 `Sinh`/`Cosh` lower to `tirx.sinh`/`tirx.cosh`, intrinsics LLVM has no lowering for on x86-64
-("unknown intrinsic tirx.cosh"); as exponentials they compile everywhere."""
+("unknown intrinsic tirx.cosh"); as exponentials they compile everywhere. `Pow` of integers ("power
+only applies to float") runs in float64 and casts back, an exponent of another type is cast to the base's;
+`ReduceMin`/`ReduceMax` of bool ("Cannot decide max_value") reduce uint8; `OneHot`'s float depth (TVM
+passes it on as a float) becomes an int64 constant, its float indices are cast to int64 and a negative
+axis below -1 counted from the front."""
 
 from __future__ import annotations
 
@@ -11,6 +15,12 @@ import numpy as np
 def _elem_types(model) -> dict[str, int]:
     return {value.name: value.type.tensor_type.elem_type
             for value in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
+
+
+def _ranks(model) -> dict[str, int]:
+    return {value.name: len(value.type.tensor_type.shape.dim)
+            for value in (*model.graph.input, *model.graph.value_info, *model.graph.output)
+            if value.type.tensor_type.HasField("shape")}
 
 
 def _hyperbolic(node, elem_type: int, sign: float) -> list:
@@ -29,14 +39,100 @@ def _hyperbolic(node, elem_type: int, sign: float) -> list:
             helper.make_node("Mul", [f"{stem}_sum", f"{stem}_half"], [y])]
 
 
+_FLOATS = {1, 10, 11}  # FLOAT, FLOAT16, DOUBLE
+_DOUBLE, _UINT8, _BOOL, _INT64 = 11, 2, 9, 7
+
+
+def _cast(source: str, target: str, to: int):
+    from onnx import helper
+
+    return helper.make_node("Cast", [source], [target], to=to)
+
+
+def _pow(node, types: dict[str, int]) -> list | None:
+    """Pow with an integer base in float64 (cast back), or with the exponent cast to the base's float type."""
+    from onnx import helper
+
+    base, exponent = types.get(node.input[0]), types.get(node.input[1])
+    if not base or not exponent or (base in _FLOATS and exponent == base):
+        return None
+    stem = f"{node.output[0]}__legalized"
+    if base in _FLOATS:
+        return [_cast(node.input[1], f"{stem}_exponent", base),
+                helper.make_node("Pow", [node.input[0], f"{stem}_exponent"], node.output)]
+    return [_cast(node.input[0], f"{stem}_base", _DOUBLE), _cast(node.input[1], f"{stem}_exponent", _DOUBLE),
+            helper.make_node("Pow", [f"{stem}_base", f"{stem}_exponent"], [f"{stem}_power"]),
+            _cast(f"{stem}_power", node.output[0], base)]
+
+
+def _bool_reduce(node, types: dict[str, int]) -> list | None:
+    """ReduceMin/ReduceMax of bool as the same reduction of uint8, cast back to bool."""
+    from onnx import helper
+
+    if types.get(node.input[0]) != _BOOL:
+        return None
+    stem = f"{node.output[0]}__legalized"
+    reduce = helper.make_node(node.op_type, [f"{stem}_uint8", *node.input[1:]], [f"{stem}_reduced"])
+    reduce.attribute.extend(node.attribute)
+    return [_cast(node.input[0], f"{stem}_uint8", _UINT8), reduce, _cast(f"{stem}_reduced", node.output[0], _BOOL)]
+
+
+def _constants(model) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    return {node.output[0]: numpy_helper.to_array(node.attribute[0].t) for node in model.graph.node
+            if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value"}
+
+
+def _one_hot(node, types: dict[str, int], ranks: dict[str, int], constants: dict[str, np.ndarray]) -> list | None:
+    """OneHot with float indices cast to int64 first (as ONNX says), a constant float depth read from an
+    int64 constant of the same value, and a negative axis counted from the front (TVM indexes with it)."""
+    from onnx import helper, numpy_helper
+
+    depth = constants.get(node.input[1])
+    float_depth = depth is not None and np.issubdtype(depth.dtype, np.floating)
+    float_indices = types.get(node.input[0]) in _FLOATS
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+    negative_axis = axis < -1 and node.input[0] in ranks
+    if not float_depth and not float_indices and not negative_axis:
+        return None
+    stem = f"{node.output[0]}__legalized"
+    nodes = []
+    indices, depth_name = node.input[0], node.input[1]
+    if float_indices:
+        indices = f"{stem}_indices"
+        nodes.append(_cast(node.input[0], indices, _INT64))
+    if float_depth:
+        depth_name = f"{stem}_depth"
+        nodes.append(helper.make_node("Constant", [], [depth_name], value=numpy_helper.from_array(depth.astype(np.int64))))
+    if negative_axis:
+        axis += ranks[node.input[0]] + 1
+    return nodes + [helper.make_node("OneHot", [indices, depth_name, node.input[2]], node.output, axis=axis)]
+
+
+def _rewrite(node, types: dict[str, int], ranks: dict[str, int], constants: dict[str, np.ndarray]) -> list | None:
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type in ("Sinh", "Cosh") and types.get(node.input[0]):
+        return _hyperbolic(node, types[node.input[0]], 1.0 if node.op_type == "Cosh" else -1.0)
+    if node.op_type == "Pow":
+        return _pow(node, types)
+    if node.op_type in ("ReduceMin", "ReduceMax"):
+        return _bool_reduce(node, types)
+    if node.op_type == "OneHot" and len(node.input) == 3:
+        return _one_hot(node, types, ranks, constants)
+    return None
+
+
 def legalize(model) -> dict[str, int]:
     """Rewrite the nodes TVM cannot compile (in place); returns {op type: how many were rewritten}."""
-    types = _elem_types(model)
+    types, ranks, constants = _elem_types(model), _ranks(model), _constants(model)
     rewritten: dict[str, int] = {}
     nodes = []
     for node in model.graph.node:
-        if node.op_type in ("Sinh", "Cosh") and node.domain in ("", "ai.onnx") and types.get(node.input[0]):
-            nodes.extend(_hyperbolic(node, types[node.input[0]], 1.0 if node.op_type == "Cosh" else -1.0))
+        replacement = _rewrite(node, types, ranks, constants)
+        if replacement is not None:
+            nodes.extend(replacement)
             rewritten[node.op_type] = rewritten.get(node.op_type, 0) + 1
         else:
             nodes.append(node)
