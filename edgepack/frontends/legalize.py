@@ -4,8 +4,9 @@
 ("unknown intrinsic tirx.cosh"); as exponentials they compile everywhere. `Pow` of integers ("power
 only applies to float") runs in float64 and casts back, an exponent of another type is cast to the base's;
 `ReduceMin`/`ReduceMax` of bool ("Cannot decide max_value") reduce uint8; `OneHot`'s float depth (TVM
-passes it on as a float) becomes an int64 constant, its float indices are cast to int64 and a negative
-axis below -1 counted from the front."""
+passes it on as a float) becomes an int64 constant, its float indices are cast to int64, a negative
+axis below -1 counted from the front and its result cast to the values' type. `LpNormalization`, which
+TVM has no converter for, becomes a division by ReduceL1/ReduceL2."""
 
 from __future__ import annotations
 
@@ -86,31 +87,53 @@ def _constants(model) -> dict[str, np.ndarray]:
 
 def _one_hot(node, types: dict[str, int], ranks: dict[str, int], constants: dict[str, np.ndarray]) -> list | None:
     """OneHot with float indices cast to int64 first (as ONNX says), a constant float depth read from an
-    int64 constant of the same value, and a negative axis counted from the front (TVM indexes with it)."""
+    int64 constant of the same value, a negative axis counted from the front (TVM indexes with it), and its
+    result cast to the values' type (TVM's is int64 or float64 whatever the values' type)."""
     from onnx import helper, numpy_helper
 
     depth = constants.get(node.input[1])
-    float_depth = depth is not None and np.issubdtype(depth.dtype, np.floating)
-    float_indices = types.get(node.input[0]) in _FLOATS
+    values_type = types.get(node.input[2])
     axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-    negative_axis = axis < -1 and node.input[0] in ranks
-    if not float_depth and not float_indices and not negative_axis:
-        return None
     stem = f"{node.output[0]}__legalized"
     nodes = []
     indices, depth_name = node.input[0], node.input[1]
-    if float_indices:
+    if types.get(node.input[0]) in _FLOATS:
         indices = f"{stem}_indices"
         nodes.append(_cast(node.input[0], indices, _INT64))
-    if float_depth:
+    if depth is not None and np.issubdtype(depth.dtype, np.floating):
         depth_name = f"{stem}_depth"
         nodes.append(helper.make_node("Constant", [], [depth_name], value=numpy_helper.from_array(depth.astype(np.int64))))
-    if negative_axis:
+    if axis < -1 and node.input[0] in ranks:
         axis += ranks[node.input[0]] + 1
-    return nodes + [helper.make_node("OneHot", [indices, depth_name, node.input[2]], node.output, axis=axis)]
+    if not values_type:
+        return nodes + [helper.make_node("OneHot", [indices, depth_name, node.input[2]], node.output, axis=axis)] if nodes else None
+    return nodes + [helper.make_node("OneHot", [indices, depth_name, node.input[2]], [f"{stem}_one_hot"], axis=axis),
+                    _cast(f"{stem}_one_hot", node.output[0], values_type)]
 
 
-def _rewrite(node, types: dict[str, int], ranks: dict[str, int], constants: dict[str, np.ndarray]) -> list | None:
+def _lp_normalization(node, elem_type: int, opset: int) -> list:
+    """LpNormalization (no TVM converter) as x / ReduceL1 or ReduceL2 of x along its axis."""
+    from onnx import helper, numpy_helper
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    attributes = {a.name: a.i for a in node.attribute}
+    axis, p = attributes.get("axis", -1), attributes.get("p", 2)
+    stem = f"{node.output[0]}__legalized"
+    reduce = "ReduceL1" if p == 1 else "ReduceL2"
+    if opset >= 18:  # axes became an input
+        nodes = [helper.make_node("Constant", [], [f"{stem}_axes"], value=numpy_helper.from_array(np.array([axis], np.int64))),
+                 helper.make_node(reduce, [node.input[0], f"{stem}_axes"], [f"{stem}_norm"], keepdims=1)]
+    else:
+        nodes = [helper.make_node(reduce, [node.input[0]], [f"{stem}_norm"], axes=[axis], keepdims=1)]
+    zero = numpy_helper.from_array(np.array(0, dtype=tensor_dtype_to_np_dtype(elem_type)))
+    return nodes + [helper.make_node("Div", [node.input[0], f"{stem}_norm"], [f"{stem}_quotient"]),
+                    helper.make_node("Constant", [], [f"{stem}_zero"], value=zero),
+                    helper.make_node("Equal", [f"{stem}_norm", f"{stem}_zero"], [f"{stem}_zero_norm"]),
+                    # a zero norm means a zero slice: ONNX gives 0 there, not 0/0
+                    helper.make_node("Where", [f"{stem}_zero_norm", node.input[0], f"{stem}_quotient"], node.output)]
+
+
+def _rewrite(node, types: dict[str, int], ranks: dict[str, int], constants: dict[str, np.ndarray], opset: int) -> list | None:
     if node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type in ("Sinh", "Cosh") and types.get(node.input[0]):
@@ -119,6 +142,9 @@ def _rewrite(node, types: dict[str, int], ranks: dict[str, int], constants: dict
         return _pow(node, types)
     if node.op_type in ("ReduceMin", "ReduceMax"):
         return _bool_reduce(node, types)
+    if node.op_type == "LpNormalization" and next((a.i for a in node.attribute if a.name == "p"), 2) in (1, 2) \
+            and types.get(node.input[0]) in _FLOATS:
+        return _lp_normalization(node, types[node.input[0]], opset)
     if node.op_type == "OneHot" and len(node.input) == 3:
         return _one_hot(node, types, ranks, constants)
     return None
@@ -127,10 +153,11 @@ def _rewrite(node, types: dict[str, int], ranks: dict[str, int], constants: dict
 def legalize(model) -> dict[str, int]:
     """Rewrite the nodes TVM cannot compile (in place); returns {op type: how many were rewritten}."""
     types, ranks, constants = _elem_types(model), _ranks(model), _constants(model)
+    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     rewritten: dict[str, int] = {}
     nodes = []
     for node in model.graph.node:
-        replacement = _rewrite(node, types, ranks, constants)
+        replacement = _rewrite(node, types, ranks, constants, opset)
         if replacement is not None:
             nodes.extend(replacement)
             rewritten[node.op_type] = rewritten.get(node.op_type, 0) + 1

@@ -185,6 +185,17 @@ def tvm_lacks(domain: str, op_type: str) -> bool:
     return op_type in NOT_IMPORTABLE or (op_type not in _ALWAYS_SUPPORTED and op_type not in _get_convert_map())
 
 
+def tvm_imports_wrongly(node) -> bool:
+    """Nodes TVM imports but whose results differ from ONNX's: LayerNormalization's optional Mean and
+    InvStdDev outputs (its converter computes only Y); expanded into their ONNX function instead."""
+    return node.op_type == "LayerNormalization" and node.domain in ("", "ai.onnx") and len([o for o in node.output if o]) > 1
+
+
+def needs_expansion(node) -> bool:
+    """Whether pre-flight expands the node into its ONNX function (where ONNX defines one)."""
+    return tvm_lacks(node.domain or "ai.onnx", node.op_type) or tvm_imports_wrongly(node)
+
+
 def op_report(model) -> PreflightReport:
     """Count the model's ops and list those the TVM ONNX frontend cannot import."""
     ops = _all_op_types(model.graph)
@@ -303,7 +314,7 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path,
     inputs = fix_input_shapes(model, overrides, dim_ranges)
     for spec in inputs:  # before anything is allocated for them
         check_tensor_size(spec)
-    model, expanded = expand_functions(model, tvm_lacks)
+    model, expanded = expand_functions(model, needs_expansion)
     model, folded = _infer_and_fold(model, path)
     legalized = legalize(model)
     report = op_report(model)
