@@ -49,8 +49,8 @@ def preflight_report(bundle: Path) -> dict:
     return next(stage for stage in manifest["provenance"]["stages"] if stage["stage"] == "preflight")["report"]
 
 
-def build_and_compare(path: Path, tmp_path: Path, feeds: dict, reference=onnxruntime_run) -> dict:
-    """Build `path`, run the bundle and the reference (ONNX Runtime) on `feeds`, compare; returns the pre-flight report."""
+def build_and_compare(path: Path, tmp_path: Path, feeds: dict, reference=onnxruntime_run) -> Path:
+    """Build `path`, run the bundle and the reference (ONNX Runtime) on `feeds`, compare; returns the bundle."""
     result = build(str(path), out_dir=tmp_path / "dist")
     got = load(result.bundle.path).run(list(feeds.values()))
     expected = reference(path, feeds)
@@ -58,7 +58,7 @@ def build_and_compare(path: Path, tmp_path: Path, feeds: dict, reference=onnxrun
     for ours, theirs in zip(got, expected):
         assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
         np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-4)
-    return preflight_report(result.bundle.path)
+    return result.bundle.path
 
 
 def test_swish_is_expanded_and_matches_onnxruntime(tmp_path):
@@ -67,9 +67,16 @@ def test_swish_is_expanded_and_matches_onnxruntime(tmp_path):
     path = save_graph(tmp_path / "swish.onnx", [helper.make_node("Swish", ["x"], ["y"], alpha=1.5)],
                       [tensor("x", [2, 5])], [tensor("y", [2, 5])], opset=24)
     x = np.random.default_rng(0).standard_normal((2, 5)).astype(np.float32)
-    report = build_and_compare(path, tmp_path, {"x": x})
+    bundle = build_and_compare(path, tmp_path, {"x": x})
+    report = preflight_report(bundle)
     assert report["expanded"] == {"Swish": 1}
     assert "Swish" not in report["op_counts"] and report["op_counts"]["Sigmoid"] == 1
+    from typer.testing import CliRunner
+
+    from edgepack.cli.app import app
+
+    shown = CliRunner().invoke(app, ["inspect", str(bundle)]).output
+    assert "pre-flight: expanded into their ONNX functions: Swish ×1" in shown
 
 
 def test_softmax_cross_entropy_loss_expands_through_its_nested_function(tmp_path):
@@ -86,7 +93,7 @@ def test_softmax_cross_entropy_loss_expands_through_its_nested_function(tmp_path
     feeds = {"scores": rng.standard_normal((3, 5, 2)).astype(np.float32),
              "labels": rng.integers(0, 5, (3, 2)).astype(np.int64), "weights": rng.random(5).astype(np.float32)}
     feeds["labels"][0, 0] = 2  # an ignored class
-    report = build_and_compare(path, tmp_path, feeds)
+    report = preflight_report(build_and_compare(path, tmp_path, feeds))
     assert report["expanded"] == {"NegativeLogLikelihoodLoss": 1, "SoftmaxCrossEntropyLoss": 1}
 
 
@@ -100,7 +107,7 @@ def test_causal_attention_with_grouped_heads_is_expanded_and_matches_onnxruntime
                       [tensor("q", q), tensor("k", kv), tensor("v", kv)], [tensor("y", q)], opset=23)
     rng = np.random.default_rng(2)
     feeds = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in (("q", q), ("k", kv), ("v", kv))}
-    report = build_and_compare(path, tmp_path, feeds)
+    report = preflight_report(build_and_compare(path, tmp_path, feeds))
     assert report["expanded"] == {"Attention": 1}
 
 
@@ -141,7 +148,7 @@ def test_integer_pow_bool_reductions_and_one_hot_are_legalized_and_match_onnxrun
              "x": np.array([1.5, -2.0, 0.5, 3.0], np.float32), "e": np.array([2, 3, 0, 1], np.int64),
              "flags": np.array([[True, True, True], [True, False, False]]),
              "indices": np.array([[0.0, 4.0, -1.0], [2.0, 3.0, -5.0]], np.float32)}
-    report = build_and_compare(path, tmp_path, feeds, reference=onnx_reference_run)
+    report = preflight_report(build_and_compare(path, tmp_path, feeds, reference=onnx_reference_run))
     assert report["legalized"] == {"OneHot": 1, "Pow": 2, "ReduceMax": 1, "ReduceMin": 1}
 
 
@@ -158,5 +165,5 @@ def test_layer_normalization_with_its_optional_outputs_is_expanded_and_lp_normal
                       opset=17, weights={"scale": np.linspace(0.5, 2, 4, dtype=np.float32), "bias": np.ones(4, np.float32)})
     x = np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32)
     x[1] = 0
-    report = build_and_compare(path, tmp_path, {"x": x})
+    report = preflight_report(build_and_compare(path, tmp_path, {"x": x}))
     assert report["expanded"] == {"LayerNormalization": 1} and report["legalized"] == {"LpNormalization": 1}
