@@ -87,7 +87,7 @@ def _expand_round(model, lacking: Callable[[object], bool]) -> tuple[object, lis
     typed = _with_types(model)
     types = {value.name: value.type for value in (*typed.graph.input, *typed.graph.value_info, *typed.graph.output)}
     original, model = model, type(model)()
-    model.CopyFrom(original)
+    model.CopyFrom(typed)  # the inliner converting a body's opset asks for the types of the values around the node
     expanded = []
     for index, node in enumerate(model.graph.node):
         domain = node.domain or ""

@@ -6,7 +6,8 @@ only applies to float") runs in float64 and casts back, an exponent of another t
 `ReduceMin`/`ReduceMax` of bool ("Cannot decide max_value") reduce uint8; `OneHot`'s float depth (TVM
 passes it on as a float) becomes an int64 constant, its float indices are cast to int64, a negative
 axis below -1 counted from the front and its result cast to the values' type. `LpNormalization`, which
-TVM has no converter for, becomes a division by ReduceL1/ReduceL2."""
+TVM has no converter for, becomes a division by ReduceL1/ReduceL2; `IsInf` with one sign switched off
+(TVM's converter ignores the switches) is IsInf and a comparison with 0."""
 
 from __future__ import annotations
 
@@ -133,6 +134,29 @@ def _lp_normalization(node, elem_type: int, opset: int) -> list:
                     helper.make_node("Where", [f"{stem}_zero_norm", node.input[0], f"{stem}_quotient"], node.output)]
 
 
+def _is_inf(node, elem_type: int) -> list | None:
+    """IsInf with detect_positive or detect_negative off (TVM's converter ignores both) as IsInf and a sign test."""
+    from onnx import helper, numpy_helper
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    attributes = {a.name: a.i for a in node.attribute}
+    signs = [compare for compare, attribute in (("Less", "detect_positive"), ("Greater", "detect_negative"))
+             if attributes.get(attribute, 1) == 0]
+    if not signs:
+        return None
+    stem = f"{node.output[0]}__legalized"
+    zero = numpy_helper.from_array(np.array(0, dtype=tensor_dtype_to_np_dtype(elem_type)))
+    nodes = [helper.make_node("IsInf", [node.input[0]], [f"{stem}_inf"]),
+             helper.make_node("Constant", [], [f"{stem}_zero"], value=zero)]
+    result = f"{stem}_inf"
+    for compare in signs:
+        nodes += [helper.make_node(compare, [node.input[0], f"{stem}_zero"], [f"{stem}_{compare}"]),
+                  helper.make_node("And", [result, f"{stem}_{compare}"], [f"{stem}_and_{compare}"])]
+        result = f"{stem}_and_{compare}"
+    nodes[-1].output[0] = node.output[0]
+    return nodes
+
+
 def _rewrite(node, types: dict[str, int], ranks: dict[str, int], constants: dict[str, np.ndarray], opset: int) -> list | None:
     if node.domain not in ("", "ai.onnx"):
         return None
@@ -145,6 +169,8 @@ def _rewrite(node, types: dict[str, int], ranks: dict[str, int], constants: dict
     if node.op_type == "LpNormalization" and next((a.i for a in node.attribute if a.name == "p"), 2) in (1, 2) \
             and types.get(node.input[0]) in _FLOATS:
         return _lp_normalization(node, types[node.input[0]], opset)
+    if node.op_type == "IsInf" and types.get(node.input[0]) in _FLOATS:
+        return _is_inf(node, types[node.input[0]])
     if node.op_type == "OneHot" and len(node.input) == 3:
         return _one_hot(node, types, ranks, constants)
     return None

@@ -126,7 +126,8 @@ def test_op_without_a_function_is_still_refused_in_one_line(tmp_path):
 
 def test_integer_pow_bool_reductions_and_one_hot_are_legalized_and_match_onnxruntime(tmp_path):
     """Pow of int64 ("power only applies to float" on main), Pow of float by int64, ReduceMin/ReduceMax of bool
-    ("Cannot decide max_value"), OneHot with a float depth, float indices and axis -2 (import failed on main).
+    ("Cannot decide max_value"), OneHot with a float depth, float indices and axis -2 (import failed on main),
+    IsInf of -inf only (TVM's converter ignored detect_positive).
     ONNX Runtime has no kernel for that OneHot: the reference is ONNX's own evaluator."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -136,20 +137,23 @@ def test_integer_pow_bool_reductions_and_one_hot_are_legalized_and_match_onnxrun
              helper.make_node("ReduceMax", ["flags", "axes"], ["any_set"], keepdims=1),
              helper.make_node("Constant", [], ["depth"], value=numpy_helper.from_array(np.array(5.0, np.float32))),
              helper.make_node("Constant", [], ["values"], value=numpy_helper.from_array(np.array([0, 3], np.float32))),
-             helper.make_node("OneHot", ["indices", "depth", "values"], ["one_hot"], axis=-2)]
+             helper.make_node("OneHot", ["indices", "depth", "values"], ["one_hot"], axis=-2),
+             helper.make_node("IsInf", ["w"], ["negative_inf"], detect_positive=0)]
     path = save_graph(tmp_path / "legalized.onnx", nodes,
                       [tensor("a", [4], TensorProto.INT64), tensor("b", [4], TensorProto.INT64), tensor("x", [4]),
                        tensor("e", [4], TensorProto.INT64), tensor("flags", [2, 3], TensorProto.BOOL),
-                       tensor("indices", [2, 3])],
+                       tensor("indices", [2, 3]), tensor("w", [4])],
                       [tensor("a_pow_b", [4], TensorProto.INT64), tensor("x_pow_e", [4]), tensor("all_set", [2], TensorProto.BOOL),
-                       tensor("any_set", [2, 1], TensorProto.BOOL), tensor("one_hot", [2, 5, 3])],
+                       tensor("any_set", [2, 1], TensorProto.BOOL), tensor("one_hot", [2, 5, 3]),
+                       tensor("negative_inf", [4], TensorProto.BOOL)],
                       opset=20, weights={"axes": np.array([1], np.int64)})  # TVM needs the reduction axes as a constant
     feeds = {"a": np.array([2, -3, 5, 7], np.int64), "b": np.array([3, 3, 0, 2], np.int64),
              "x": np.array([1.5, -2.0, 0.5, 3.0], np.float32), "e": np.array([2, 3, 0, 1], np.int64),
              "flags": np.array([[True, True, True], [True, False, False]]),
-             "indices": np.array([[0.0, 4.0, -1.0], [2.0, 3.0, -5.0]], np.float32)}
+             "indices": np.array([[0.0, 4.0, -1.0], [2.0, 3.0, -5.0]], np.float32),
+             "w": np.array([np.inf, -np.inf, 1.0, np.nan], np.float32)}
     report = preflight_report(build_and_compare(path, tmp_path, feeds, reference=onnx_reference_run))
-    assert report["legalized"] == {"OneHot": 1, "Pow": 2, "ReduceMax": 1, "ReduceMin": 1}
+    assert report["legalized"] == {"IsInf": 1, "OneHot": 1, "Pow": 2, "ReduceMax": 1, "ReduceMin": 1}
 
 
 def test_layer_normalization_with_its_optional_outputs_is_expanded_and_lp_normalization_legalized(tmp_path):
