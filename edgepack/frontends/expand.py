@@ -120,6 +120,10 @@ def _expand_round(model, lacking: Callable[[object], bool]) -> tuple[object, lis
 def expand_functions(model, lacking: Callable[[object], bool]) -> tuple[object, dict[str, int]]:
     """Inline, in the main graph, the nodes TVM cannot import as they are (`lacking(node)`) whose op ONNX
     defines as a function; returns (the model, {op type: how many nodes were expanded})."""
+    for node in model.graph.node:  # shape inference reads a body's attribute references too (MeanVarianceNormalization's axes)
+        opset = opset_of(model, node.domain or "")
+        if has_function(node.op_type, node.domain or "", opset):
+            _add_default_attributes(node, _schema(node.op_type, node.domain or "", opset))
     expanded: Counter = Counter()
     for _ in range(MAX_ROUNDS):
         model, ops = _expand_round(model, lacking)
