@@ -84,6 +84,9 @@ def _expand_round(model, lacking: Callable[[object], bool]) -> tuple[object, lis
     from onnx import helper
     from onnx.inliner import inline_local_functions
 
+    if not any(lacking(node) and has_function(node.op_type, node.domain or "", opset_of(model, node.domain or ""))
+               for node in model.graph.node):
+        return model, []  # most models: no shape inference spent here
     typed = _with_types(model)
     types = {value.name: value.type for value in (*typed.graph.input, *typed.graph.value_info, *typed.graph.output)}
     original, model = model, type(model)()
