@@ -20,6 +20,7 @@ from edgepack.frontends.signature import check_tensor_size, numpy_dtype, with_di
 
 _ALWAYS_SUPPORTED = {"Constant", "If"}  # handled by the TVM frontend outside its converter map
 # in TVM's converter map but not importable as ONNX defines them: the converter reads com.microsoft's `num_heads`
+# (pre-flight expands ONNX's Attention into its function instead, frontends/expand.py)
 NOT_IMPORTABLE = {"Attention"}
 # attribute values TVM's converters ignore or reject (found by scripts/coverage.py): (op, attribute, refused values, why)
 NOT_IMPORTABLE_ATTRIBUTES = (
