@@ -44,6 +44,12 @@ def print_summary(path: Path, manifest: dict) -> None:
         out.print(f"quality on {quality['after']['samples']} samples: {quality['metric']} {before:.4f} → "
                   f"{quality['after'][quality['metric']]:.4f} (drop {quality['drop'] * 100:.2f} points)", highlight=False)
     for stage in manifest["provenance"]["stages"]:
+        if stage["stage"] == "preflight":
+            rewrites = [f"{what}: " + ", ".join(f"{op} ×{n}" for op, n in stage["report"][key].items())
+                        for key, what in (("expanded", "expanded into their ONNX functions"), ("legalized", "rewritten for TVM"))
+                        if stage["report"].get(key)]
+            if rewrites:
+                out.print("pre-flight: " + "; ".join(rewrites), highlight=False, soft_wrap=True)
         if stage["stage"] == "quantize":
             from edgepack.compression.quantize import summary_line
 

@@ -1,7 +1,13 @@
 """Rewrite ONNX nodes TVM imports but cannot compile into equivalent nodes it can.
 
 `Sinh`/`Cosh` lower to `tirx.sinh`/`tirx.cosh`, intrinsics LLVM has no lowering for on x86-64
-("unknown intrinsic tirx.cosh"); as exponentials they compile everywhere."""
+("unknown intrinsic tirx.cosh"); as exponentials they compile everywhere. `Pow` of integers ("power
+only applies to float") runs in float64 and casts back, an exponent of another type is cast to the base's;
+`ReduceMin`/`ReduceMax` of bool ("Cannot decide max_value") reduce uint8; `OneHot`'s float depth (TVM
+passes it on as a float) becomes an int64 constant, its float indices are cast to int64, a negative
+axis below -1 counted from the front and its result cast to the values' type. `LpNormalization`, which
+TVM has no converter for, becomes a division by ReduceL1/ReduceL2; `IsInf` with one sign switched off
+(TVM's converter ignores the switches) is IsInf and a comparison with 0."""
 
 from __future__ import annotations
 
@@ -11,6 +17,12 @@ import numpy as np
 def _elem_types(model) -> dict[str, int]:
     return {value.name: value.type.tensor_type.elem_type
             for value in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
+
+
+def _ranks(model) -> dict[str, int]:
+    return {value.name: len(value.type.tensor_type.shape.dim)
+            for value in (*model.graph.input, *model.graph.value_info, *model.graph.output)
+            if value.type.tensor_type.HasField("shape")}
 
 
 def _hyperbolic(node, elem_type: int, sign: float) -> list:
@@ -29,14 +41,151 @@ def _hyperbolic(node, elem_type: int, sign: float) -> list:
             helper.make_node("Mul", [f"{stem}_sum", f"{stem}_half"], [y])]
 
 
+_FLOATS = {1, 10, 11}  # FLOAT, FLOAT16, DOUBLE
+_DOUBLE, _UINT8, _BOOL, _INT64 = 11, 2, 9, 7
+
+
+def _cast(source: str, target: str, to: int):
+    from onnx import helper
+
+    return helper.make_node("Cast", [source], [target], to=to)
+
+
+def _pow(node, types: dict[str, int]) -> list | None:
+    """Pow with an integer base in float64 (cast back), or with the exponent cast to the base's float type."""
+    from onnx import helper
+
+    base, exponent = types.get(node.input[0]), types.get(node.input[1])
+    if not base or not exponent or (base in _FLOATS and exponent == base):
+        return None
+    stem = f"{node.output[0]}__legalized"
+    if base in _FLOATS:
+        return [_cast(node.input[1], f"{stem}_exponent", base),
+                helper.make_node("Pow", [node.input[0], f"{stem}_exponent"], node.output)]
+    return [_cast(node.input[0], f"{stem}_base", _DOUBLE), _cast(node.input[1], f"{stem}_exponent", _DOUBLE),
+            helper.make_node("Pow", [f"{stem}_base", f"{stem}_exponent"], [f"{stem}_power"]),
+            _cast(f"{stem}_power", node.output[0], base)]
+
+
+def _bool_reduce(node, types: dict[str, int]) -> list | None:
+    """ReduceMin/ReduceMax of bool as the same reduction of uint8, cast back to bool."""
+    from onnx import helper
+
+    if types.get(node.input[0]) != _BOOL:
+        return None
+    stem = f"{node.output[0]}__legalized"
+    reduce = helper.make_node(node.op_type, [f"{stem}_uint8", *node.input[1:]], [f"{stem}_reduced"])
+    reduce.attribute.extend(node.attribute)
+    return [_cast(node.input[0], f"{stem}_uint8", _UINT8), reduce, _cast(f"{stem}_reduced", node.output[0], _BOOL)]
+
+
+def _constants(model) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    return {node.output[0]: numpy_helper.to_array(node.attribute[0].t) for node in model.graph.node
+            if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value"}
+
+
+def _one_hot(node, types: dict[str, int], ranks: dict[str, int], constants: dict[str, np.ndarray]) -> list | None:
+    """OneHot with float indices cast to int64 first (as ONNX says), a constant float depth read from an
+    int64 constant of the same value, a negative axis counted from the front (TVM indexes with it), and its
+    result cast to the values' type (TVM's is int64 or float64 whatever the values' type)."""
+    from onnx import helper, numpy_helper
+
+    depth = constants.get(node.input[1])
+    values_type = types.get(node.input[2])
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+    stem = f"{node.output[0]}__legalized"
+    nodes = []
+    indices, depth_name = node.input[0], node.input[1]
+    if types.get(node.input[0]) in _FLOATS:
+        indices = f"{stem}_indices"
+        nodes.append(_cast(node.input[0], indices, _INT64))
+    if depth is not None and np.issubdtype(depth.dtype, np.floating):
+        depth_name = f"{stem}_depth"
+        nodes.append(helper.make_node("Constant", [], [depth_name], value=numpy_helper.from_array(depth.astype(np.int64))))
+    if axis < -1 and node.input[0] in ranks:
+        axis += ranks[node.input[0]] + 1
+    if not values_type:
+        return nodes + [helper.make_node("OneHot", [indices, depth_name, node.input[2]], node.output, axis=axis)] if nodes else None
+    return nodes + [helper.make_node("OneHot", [indices, depth_name, node.input[2]], [f"{stem}_one_hot"], axis=axis),
+                    _cast(f"{stem}_one_hot", node.output[0], values_type)]
+
+
+def _lp_normalization(node, elem_type: int, opset: int) -> list:
+    """LpNormalization (no TVM converter) as x / ReduceL1 or ReduceL2 of x along its axis."""
+    from onnx import helper, numpy_helper
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    attributes = {a.name: a.i for a in node.attribute}
+    axis, p = attributes.get("axis", -1), attributes.get("p", 2)
+    stem = f"{node.output[0]}__legalized"
+    reduce = "ReduceL1" if p == 1 else "ReduceL2"
+    if opset >= 18:  # axes became an input
+        nodes = [helper.make_node("Constant", [], [f"{stem}_axes"], value=numpy_helper.from_array(np.array([axis], np.int64))),
+                 helper.make_node(reduce, [node.input[0], f"{stem}_axes"], [f"{stem}_norm"], keepdims=1)]
+    else:
+        nodes = [helper.make_node(reduce, [node.input[0]], [f"{stem}_norm"], axes=[axis], keepdims=1)]
+    zero = numpy_helper.from_array(np.array(0, dtype=tensor_dtype_to_np_dtype(elem_type)))
+    return nodes + [helper.make_node("Div", [node.input[0], f"{stem}_norm"], [f"{stem}_quotient"]),
+                    helper.make_node("Constant", [], [f"{stem}_zero"], value=zero),
+                    helper.make_node("Equal", [f"{stem}_norm", f"{stem}_zero"], [f"{stem}_zero_norm"]),
+                    # a zero norm means a zero slice: ONNX gives 0 there, not 0/0
+                    helper.make_node("Where", [f"{stem}_zero_norm", node.input[0], f"{stem}_quotient"], node.output)]
+
+
+def _is_inf(node, elem_type: int) -> list | None:
+    """IsInf with detect_positive or detect_negative off (TVM's converter ignores both) as IsInf and a sign test."""
+    from onnx import helper, numpy_helper
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    attributes = {a.name: a.i for a in node.attribute}
+    signs = [compare for compare, attribute in (("Less", "detect_positive"), ("Greater", "detect_negative"))
+             if attributes.get(attribute, 1) == 0]
+    if not signs:
+        return None
+    stem = f"{node.output[0]}__legalized"
+    zero = numpy_helper.from_array(np.array(0, dtype=tensor_dtype_to_np_dtype(elem_type)))
+    nodes = [helper.make_node("IsInf", [node.input[0]], [f"{stem}_inf"]),
+             helper.make_node("Constant", [], [f"{stem}_zero"], value=zero)]
+    result = f"{stem}_inf"
+    for compare in signs:
+        nodes += [helper.make_node(compare, [node.input[0], f"{stem}_zero"], [f"{stem}_{compare}"]),
+                  helper.make_node("And", [result, f"{stem}_{compare}"], [f"{stem}_and_{compare}"])]
+        result = f"{stem}_and_{compare}"
+    nodes[-1].output[0] = node.output[0]
+    return nodes
+
+
+def _rewrite(node, types: dict[str, int], ranks: dict[str, int], constants: dict[str, np.ndarray], opset: int) -> list | None:
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type in ("Sinh", "Cosh") and types.get(node.input[0]):
+        return _hyperbolic(node, types[node.input[0]], 1.0 if node.op_type == "Cosh" else -1.0)
+    if node.op_type == "Pow":
+        return _pow(node, types)
+    if node.op_type in ("ReduceMin", "ReduceMax"):
+        return _bool_reduce(node, types)
+    if node.op_type == "LpNormalization" and next((a.i for a in node.attribute if a.name == "p"), 2) in (1, 2) \
+            and types.get(node.input[0]) in _FLOATS:
+        return _lp_normalization(node, types[node.input[0]], opset)
+    if node.op_type == "IsInf" and types.get(node.input[0]) in _FLOATS:
+        return _is_inf(node, types[node.input[0]])
+    if node.op_type == "OneHot" and len(node.input) == 3:
+        return _one_hot(node, types, ranks, constants)
+    return None
+
+
 def legalize(model) -> dict[str, int]:
     """Rewrite the nodes TVM cannot compile (in place); returns {op type: how many were rewritten}."""
-    types = _elem_types(model)
+    types, ranks, constants = _elem_types(model), _ranks(model), _constants(model)
+    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     rewritten: dict[str, int] = {}
     nodes = []
     for node in model.graph.node:
-        if node.op_type in ("Sinh", "Cosh") and node.domain in ("", "ai.onnx") and types.get(node.input[0]):
-            nodes.extend(_hyperbolic(node, types[node.input[0]], 1.0 if node.op_type == "Cosh" else -1.0))
+        replacement = _rewrite(node, types, ranks, constants, opset)
+        if replacement is not None:
+            nodes.extend(replacement)
             rewritten[node.op_type] = rewritten.get(node.op_type, 0) + 1
         else:
             nodes.append(node)

@@ -13,12 +13,14 @@ from edgepack.artifacts import OnnxModel, StageRecord
 from edgepack.errors import EdgepackError, first_line
 from edgepack.runtime.bundle_format import TensorSpec
 from edgepack.frontends.build_time import bind_inputs, refuse_runtime_operands
-from edgepack.frontends.fold import fold_shape_computations
+from edgepack.frontends.expand import expand_functions
+from edgepack.frontends.fold import FoldReport, fold_shape_computations
 from edgepack.frontends.legalize import legalize
 from edgepack.frontends.signature import check_tensor_size, numpy_dtype, with_dim_ranges
 
 _ALWAYS_SUPPORTED = {"Constant", "If"}  # handled by the TVM frontend outside its converter map
 # in TVM's converter map but not importable as ONNX defines them: the converter reads com.microsoft's `num_heads`
+# (pre-flight expands ONNX's Attention into its function instead, frontends/expand.py)
 NOT_IMPORTABLE = {"Attention"}
 # attribute values TVM's converters ignore or reject (found by scripts/coverage.py): (op, attribute, refused values, why)
 NOT_IMPORTABLE_ATTRIBUTES = (
@@ -175,16 +177,32 @@ def _all_op_types(graph) -> list[tuple[str, str]]:
     return ops
 
 
-def op_report(model) -> PreflightReport:
-    """Count the model's ops and list those the TVM ONNX frontend cannot import."""
+def tvm_lacks(domain: str, op_type: str) -> bool:
+    """Whether TVM's ONNX frontend cannot import the op (no converter, another domain, or NOT_IMPORTABLE)."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    supported = set(_get_convert_map()) | _ALWAYS_SUPPORTED
+    if domain not in ("ai.onnx", ""):
+        return True
+    return op_type in NOT_IMPORTABLE or (op_type not in _ALWAYS_SUPPORTED and op_type not in _get_convert_map())
+
+
+def tvm_imports_wrongly(node) -> bool:
+    """Nodes TVM imports but whose results differ from ONNX's: LayerNormalization's optional Mean and
+    InvStdDev outputs (its converter computes only Y); expanded into their ONNX function instead."""
+    return node.op_type == "LayerNormalization" and node.domain in ("", "ai.onnx") and len([o for o in node.output if o]) > 1
+
+
+def needs_expansion(node) -> bool:
+    """Whether pre-flight expands the node into its ONNX function (where ONNX defines one)."""
+    return tvm_lacks(node.domain or "ai.onnx", node.op_type) or tvm_imports_wrongly(node)
+
+
+def op_report(model) -> PreflightReport:
+    """Count the model's ops and list those the TVM ONNX frontend cannot import."""
     ops = _all_op_types(model.graph)
     counts = Counter(op for _, op in ops)
     unsupported = sorted({op if domain == "ai.onnx" else f"{domain}.{op}"
-                          for domain, op in ops if op not in supported or domain not in ("ai.onnx", "")
-                          or (domain in ("ai.onnx", "") and op in NOT_IMPORTABLE)} | _attribute_refusals(model.graph))
+                          for domain, op in set(ops) if tvm_lacks(domain, op)} | _attribute_refusals(model.graph))
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     return PreflightReport(opset, dict(sorted(counts.items())), tuple(unsupported))
 
@@ -254,6 +272,27 @@ def _output_spec(name: str, dtype: str, sizes: list, ranges: dict) -> TensorSpec
     return TensorSpec(name, dtype, tuple(size if d is None else ranges[d][0] for size, d in zip(sizes, dims)), dims, bounds)
 
 
+FOLD_ROUNDS = 3  # a folded value (Pad's pads) lets inference find more static shapes, which fold again
+
+
+def _infer_and_fold(model, path: Path):
+    """Shape inference (strict), then folding, again while folding finds something new; returns (model, FoldReport)."""
+    import onnx
+
+    total = FoldReport(0, 0)
+    for _ in range(FOLD_ROUNDS):
+        try:
+            model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        except Exception as exc:  # onnx raises InferenceError and others; all mean an inconsistent graph
+            raise EdgepackError(f"shape inference fails on '{path}': {first_line(exc)}",
+                                "check the --input shapes against the model") from None
+        model, folded = fold_shape_computations(model)
+        total = FoldReport(total.folded_nodes + folded.folded_nodes, total.constant_initializers + folded.constant_initializers)
+        if not folded.folded_nodes:
+            break
+    return model, total
+
+
 def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path,
               bound: dict[str, np.ndarray] | None = None, dim_ranges: dict | None = None) -> tuple[OnnxModel, StageRecord]:
     """Check an ONNX file, fix its input shapes, refuse unsupported ops; writes workdir/model.onnx.
@@ -276,11 +315,8 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path,
     inputs = fix_input_shapes(model, overrides, dim_ranges)
     for spec in inputs:  # before anything is allocated for them
         check_tensor_size(spec)
-    try:
-        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    except Exception as exc:  # onnx raises InferenceError and others; all mean an inconsistent graph
-        raise EdgepackError(f"shape inference fails on '{path}': {first_line(exc)}", "check the --input shapes against the model") from None
-    model, folded = fold_shape_computations(model)
+    model, expanded = expand_functions(model, needs_expansion)
+    model, folded = _infer_and_fold(model, path)
     legalized = legalize(model)
     report = op_report(model)
     if report.unsupported:
@@ -290,6 +326,6 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path,
     static_path = Path(workdir) / "model.onnx"
     onnx.save(model, str(static_path))
     record = StageRecord("preflight", {"input_overrides": {n: s.to_json() for n, s in overrides.items()}},
-                         {**report.to_json(), "weights_listed_as_inputs": listed_weights, **folded.to_json(), "legalized": legalized,
+                         {**report.to_json(), "weights_listed_as_inputs": listed_weights, **folded.to_json(), "legalized": legalized, "expanded": expanded,
                           **({"opset_upgraded_from": upgraded_from} if upgraded_from else {})})
     return OnnxModel.at(static_path, inputs, outputs), record
