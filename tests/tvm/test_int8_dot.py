@@ -1,0 +1,94 @@
+"""int8 matmuls on AVX512-VNNI `vpdpbusd` (edgepack.compiler.int8_dot): the same integers as the widened path.
+
+The kernel is checked alone against numpy on odd shapes (K not a multiple of 4, N not of 16, rows not of 4),
+and whole quantized models built for x86_64-vnni against the same models built for x86_64 (today's
+widened int32 loops, itself checked against ONNX Runtime in test_integer_ops.py): outputs must be equal.
+Running needs a CPU with avx512_vnni; on others those tests skip with the reason.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from edgepack.compiler.int8_dot import column_correction, pack_weight, vnni_dense
+from edgepack.runtime.bundle_format import cpu_features
+from edgepack.targets import load_target
+from tests.tvm.test_integer_ops import _init, _save, compiled_outputs, quantize, random_inputs
+
+pytestmark = pytest.mark.tvm
+
+needs_vnni = pytest.mark.skipif("avx512_vnni" not in cpu_features(), reason="this CPU has no avx512_vnni (vpdpbusd)")
+
+
+def test_packed_layout_and_correction_reproduce_the_matmul():
+    """numpy only: the packed weight read as [N/16, K/4, 16, 4] and the correction give Σ (x - zx)·w."""
+    rs = np.random.RandomState(0)
+    w = rs.randint(-128, 128, (7, 19)).astype(np.int8)
+    x = rs.randint(-128, 128, (3, 7)).astype(np.int64)
+    packed = pack_weight(w)
+    assert packed.shape == (2, 2, 16, 4) and packed.dtype == np.int8
+    unpacked = packed.transpose(1, 3, 0, 2).reshape(8, 32)
+    assert np.array_equal(unpacked[:7, :19], w) and not unpacked[7:].any() and not unpacked[:, 19:].any()
+    flipped = np.pad(x + 128, ((0, 0), (0, 1)))  # int8 activations enter as uint8 x + 128
+    got = flipped @ unpacked.astype(np.int64) + column_correction(w, 5, signed=True)
+    assert np.array_equal(got[:, :19], (x - 5) @ w.astype(np.int64))
+
+
+@needs_vnni
+@pytest.mark.parametrize("m, k, n, signed, zero_point", [(1, 64, 64, True, 0), (3, 67, 33, True, -7),
+                                                         (5, 1, 17, False, 0), (8, 130, 200, False, 131)])
+def test_vnni_kernel_is_exact(m, k, n, signed, zero_point):
+    import tvm
+
+    target = load_target("x86_64-vnni").tvm_target()
+    library = tvm.compile(tvm.IRModule({"main": vnni_dense(m, k, n, signed).with_attr("global_symbol", "main")}), target=target)
+    rs = np.random.RandomState(m * 1000 + k)
+    x = rs.randint(-128, 128, (m, k)).astype(np.int8) if signed else rs.randint(0, 256, (m, k)).astype(np.uint8)
+    w = rs.randint(-128, 128, (k, n)).astype(np.int8)
+    out = tvm.runtime.tensor(np.zeros((m, -(-n // 16) * 16), np.int32))
+    library(tvm.runtime.tensor(x), tvm.runtime.tensor(pack_weight(w)),
+            tvm.runtime.tensor(column_correction(w, zero_point, signed)), out)
+    assert np.array_equal(out.numpy()[:, :n], (x.astype(np.int64) - zero_point) @ w.astype(np.int64))
+
+
+def mlp_model(path: Path) -> Path:
+    """x[3,37] → MatMul(37x21) → Add → ReLU → Gemm(transB=1, 21→19) + bias: odd sizes everywhere."""
+    rs = np.random.RandomState(3)
+    inits = [_init(rs, "w1", 37, 21), _init(rs, "b1", 21, scale=0.1), _init(rs, "w2", 19, 21), _init(rs, "b2", 19, scale=0.1)]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m"]), helper.make_node("Add", ["m", "b1"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"]), helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 37])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 19])], inits)
+    return _save(graph, path)
+
+
+@needs_vnni
+@pytest.mark.parametrize("activations", ["uint8", "int8"])
+def test_vnni_build_equals_widened_build(tmp_path, activations):
+    path = quantize(mlp_model(tmp_path / "mlp.onnx"), activations)
+    inputs = random_inputs(path)
+    widened, _ = compiled_outputs(path, tmp_path / "x86_64", inputs)
+    vnni, report = compiled_outputs(path, tmp_path / "vnni", inputs, target="x86_64-vnni")
+    for got, want in zip(vnni, widened):
+        assert np.array_equal(got, want)
+    dot = report["integer_ops"]["dot_product"]
+    assert dot["feature"] == "avx512_vnni" and dot["kernels"] == 2 and "skipped" not in dot, dot
+    assert not any("likely slower" in line for line in report["warnings"]), report["warnings"]
+    if shutil.which("objdump"):
+        def disassembly(workdir):
+            return subprocess.run(["objdump", "-d", str(workdir / "model.so")], capture_output=True, text=True).stdout
+        assert "vpdpbusd" in disassembly(tmp_path / "vnni") and "vpdpbusd" not in disassembly(tmp_path / "x86_64")
+
+
+def test_targets_without_vnni_keep_the_widened_path(tmp_path):
+    """x86_64 (AVX2) and x86_64-v4 have no VNNI: no dot-product kernel, the warning still says int8 is slower."""
+    from edgepack.compiler.int8_dot import dot_feature
+
+    assert dot_feature(load_target("x86_64")) is None and dot_feature(load_target("x86_64-v4")) is None
+    assert dot_feature(load_target("x86_64-vnni")) == "avx512_vnni"
