@@ -30,6 +30,9 @@ KERNELS = {"avx512_vnni": "vnni"}
 #: below this many multiply-adds the kernel stays single-threaded (as edgepack.compiler.schedules)
 PARALLEL_MIN_WORK = 1 << 15
 MATMUL = "relax.matmul"
+CONV2D = "relax.nn.conv2d"
+#: conv2d weight layouts the pass packs from (IHWO: edgepack.compiler.weight_layout stores one-group weights so)
+CONV_WEIGHT_LAYOUTS = ("OIHW", "IHWO")
 
 
 @dataclass
@@ -123,6 +126,64 @@ def vnni_dense(m: int, k: int, n: int, signed: bool):
     return kernel.without_attr("global_symbol").with_attrs({"tirx.is_scheduled": True, "op_pattern": 8, "edgepack.int8_dot": "vnni"})
 
 
+def pack_conv_weight(weight: np.ndarray) -> np.ndarray:
+    """int8 OIHW → [ceil(O/16), KH, KW, ceil(I/4), 16, 4], zero-padded (4 input channels per vpdpbusd step)."""
+    o, i, kh, kw = weight.shape
+    padded = np.zeros((-(-o // 16) * 16, -(-i // 4) * 4, kh, kw), np.int8)
+    padded[:o, :i] = weight
+    blocked = padded.reshape(padded.shape[0] // 16, 16, padded.shape[1] // 4, 4, kh, kw)
+    return np.ascontiguousarray(blocked.transpose(0, 4, 5, 2, 1, 3))
+
+
+def vnni_conv2d(data: tuple, kernel_hw: tuple, out_hw: tuple, out_blocks: int, stride: tuple, dilation: tuple, signed: bool):
+    """The PrimFunc C[n, oh, ow, O16] = Z + Σ A[n, ih, iw, c] · W for an NHWC input already padded (spatially with the
+    zero point, channels to a multiple of 4) and W packed by pack_conv_weight."""
+    from tvm.script import tirx as T
+
+    batch, height, width, channels = data
+    kh, kw = kernel_hw
+    oh, ow = out_hw
+    sh, sw = stride
+    dh, dw = dilation
+    cq = channels // 4
+    rows, columns = _tiles(ow, out_blocks)
+    per_row, per_line = out_blocks // columns, (ow // rows) * (out_blocks // columns)
+    tiles = batch * oh * per_line
+    adtype = "int8" if signed else "uint8"
+    flip = -2139062144 if signed else 0
+    parallel = tiles > 1 and batch * oh * ow * out_blocks * 16 * kh * kw * channels >= PARALLEL_MIN_WORK
+
+    @T.prim_func(s_tir=True)
+    def kernel(A: T.Buffer((batch, height, width, channels), adtype), W: T.Buffer((out_blocks, kh, kw, cq, 16, 4), "int8"),
+               Z: T.Buffer((out_blocks * 16,), "int32"), C: T.Buffer((batch, oh, ow, out_blocks * 16), "int32")):
+        T.func_attr({"tirx.noalias": True})
+        for tile in T.parallel(tiles) if parallel else T.serial(tiles):
+            acc = T.alloc_buffer((rows * columns * 16,), "int32", scope="local")
+            for r in T.unroll(rows):
+                for c in T.unroll(columns):
+                    acc[T.ramp((r * columns + c) * 16, 1, 16)] = Z[T.ramp(((tile % per_row) * columns + c) * 16, 1, 16)]
+            for y in range(kh):
+                for x in range(kw):
+                    for q in range(cq):
+                        for r in T.unroll(rows):
+                            word = T.reinterpret(A.vload([tile // (oh * per_line), (tile // per_line) % oh * sh + y * dh,
+                                                          ((tile % per_line) // per_row * rows + r) * sw + x * dw, q * 4],
+                                                         adtype + "x4"), dtype="int32")
+                            for c in T.unroll(columns):
+                                acc[T.ramp((r * columns + c) * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                                    acc[T.ramp((r * columns + c) * 16, 1, 16)],
+                                    T.reinterpret(T.broadcast(T.bitwise_xor(word, flip), 16), dtype="uint8x64"),
+                                    W.vload([(tile % per_row) * columns + c, y, x, q, 0, 0], "int8x64"), dtype="int32x16")
+            for r in T.unroll(rows):
+                for c in T.unroll(columns):
+                    C[tile // (oh * per_line), (tile // per_line) % oh, (tile % per_line) // per_row * rows + r,
+                      T.ramp(((tile % per_row) * columns + c) * 16, 1, 16)] = acc[T.ramp((r * columns + c) * 16, 1, 16)]
+
+    return kernel.without_attr("global_symbol").with_attrs({"tirx.is_scheduled": True, "op_pattern": 8,
+                                                            "edgepack.int8_dot": "vnni"})
+
+
 def _op_name(expr) -> str | None:
     from tvm import relax
     from tvm.ir import Op
@@ -153,8 +214,28 @@ def _activation(value, bindings) -> tuple[object, int]:
     raise ValueError(f"activation dtype {value.ty.dtype} is not int8/uint8 (or int16 = int8/uint8 - zero point)")
 
 
+def _candidate(value, weights: set, bindings: dict):
+    """(kind, activation, zero point, weight) of an integer matmul/conv2d the kernels take; raises ValueError why not."""
+    kind = {MATMUL: "matmul", CONV2D: "conv2d"}[_op_name(value)]
+    weight, rank = value.args[1], 2 if kind == "matmul" else 4
+    if weight not in weights or str(weight.ty.dtype) != "int8" or len(_static(weight) or []) != rank:
+        raise ValueError(f"its weight is not a {rank}-D int8 parameter")
+    shape = _static(value.args[0])
+    if shape is None or len(shape) < 2:
+        raise ValueError("its activation's shape is not static")
+    if kind == "conv2d":
+        attrs = value.attrs
+        if int(attrs.groups) != 1:
+            raise ValueError("grouped or depthwise convolution (one group only)")
+        if (str(attrs.data_layout), str(attrs.out_layout)) != ("NCHW", "NCHW") or str(attrs.kernel_layout) not in CONV_WEIGHT_LAYOUTS:
+            raise ValueError(f"layout {attrs.data_layout}/{attrs.kernel_layout}")
+        if _static(value) is None:
+            raise ValueError("its output shape is not static")
+    return (kind, *_activation(value.args[0], bindings), weight)
+
+
 def _candidates(function, n_inputs: int) -> tuple[dict, dict]:
-    """({matmul binding var: (activation, zero point, weight param)}, {weight name: why not})."""
+    """({binding var: (kind, activation, zero point, weight param)}, {weight name: why not})."""
     from tvm import relax
 
     weights = set(function.params[n_inputs:])
@@ -169,29 +250,32 @@ def _candidates(function, n_inputs: int) -> tuple[dict, dict]:
         def visit_var_binding_(self, binding):
             bindings[binding.var] = binding.value
             value = binding.value
-            if _op_name(value) == MATMUL and str(value.attrs.out_dtype) == "int32":
-                weight, name = value.args[1], getattr(value.args[1], "name", str(binding.var.name))
+            if _op_name(value) in (MATMUL, CONV2D) and str(value.attrs.out_dtype) == "int32":
                 try:
-                    if weight not in weights or str(weight.ty.dtype) != "int8" or len(_static(weight) or []) != 2:
-                        raise ValueError("its weight is not a 2-D int8 parameter")
-                    shape = _static(value.args[0])
-                    if shape is None or len(shape) < 2:
-                        raise ValueError("its activation's shape is not static with rows")
-                    found[binding.var] = (*_activation(value.args[0], bindings), weight)
+                    found[binding.var] = _candidate(value, weights, bindings)
                 except ValueError as why:
-                    skipped[name] = str(why)
+                    skipped[getattr(value.args[1], "name", str(binding.var.name))] = str(why)
             self.visit_expr(value)
 
     _Visit().visit_expr(function.body)
-    for var, (_, _, weight) in list(found.items()):
+    for var, (_, _, _, weight) in list(found.items()):
         if uses[weight] != 1:
             skipped[weight.name] = "its weight is used by more than one op"
             del found[var]
     return found, skipped
 
 
+def _packed(kind: str, weight: np.ndarray, layout: str | None, zero_point: int, signed: bool):
+    """(packed weight, correction) for a matmul [K, N] or conv2d (OIHW, or IHWO as edgepack.compiler.weight_layout stores it)."""
+    if kind == "matmul":
+        return pack_weight(weight), column_correction(weight, zero_point, signed)
+    if layout == "IHWO":
+        weight = weight.transpose(3, 0, 1, 2)
+    return pack_conv_weight(weight), column_correction(weight.reshape(weight.shape[0], -1).T, zero_point, signed)
+
+
 def use_dot_kernels(module, params: list, feature: str | None, report: DotReport | None = None):
-    """Replace `main`'s integer matmuls with the `feature` dot-product kernel; returns (module, params)."""
+    """Replace `main`'s integer matmuls and convolutions with the `feature` dot-product kernels; returns (module, params)."""
     import tvm
     from tvm import relax
 
@@ -207,25 +291,25 @@ def use_dot_kernels(module, params: list, feature: str | None, report: DotReport
     if not found:
         return module, params
     index_of = {var: i for i, var in enumerate(function.params[n_inputs:])}
+    calls = {var: value for var, value in _bindings(function).items() if var in found}
     values, new_params, extra, extra_values = list(params), list(function.params), [], []
     plans = {}
-    for var, (activation, zero_point, weight) in found.items():
-        w = values[index_of[weight]].numpy()
+    for var, (kind, activation, zero_point, weight) in found.items():
         signed = str(activation.ty.dtype) == "int8"
+        layout = str(calls[var].attrs.kernel_layout) if kind == "conv2d" else None
         try:
-            correction = column_correction(w, zero_point, signed)
+            packed, correction = _packed(kind, values[index_of[weight]].numpy(), layout, zero_point, signed)
         except ValueError as why:
             report.skipped[weight.name] = str(why)
             continue
-        packed = pack_weight(w)
         values[index_of[weight]] = tvm.runtime.tensor(packed)
         packed_var = relax.Var(weight.name, relax.TensorType(list(packed.shape), "int8"))
         new_params[n_inputs + index_of[weight]] = packed_var
         correction_var = relax.Var(f"{weight.name}_zero_point_correction", relax.TensorType([correction.size], "int32"))
         extra.append(correction_var)
         extra_values.append(tvm.runtime.tensor(correction))
-        plans[var] = (activation, packed_var, correction_var, w.shape, signed)
-        report.kernels.append(f"matmul {weight.name}")
+        plans[var] = (kind, calls[var], activation, zero_point, packed_var, correction_var, signed)
+        report.kernels.append(f"{kind} {weight.name}")
     if not plans:
         return module, params
 
@@ -235,18 +319,8 @@ def use_dot_kernels(module, params: list, feature: str | None, report: DotReport
             plan = plans.get(binding.var)
             if plan is None:
                 return super().visit_var_binding_(binding)
-            activation, packed_var, correction_var, (k, n), signed = plan
-            shape = _static(activation)
-            rows = int(np.prod(shape[:-1]))
-            kernel = self.builder_.add_func(vnni_dense(rows, k, n, signed), "int8_dot_dense_vnni")
-            x = self.visit_expr(activation)
-            if len(shape) != 2:
-                x = self.builder_.emit(relax.op.reshape(x, [rows, k]))
-            out = self.builder_.emit(relax.call_tir(kernel, [x, packed_var, correction_var],
-                                                    relax.TensorType([rows, -(-n // 16) * 16], "int32")))
-            if n % 16:
-                out = self.builder_.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[n]))
-            value = relax.op.reshape(out, [*shape[:-1], n]) if len(shape) != 2 else out
+            emit = _emit_conv2d if plan[0] == "conv2d" else _emit_matmul
+            value = emit(self.builder_, plan, self.visit_expr(plan[2]))
             self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(value)))
 
     rewriter = _Rewrite(module)
@@ -255,3 +329,51 @@ def use_dot_kernels(module, params: list, feature: str | None, report: DotReport
     module["main"] = relax.Function(new_params + extra, body, None, function.is_pure, function.attrs, function.span)
     module = relax.transform.DeadCodeElimination(["main"])(module)
     return module, values + extra_values
+
+
+def _bindings(function) -> dict:
+    from tvm import relax
+
+    return {b.var: b.value for block in function.body.blocks for b in block.bindings if isinstance(b, relax.VarBinding)}
+
+
+def _emit_matmul(builder, plan, x):
+    """[..., K] x packed [K, N] → int32 [..., N] through the dense kernel."""
+    from tvm import relax
+
+    _, call, activation, _, packed_var, correction_var, signed = plan
+    shape, n = _static(activation), _static(call)[-1]
+    rows, k = int(np.prod(shape[:-1])), shape[-1]
+    kernel = builder.add_func(vnni_dense(rows, k, n, signed), "int8_dot_dense_vnni")
+    if len(shape) != 2:
+        x = builder.emit(relax.op.reshape(x, [rows, k]))
+    out = builder.emit(relax.call_tir(kernel, [x, packed_var, correction_var],
+                                      relax.TensorType([rows, -(-n // 16) * 16], "int32")))
+    if n % 16:
+        out = builder.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[n]))
+    return relax.op.reshape(out, [*shape[:-1], n]) if len(shape) != 2 else out
+
+
+def _emit_conv2d(builder, plan, x):
+    """NCHW x packed weight → int32 NCHW: the input padded with its zero point and made NHWC, the kernel, back to NCHW."""
+    from tvm import relax
+
+    _, call, activation, zero_point, packed_var, correction_var, signed = plan
+    attrs = call.attrs
+    batch, channels, _, _ = _static(activation)
+    _, out_channels, oh, ow = _static(call)
+    top, left, bottom, right = (int(p) for p in attrs.padding)
+    blocks = -(-out_channels // 16)
+    x = builder.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
+    x = builder.emit(relax.op.nn.pad(x, [0, 0, top, bottom, left, right, 0, 0], pad_value=float(zero_point)))
+    if channels % 4:  # weights are zero there: any value works
+        x = builder.emit(relax.op.nn.pad(x, [0, 0, 0, 0, 0, 0, 0, 4 - channels % 4], pad_value=float(zero_point)))
+    packed_shape = _static(packed_var)
+    kernel = builder.add_func(vnni_conv2d(tuple(_static(x)), tuple(packed_shape[1:3]), (oh, ow), blocks,
+                                          tuple(int(v) for v in attrs.strides), tuple(int(v) for v in attrs.dilation),
+                                          signed), "int8_dot_conv2d_vnni")
+    out = builder.emit(relax.call_tir(kernel, [x, packed_var, correction_var],
+                                      relax.TensorType([batch, oh, ow, blocks * 16], "int32")))
+    if out_channels % 16:
+        out = builder.emit(relax.op.strided_slice(out, axes=[3], begin=[0], end=[out_channels]))
+    return relax.op.permute_dims(out, [0, 3, 1, 2])

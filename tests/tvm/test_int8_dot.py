@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 from edgepack.compiler.int8_dot import column_correction, pack_weight, vnni_dense
 from edgepack.runtime.bundle_format import cpu_features
 from edgepack.targets import load_target
-from tests.tvm.test_integer_ops import _init, _save, compiled_outputs, quantize, random_inputs
+from tests.tvm.test_integer_ops import _init, _save, compiled_outputs, conv_model, quantize, random_inputs
 
 pytestmark = pytest.mark.tvm
 
@@ -84,6 +84,22 @@ def test_vnni_build_equals_widened_build(tmp_path, activations):
         def disassembly(workdir):
             return subprocess.run(["objdump", "-d", str(workdir / "model.so")], capture_output=True, text=True).stdout
         assert "vpdpbusd" in disassembly(tmp_path / "vnni") and "vpdpbusd" not in disassembly(tmp_path / "x86_64")
+
+
+@needs_vnni
+@pytest.mark.parametrize("activations", ["uint8", "int8"])
+def test_vnni_convolutions_equal_widened_build(tmp_path, activations):
+    """conv_model: a 3-channel stem (channels padded to 4), a 3x3 conv with a residual, a depthwise conv (stays
+    widened: one group only) and a Gemm; with zero points (uint8) and the +128 flip (int8) at padded borders."""
+    path = quantize(conv_model(tmp_path / "conv.onnx"), activations)
+    inputs = random_inputs(path)
+    widened, _ = compiled_outputs(path, tmp_path / "x86_64", inputs)
+    vnni, report = compiled_outputs(path, tmp_path / "vnni", inputs, target="x86_64-vnni")
+    for got, want in zip(vnni, widened):
+        assert np.array_equal(got, want)
+    dot = report["integer_ops"]["dot_product"]
+    assert dot["kernels"] == 3 and list(dot["skipped"].values()) == ["grouped or depthwise convolution (one group only)"], dot
+    assert any("1 of its 4 integer conv/matmul kernels are widened" in line for line in report["warnings"]), report["warnings"]
 
 
 def test_targets_without_vnni_keep_the_widened_path(tmp_path):
