@@ -97,7 +97,12 @@ def _tvm_runner(compiled, model):
     from tvm import relax
 
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(compiled.library)), tvm.cpu())
-    loaded = tvm.runtime.load_param_dict(compiled.params.read_bytes())
+    data = compiled.params.read_bytes()
+    if compiled.params.suffix == ".sparse":  # written by edgepack.bundle.sparse_params when zeros make it smaller
+        from edgepack.bundle.sparse_params import decode
+
+        data = decode(data)
+    loaded = tvm.runtime.load_param_dict(data)
     params = [loaded[name] for name in compiled.param_names]
     inputs = [tvm.runtime.tensor(np.random.RandomState(1).rand(*spec.shape).astype(spec.dtype)) for spec in model.inputs]
     vm.set_input("main", *inputs, *params)

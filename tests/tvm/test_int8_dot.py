@@ -98,8 +98,28 @@ def test_vnni_convolutions_equal_widened_build(tmp_path, activations):
     for got, want in zip(vnni, widened):
         assert np.array_equal(got, want)
     dot = report["integer_ops"]["dot_product"]
+    assert report["kernels"]["hand_written"] == 3 and report["kernels"]["tuned"] == 0, report["kernels"]
     assert dot["kernels"] == 3 and list(dot["skipped"].values()) == ["grouped or depthwise convolution (one group only)"], dot
     assert any("1 of its 4 integer conv/matmul kernels are widened" in line for line in report["warnings"]), report["warnings"]
+
+
+def test_vnni_build_and_tuning_tasks_without_running(tmp_path):
+    """Compile-only, on any x86 host: the kernels are in the library, and tuning does not extract them as tasks."""
+    from edgepack.compiler.compile import CompileConfig, compile_model
+    from edgepack.compiler.tune import extract_kernels
+    from edgepack.frontends.preflight import preflight
+
+    path = quantize(conv_model(tmp_path / "conv.onnx"), "int8")
+    model, _ = preflight(path, {}, tmp_path)
+    _, record = compile_model(model, load_target("x86_64-vnni"), tmp_path, CompileConfig())
+    assert record.report["integer_ops"]["dot_product"]["kernel_ops"] == ["conv2d w1_quantized", "conv2d w2_quantized",
+                                                                         "matmul wf_quantized"]
+    _, vnni = extract_kernels(model, load_target("x86_64-vnni"))
+    _, widened = extract_kernels(model, load_target("x86_64-v4"))
+    names = [task.task_name for task in vnni]
+    convs = [name for name in names if "conv2d" in name]  # the depthwise one only
+    assert not any("int8_dot" in name for name in names) and len(convs) == 1, names
+    assert sum("conv2d" in task.task_name for task in widened) == 3
 
 
 def test_targets_without_vnni_keep_the_widened_path(tmp_path):
