@@ -25,14 +25,34 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: cpu_features entry (kernel hwcap name) → kernel for it
-KERNELS = {"avx512_vnni": "vnni"}
-#: below this many multiply-adds the kernel stays single-threaded (as edgepack.compiler.schedules)
+#: below this many multiply-adds a kernel stays single-threaded (as edgepack.compiler.schedules)
 PARALLEL_MIN_WORK = 1 << 15
 MATMUL = "relax.matmul"
 CONV2D = "relax.nn.conv2d"
 #: conv2d weight layouts the pass packs from (IHWO: edgepack.compiler.weight_layout stores one-group weights so)
 CONV_WEIGHT_LAYOUTS = ("OIHW", "IHWO")
+
+
+@dataclass(frozen=True)
+class Isa:
+    """A 4-deep int8 dot-product instruction: `lanes` int32 accumulators, activations read as `activation`."""
+
+    name: str
+    lanes: int
+    intrinsic: str
+    activation: str  # "uint8" (vpdpbusd: u8 x s8) or "int8" (sdot: s8 x s8)
+
+    def offset(self, dtype: str) -> int:
+        """What is added to an activation of `dtype` to make it the instruction's type (an XOR of the sign bits)."""
+        if dtype == self.activation:
+            return 0
+        return 128 if self.activation == "uint8" else -128
+
+
+#: cpu_features entry (kernel hwcap name) → its instruction
+ISAS = {"avx512_vnni": Isa("vnni", 16, "llvm.x86.avx512.vpdpbusd.512", "uint8"),
+        "asimddp": Isa("sdot", 4, "llvm.aarch64.neon.sdot.v4i32.v16i8", "int8")}
+KERNELS = {feature: isa.name for feature, isa in ISAS.items()}
 
 
 @dataclass
@@ -53,19 +73,20 @@ def dot_feature(target) -> str | None:
     return next((feature for feature in KERNELS if target.supports(feature)), None)
 
 
-def pack_weight(weight: np.ndarray) -> np.ndarray:
-    """int8 [K, N] → [ceil(N/16), ceil(K/4), 16, 4], zero-padded (the layout vpdpbusd reads)."""
+def pack_weight(weight: np.ndarray, lanes: int = 16) -> np.ndarray:
+    """int8 [K, N] → [ceil(N/lanes), ceil(K/4), lanes, 4], zero-padded (the layout vpdpbusd/sdot read)."""
     k, n = weight.shape
-    padded = np.zeros((-(-k // 4) * 4, -(-n // 16) * 16), np.int8)
+    padded = np.zeros((-(-k // 4) * 4, -(-n // lanes) * lanes), np.int8)
     padded[:k, :n] = weight
-    return np.ascontiguousarray(padded.reshape(padded.shape[0] // 4, 4, padded.shape[1] // 16, 16).transpose(2, 0, 3, 1))
+    return np.ascontiguousarray(padded.reshape(padded.shape[0] // 4, 4, padded.shape[1] // lanes, lanes).transpose(2, 0, 3, 1))
 
 
-def column_correction(weight: np.ndarray, zero_point: int, signed: bool) -> np.ndarray:
-    """int32 [ceil(N/16)*16]: -(zx + 128 if int8 activations) · Σ_k w[k, n]; the accumulators' initial values."""
+def column_correction(weight: np.ndarray, zero_point: int, offset: int, lanes: int = 16) -> np.ndarray:
+    """int32 [ceil(N/lanes)*lanes]: -(zx + offset) · Σ_k w[k, n], the accumulators' initial values (offset:
+    Isa.offset, what turns the activations into the instruction's type)."""
     n = weight.shape[1]
-    correction = np.zeros(-(-n // 16) * 16, np.int64)
-    correction[:n] = -(zero_point + (128 if signed else 0)) * weight.astype(np.int64).sum(axis=0)
+    correction = np.zeros(-(-n // lanes) * lanes, np.int64)
+    correction[:n] = -(zero_point + offset) * weight.astype(np.int64).sum(axis=0)
     if np.abs(correction).max(initial=0) >= 2**31:
         raise ValueError("the zero-point correction overflows int32")
     return correction.astype(np.int32)
@@ -77,69 +98,82 @@ def _tiles(m: int, blocks: int) -> tuple[int, int]:
     return rows, columns
 
 
-def vnni_dense(m: int, k: int, n: int, signed: bool):
-    """The PrimFunc C[m, N16] = Z + A[m, k] · W for uint8 (or int8, flipped) A and W packed by pack_weight."""
+def dense_kernel(isa: Isa, m: int, k: int, n: int, dtype: str):
+    """The PrimFunc C[m, N'] = Z + A[m, k] · W, A of `dtype` (int8/uint8), W packed by pack_weight(lanes=isa.lanes)."""
     from tvm.script import tirx as T
 
-    kq, kt = k // 4, k % 4
-    blocks = -(-n // 16)
+    lanes, kq, kt = isa.lanes, k // 4, k % 4
+    blocks = -(-n // lanes)
     rows, columns = _tiles(m, blocks)
     tiles, per_row = (m // rows) * (blocks // columns), blocks // columns
-    adtype = "int8" if signed else "uint8"
-    flip = -2139062144 if signed else 0  # 0x80808080: +128 on each of 4 int8 bytes → uint8
-    offset = 128 if signed else 0
+    flip = -2139062144 if isa.offset(dtype) else 0  # 0x80808080: ±128 on each of 4 bytes
+    offset = isa.offset(dtype)
     parallel = m * k * n >= PARALLEL_MIN_WORK and tiles > 1
+    intrinsic, avec, wvec, accvec = isa.intrinsic, f"{isa.activation}x{4 * lanes}", f"int8x{4 * lanes}", f"int32x{lanes}"
 
     @T.prim_func(s_tir=True)
-    def kernel(A: T.Buffer((m, k), adtype), W: T.Buffer((blocks, kq + (1 if kt else 0), 16, 4), "int8"),
-               Z: T.Buffer((blocks * 16,), "int32"), C: T.Buffer((m, blocks * 16), "int32")):
+    def kernel(A: T.Buffer((m, k), dtype), W: T.Buffer((blocks, kq + (1 if kt else 0), lanes, 4), "int8"),
+               Z: T.Buffer((blocks * lanes,), "int32"), C: T.Buffer((m, blocks * lanes), "int32")):
         T.func_attr({"tirx.noalias": True})
         for tile in T.parallel(tiles) if parallel else T.serial(tiles):
-            acc = T.alloc_buffer((rows * columns * 16,), "int32", scope="local")
+            acc = T.alloc_buffer((rows * columns * lanes,), "int32", scope="local")
             for r in T.unroll(rows):
                 for c in T.unroll(columns):
-                    acc[T.ramp((r * columns + c) * 16, 1, 16)] = Z[T.ramp(((tile % per_row) * columns + c) * 16, 1, 16)]
+                    acc[T.ramp((r * columns + c) * lanes, 1, lanes)] = Z[T.ramp(((tile % per_row) * columns + c) * lanes, 1, lanes)]
             for q in range(kq):
                 for r in T.unroll(rows):
-                    word = T.reinterpret(A.vload([(tile // per_row) * rows + r, q * 4], adtype + "x4"), dtype="int32")
+                    word = T.reinterpret(A.vload([(tile // per_row) * rows + r, q * 4], dtype + "x4"), dtype="int32")
                     for c in T.unroll(columns):
-                        acc[T.ramp((r * columns + c) * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), acc[T.ramp((r * columns + c) * 16, 1, 16)],
-                            T.reinterpret(T.broadcast(T.bitwise_xor(word, flip), 16), dtype="uint8x64"),
-                            W.vload([(tile % per_row) * columns + c, q, 0, 0], "int8x64"), dtype="int32x16")
+                        acc[T.ramp((r * columns + c) * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
+                            T.llvm_lookup_intrinsic_id(intrinsic), acc[T.ramp((r * columns + c) * lanes, 1, lanes)],
+                            T.reinterpret(T.broadcast(T.bitwise_xor(word, flip), lanes), dtype=avec),
+                            W.vload([(tile % per_row) * columns + c, q, 0, 0], wvec), dtype=accvec)
             if kt > 0:  # the last 1-3 reduction steps: bytes gathered one by one (weights are zero beyond k)
                 for r in T.unroll(rows):
                     word = T.int32(0)
                     for j in T.unroll(kt):
-                        word = word + T.shift_left(T.cast(A[(tile // per_row) * rows + r, kq * 4 + j], "int32") + offset, j * 8)
+                        word = word + T.shift_left(T.bitwise_and(
+                            T.cast(A[(tile // per_row) * rows + r, kq * 4 + j], "int32") + offset, 255), j * 8)
                     for c in T.unroll(columns):
-                        acc[T.ramp((r * columns + c) * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), acc[T.ramp((r * columns + c) * 16, 1, 16)],
-                            T.reinterpret(T.broadcast(word, 16), dtype="uint8x64"),
-                            W.vload([(tile % per_row) * columns + c, kq, 0, 0], "int8x64"), dtype="int32x16")
+                        acc[T.ramp((r * columns + c) * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
+                            T.llvm_lookup_intrinsic_id(intrinsic), acc[T.ramp((r * columns + c) * lanes, 1, lanes)],
+                            T.reinterpret(T.broadcast(word, lanes), dtype=avec),
+                            W.vload([(tile % per_row) * columns + c, kq, 0, 0], wvec), dtype=accvec)
             for r in T.unroll(rows):
                 for c in T.unroll(columns):
-                    C[(tile // per_row) * rows + r, T.ramp(((tile % per_row) * columns + c) * 16, 1, 16)] = acc[
-                        T.ramp((r * columns + c) * 16, 1, 16)]
+                    C[(tile // per_row) * rows + r, T.ramp(((tile % per_row) * columns + c) * lanes, 1, lanes)] = acc[
+                        T.ramp((r * columns + c) * lanes, 1, lanes)]
 
-    # scheduled by hand (the heuristic and tuning leave it alone); opaque: FuseOps does not merge it
-    return kernel.without_attr("global_symbol").with_attrs({"tirx.is_scheduled": True, "op_pattern": 8, "edgepack.int8_dot": "vnni"})
+    return _hand_written(kernel, isa)
 
 
-def pack_conv_weight(weight: np.ndarray) -> np.ndarray:
-    """int8 OIHW → [ceil(O/16), KH, KW, ceil(I/4), 16, 4], zero-padded (4 input channels per vpdpbusd step)."""
+def _hand_written(kernel, isa: Isa):
+    """Scheduled by hand (the heuristic and tuning leave it alone); opaque: FuseOps does not merge it."""
+    return kernel.without_attr("global_symbol").with_attrs({"tirx.is_scheduled": True, "op_pattern": 8,
+                                                            "edgepack.int8_dot": isa.name})
+
+
+def vnni_dense(m: int, k: int, n: int, signed: bool):
+    """dense_kernel on AVX512-VNNI for int8 (`signed`) or uint8 activations."""
+    return dense_kernel(ISAS["avx512_vnni"], m, k, n, "int8" if signed else "uint8")
+
+
+def pack_conv_weight(weight: np.ndarray, lanes: int = 16) -> np.ndarray:
+    """int8 OIHW → [ceil(O/lanes), KH, KW, ceil(I/4), lanes, 4], zero-padded (4 input channels per step)."""
     o, i, kh, kw = weight.shape
-    padded = np.zeros((-(-o // 16) * 16, -(-i // 4) * 4, kh, kw), np.int8)
+    padded = np.zeros((-(-o // lanes) * lanes, -(-i // 4) * 4, kh, kw), np.int8)
     padded[:o, :i] = weight
-    blocked = padded.reshape(padded.shape[0] // 16, 16, padded.shape[1] // 4, 4, kh, kw)
+    blocked = padded.reshape(padded.shape[0] // lanes, lanes, padded.shape[1] // 4, 4, kh, kw)
     return np.ascontiguousarray(blocked.transpose(0, 4, 5, 2, 1, 3))
 
 
-def vnni_conv2d(data: tuple, kernel_hw: tuple, out_hw: tuple, out_blocks: int, stride: tuple, dilation: tuple, signed: bool):
-    """The PrimFunc C[n, oh, ow, O16] = Z + Σ A[n, ih, iw, c] · W for an NHWC input already padded (spatially with the
-    zero point, channels to a multiple of 4) and W packed by pack_conv_weight."""
+def conv2d_kernel(isa: Isa, data: tuple, kernel_hw: tuple, out_hw: tuple, out_blocks: int, stride: tuple,
+                  dilation: tuple, dtype: str):
+    """The PrimFunc C[n, oh, ow, O'] = Z + Σ A[n, ih, iw, c] · W for an NHWC input of `dtype` already padded (spatially
+    with the zero point, channels to a multiple of 4) and W packed by pack_conv_weight(lanes=isa.lanes)."""
     from tvm.script import tirx as T
 
+    lanes = isa.lanes
     batch, height, width, channels = data
     kh, kw = kernel_hw
     oh, ow = out_hw
@@ -149,39 +183,42 @@ def vnni_conv2d(data: tuple, kernel_hw: tuple, out_hw: tuple, out_blocks: int, s
     rows, columns = _tiles(ow, out_blocks)
     per_row, per_line = out_blocks // columns, (ow // rows) * (out_blocks // columns)
     tiles = batch * oh * per_line
-    adtype = "int8" if signed else "uint8"
-    flip = -2139062144 if signed else 0
-    parallel = tiles > 1 and batch * oh * ow * out_blocks * 16 * kh * kw * channels >= PARALLEL_MIN_WORK
+    flip = -2139062144 if isa.offset(dtype) else 0
+    parallel = tiles > 1 and batch * oh * ow * out_blocks * lanes * kh * kw * channels >= PARALLEL_MIN_WORK
+    intrinsic, avec, wvec, accvec = isa.intrinsic, f"{isa.activation}x{4 * lanes}", f"int8x{4 * lanes}", f"int32x{lanes}"
 
     @T.prim_func(s_tir=True)
-    def kernel(A: T.Buffer((batch, height, width, channels), adtype), W: T.Buffer((out_blocks, kh, kw, cq, 16, 4), "int8"),
-               Z: T.Buffer((out_blocks * 16,), "int32"), C: T.Buffer((batch, oh, ow, out_blocks * 16), "int32")):
+    def kernel(A: T.Buffer((batch, height, width, channels), dtype), W: T.Buffer((out_blocks, kh, kw, cq, lanes, 4), "int8"),
+               Z: T.Buffer((out_blocks * lanes,), "int32"), C: T.Buffer((batch, oh, ow, out_blocks * lanes), "int32")):
         T.func_attr({"tirx.noalias": True})
         for tile in T.parallel(tiles) if parallel else T.serial(tiles):
-            acc = T.alloc_buffer((rows * columns * 16,), "int32", scope="local")
+            acc = T.alloc_buffer((rows * columns * lanes,), "int32", scope="local")
             for r in T.unroll(rows):
                 for c in T.unroll(columns):
-                    acc[T.ramp((r * columns + c) * 16, 1, 16)] = Z[T.ramp(((tile % per_row) * columns + c) * 16, 1, 16)]
+                    acc[T.ramp((r * columns + c) * lanes, 1, lanes)] = Z[T.ramp(((tile % per_row) * columns + c) * lanes, 1, lanes)]
             for y in range(kh):
                 for x in range(kw):
                     for q in range(cq):
                         for r in T.unroll(rows):
                             word = T.reinterpret(A.vload([tile // (oh * per_line), (tile // per_line) % oh * sh + y * dh,
                                                           ((tile % per_line) // per_row * rows + r) * sw + x * dw, q * 4],
-                                                         adtype + "x4"), dtype="int32")
+                                                         dtype + "x4"), dtype="int32")
                             for c in T.unroll(columns):
-                                acc[T.ramp((r * columns + c) * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                                    acc[T.ramp((r * columns + c) * 16, 1, 16)],
-                                    T.reinterpret(T.broadcast(T.bitwise_xor(word, flip), 16), dtype="uint8x64"),
-                                    W.vload([(tile % per_row) * columns + c, y, x, q, 0, 0], "int8x64"), dtype="int32x16")
+                                acc[T.ramp((r * columns + c) * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
+                                    T.llvm_lookup_intrinsic_id(intrinsic), acc[T.ramp((r * columns + c) * lanes, 1, lanes)],
+                                    T.reinterpret(T.broadcast(T.bitwise_xor(word, flip), lanes), dtype=avec),
+                                    W.vload([(tile % per_row) * columns + c, y, x, q, 0, 0], wvec), dtype=accvec)
             for r in T.unroll(rows):
                 for c in T.unroll(columns):
                     C[tile // (oh * per_line), (tile // per_line) % oh, (tile % per_line) // per_row * rows + r,
-                      T.ramp(((tile % per_row) * columns + c) * 16, 1, 16)] = acc[T.ramp((r * columns + c) * 16, 1, 16)]
+                      T.ramp(((tile % per_row) * columns + c) * lanes, 1, lanes)] = acc[T.ramp((r * columns + c) * lanes, 1, lanes)]
 
-    return kernel.without_attr("global_symbol").with_attrs({"tirx.is_scheduled": True, "op_pattern": 8,
-                                                            "edgepack.int8_dot": "vnni"})
+    return _hand_written(kernel, isa)
+
+
+def vnni_conv2d(data: tuple, kernel_hw: tuple, out_hw: tuple, out_blocks: int, stride: tuple, dilation: tuple, signed: bool):
+    """conv2d_kernel on AVX512-VNNI for int8 (`signed`) or uint8 activations."""
+    return conv2d_kernel(ISAS["avx512_vnni"], data, kernel_hw, out_hw, out_blocks, stride, dilation, "int8" if signed else "uint8")
 
 
 def _op_name(expr) -> str | None:
@@ -265,13 +302,15 @@ def _candidates(function, n_inputs: int) -> tuple[dict, dict]:
     return found, skipped
 
 
-def _packed(kind: str, weight: np.ndarray, layout: str | None, zero_point: int, signed: bool):
+def _packed(isa: Isa, kind: str, weight: np.ndarray, layout: str | None, zero_point: int, dtype: str):
     """(packed weight, correction) for a matmul [K, N] or conv2d (OIHW, or IHWO as edgepack.compiler.weight_layout stores it)."""
+    offset = isa.offset(dtype)
     if kind == "matmul":
-        return pack_weight(weight), column_correction(weight, zero_point, signed)
+        return pack_weight(weight, isa.lanes), column_correction(weight, zero_point, offset, isa.lanes)
     if layout == "IHWO":
         weight = weight.transpose(3, 0, 1, 2)
-    return pack_conv_weight(weight), column_correction(weight.reshape(weight.shape[0], -1).T, zero_point, signed)
+    return (pack_conv_weight(weight, isa.lanes),
+            column_correction(weight.reshape(weight.shape[0], -1).T, zero_point, offset, isa.lanes))
 
 
 def use_dot_kernels(module, params: list, feature: str | None, report: DotReport | None = None):
@@ -283,8 +322,9 @@ def use_dot_kernels(module, params: list, feature: str | None, report: DotReport
 
     report = report if report is not None else DotReport()
     report.feature = feature
-    if feature not in KERNELS:
+    if feature not in ISAS:
         return module, params
+    isa = ISAS[feature]
     function = module["main"]
     n_inputs = input_count(function)
     found, report.skipped = _candidates(function, n_inputs)
@@ -295,10 +335,10 @@ def use_dot_kernels(module, params: list, feature: str | None, report: DotReport
     values, new_params, extra, extra_values = list(params), list(function.params), [], []
     plans = {}
     for var, (kind, activation, zero_point, weight) in found.items():
-        signed = str(activation.ty.dtype) == "int8"
+        dtype = str(activation.ty.dtype)
         layout = str(calls[var].attrs.kernel_layout) if kind == "conv2d" else None
         try:
-            packed, correction = _packed(kind, values[index_of[weight]].numpy(), layout, zero_point, signed)
+            packed, correction = _packed(isa, kind, values[index_of[weight]].numpy(), layout, zero_point, dtype)
         except ValueError as why:
             report.skipped[weight.name] = str(why)
             continue
@@ -308,7 +348,7 @@ def use_dot_kernels(module, params: list, feature: str | None, report: DotReport
         correction_var = relax.Var(f"{weight.name}_zero_point_correction", relax.TensorType([correction.size], "int32"))
         extra.append(correction_var)
         extra_values.append(tvm.runtime.tensor(correction))
-        plans[var] = (kind, calls[var], activation, zero_point, packed_var, correction_var, signed)
+        plans[var] = (kind, calls[var], activation, zero_point, packed_var, correction_var, isa)
         report.kernels.append(f"{kind} {weight.name}")
     if not plans:
         return module, params
@@ -341,15 +381,15 @@ def _emit_matmul(builder, plan, x):
     """[..., K] x packed [K, N] → int32 [..., N] through the dense kernel."""
     from tvm import relax
 
-    _, call, activation, _, packed_var, correction_var, signed = plan
-    shape, n = _static(activation), _static(call)[-1]
+    _, call, activation, _, packed_var, correction_var, isa = plan
+    shape, n, lanes = _static(activation), _static(call)[-1], isa.lanes
     rows, k = int(np.prod(shape[:-1])), shape[-1]
-    kernel = builder.add_func(vnni_dense(rows, k, n, signed), "int8_dot_dense_vnni")
+    kernel = builder.add_func(dense_kernel(isa, rows, k, n, str(activation.ty.dtype)), f"int8_dot_dense_{isa.name}")
     if len(shape) != 2:
         x = builder.emit(relax.op.reshape(x, [rows, k]))
     out = builder.emit(relax.call_tir(kernel, [x, packed_var, correction_var],
-                                      relax.TensorType([rows, -(-n // 16) * 16], "int32")))
-    if n % 16:
+                                      relax.TensorType([rows, -(-n // lanes) * lanes], "int32")))
+    if n % lanes:
         out = builder.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[n]))
     return relax.op.reshape(out, [*shape[:-1], n]) if len(shape) != 2 else out
 
@@ -358,22 +398,22 @@ def _emit_conv2d(builder, plan, x):
     """NCHW x packed weight → int32 NCHW: the input padded with its zero point and made NHWC, the kernel, back to NCHW."""
     from tvm import relax
 
-    _, call, activation, zero_point, packed_var, correction_var, signed = plan
-    attrs = call.attrs
+    _, call, activation, zero_point, packed_var, correction_var, isa = plan
+    attrs, lanes = call.attrs, isa.lanes
     batch, channels, _, _ = _static(activation)
     _, out_channels, oh, ow = _static(call)
     top, left, bottom, right = (int(p) for p in attrs.padding)
-    blocks = -(-out_channels // 16)
+    blocks = -(-out_channels // lanes)
     x = builder.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
     x = builder.emit(relax.op.nn.pad(x, [0, 0, top, bottom, left, right, 0, 0], pad_value=float(zero_point)))
     if channels % 4:  # weights are zero there: any value works
         x = builder.emit(relax.op.nn.pad(x, [0, 0, 0, 0, 0, 0, 0, 4 - channels % 4], pad_value=float(zero_point)))
     packed_shape = _static(packed_var)
-    kernel = builder.add_func(vnni_conv2d(tuple(_static(x)), tuple(packed_shape[1:3]), (oh, ow), blocks,
-                                          tuple(int(v) for v in attrs.strides), tuple(int(v) for v in attrs.dilation),
-                                          signed), "int8_dot_conv2d_vnni")
+    kernel = builder.add_func(conv2d_kernel(isa, tuple(_static(x)), tuple(packed_shape[1:3]), (oh, ow), blocks,
+                                            tuple(int(v) for v in attrs.strides), tuple(int(v) for v in attrs.dilation),
+                                            str(activation.ty.dtype)), f"int8_dot_conv2d_{isa.name}")
     out = builder.emit(relax.call_tir(kernel, [x, packed_var, correction_var],
-                                      relax.TensorType([batch, oh, ow, blocks * 16], "int32")))
-    if out_channels % 16:
+                                      relax.TensorType([batch, oh, ow, blocks * lanes], "int32")))
+    if out_channels % lanes:
         out = builder.emit(relax.op.strided_slice(out, axes=[3], begin=[0], end=[out_channels]))
     return relax.op.permute_dims(out, [0, 3, 1, 2])

@@ -36,7 +36,7 @@ def test_packed_layout_and_correction_reproduce_the_matmul():
     unpacked = packed.transpose(1, 3, 0, 2).reshape(8, 32)
     assert np.array_equal(unpacked[:7, :19], w) and not unpacked[7:].any() and not unpacked[:, 19:].any()
     flipped = np.pad(x + 128, ((0, 0), (0, 1)))  # int8 activations enter as uint8 x + 128
-    got = flipped @ unpacked.astype(np.int64) + column_correction(w, 5, signed=True)
+    got = flipped @ unpacked.astype(np.int64) + column_correction(w, 5, offset=128)
     assert np.array_equal(got[:, :19], (x - 5) @ w.astype(np.int64))
 
 
@@ -53,7 +53,7 @@ def test_vnni_kernel_is_exact(m, k, n, signed, zero_point):
     w = rs.randint(-128, 128, (k, n)).astype(np.int8)
     out = tvm.runtime.tensor(np.zeros((m, -(-n // 16) * 16), np.int32))
     library(tvm.runtime.tensor(x), tvm.runtime.tensor(pack_weight(w)),
-            tvm.runtime.tensor(column_correction(w, zero_point, signed)), out)
+            tvm.runtime.tensor(column_correction(w, zero_point, 128 if signed else 0)), out)
     assert np.array_equal(out.numpy()[:, :n], (x.astype(np.int64) - zero_point) @ w.astype(np.int64))
 
 
