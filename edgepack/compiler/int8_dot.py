@@ -1,22 +1,24 @@
-"""int8 matmuls on the target's int8 dot-product instruction, weights packed once at build time.
+"""int8 matmuls and convolutions on the target's int8 dot-product instruction, weights packed once at build time.
 
-`edgepack.compiler.integer_ops` turns QDQ matmuls into `matmul(qx [- zx], qw, out_dtype=int32)`, which
+`edgepack.compiler.integer_ops` turns QDQ chains into `matmul`/`conv2d(qx [- zx], qw, out_dtype=int32)`, which
 TVM lowers to loops that widen both sides to int32 (`vpmulld` on x86): slower than fp32 FMA. On a target
-whose `cpu_features` name an instruction listed in KERNELS, this pass replaces each such matmul (weight a
-2-D int8 parameter used once, static shapes) with a hand-written kernel:
+whose `cpu_features` name an instruction in ISAS, this pass replaces each such op (weight an int8 parameter
+used once, static shapes; conv2d with one group) with a hand-written kernel:
 
-- AVX512-VNNI `vpdpbusd`: 16 int32 lanes, each += the dot product of 4 uint8 activations and 4 int8
-  weights, without saturation. The weight [K, N] is stored in params.bin as `[N/16, K/4, 16, 4]`
-  (zero-padded; one 64-byte vector per 16 output columns x 4 reduction steps) and the kernel broadcasts
-  4 activation bytes to all lanes;
-- uint8 activations enter as they are; int8 ones are flipped to uint8 (`x + 128`, one XOR per 4 bytes).
-  The activation zero point and that offset are folded into a per-column correction computed at build
-  time from the weights, `-(zx + offset) · Σ_k qw[k, n]`, which initialises the accumulators, so the
-  kernel's int32 result equals `Σ_k (qx - zx) · qw` exactly (the integer path's value).
+- AVX512-VNNI `vpdpbusd` (16 int32 lanes, uint8 x int8) or Armv8.2 `sdot` (4 lanes, int8 x int8): each
+  lane += the dot product of 4 activations and 4 weights, without saturation. A matmul weight [K, N] is
+  stored in params.bin as `[N/L, K/4, L, 4]`, a conv weight as `[O/L, KH, KW, I/4, L, 4]` (L lanes,
+  zero-padded), and the kernel broadcasts 4 activation bytes to all lanes; a conv's input is made NHWC and
+  padded with its zero point (a padded pixel is the real value 0);
+- activations of the instruction's type enter as they are; the others are flipped (one XOR per 4 bytes:
+  int8 → uint8 is +128, uint8 → int8 is -128). The zero point and that offset are folded into a
+  per-output-channel correction computed at build time from the weights, `-(zx + offset) · Σ qw`, which
+  initialises the accumulators, so the kernel's int32 result equals `Σ (qx - zx) · qw` exactly (the
+  integer path's value).
 
-The kernel keeps a tile of up to 4 rows x 8 column vectors in registers and parallelises over tiles;
-it is marked scheduled (the heuristic CPU schedules leave it alone) and opaque (not fused with its
-requantize, which stays an element-wise kernel over the int32 result). Matmuls it does not take keep
+A kernel keeps a tile of up to 4 rows (output pixels) x 8 column vectors in registers and parallelises over
+tiles; it is marked scheduled (the heuristic CPU schedules and tuning leave it alone) and opaque (not fused
+with its requantize, which stays an element-wise kernel over the int32 result). Ops it does not take keep
 today's path, with the reason in the report.
 """
 
@@ -41,6 +43,7 @@ class Isa:
     lanes: int
     intrinsic: str
     activation: str  # "uint8" (vpdpbusd: u8 x s8) or "int8" (sdot: s8 x s8)
+    measured: bool  # its speed against fp32 measured on real hardware (docs/integer-execution.md)
 
     def offset(self, dtype: str) -> int:
         """What is added to an activation of `dtype` to make it the instruction's type (an XOR of the sign bits)."""
@@ -50,8 +53,8 @@ class Isa:
 
 
 #: cpu_features entry (kernel hwcap name) → its instruction
-ISAS = {"avx512_vnni": Isa("vnni", 16, "llvm.x86.avx512.vpdpbusd.512", "uint8"),
-        "asimddp": Isa("sdot", 4, "llvm.aarch64.neon.sdot.v4i32.v16i8", "int8")}
+ISAS = {"avx512_vnni": Isa("vnni", 16, "llvm.x86.avx512.vpdpbusd.512", "uint8", measured=True),
+        "asimddp": Isa("sdot", 4, "llvm.aarch64.neon.sdot.v4i32.v16i8", "int8", measured=False)}  # qemu only
 KERNELS = {feature: isa.name for feature, isa in ISAS.items()}
 
 

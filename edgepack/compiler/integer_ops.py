@@ -447,4 +447,12 @@ def speed_warnings(report: IntegerReport, target, dot=None) -> list[str]:
                         f"integer conv/matmul kernels are widened 32-bit multiply-adds ({why}; measured 1.6-5x slower "
                         "than fp32 on x86-64 AVX2, see docs/integer-execution.md); build the fp32 model where speed "
                         "matters more than size")
+    if on_dot and dot is not None and dot.feature is not None:
+        from edgepack.compiler.int8_dot import ISAS
+
+        isa = ISAS[dot.feature]
+        if not isa.measured:
+            warnings.append(f"int8 speed on '{target.name}' is unmeasured: {len(on_dot)} integer conv/matmul kernels use "
+                            f"{isa.name} ({dot.feature}), checked for exactness under emulation only; measure on the device "
+                            "before choosing int8 over fp32 for speed")
     return warnings
