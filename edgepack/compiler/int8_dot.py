@@ -95,10 +95,15 @@ def column_correction(weight: np.ndarray, zero_point: int, offset: int, lanes: i
     return correction.astype(np.int32)
 
 
+#: accumulator vectors a kernel tile keeps in registers (of 32 on AVX-512 and AArch64; the rest hold operands)
+TILE_VECTORS = 16
+
+
 def _tiles(m: int, blocks: int) -> tuple[int, int]:
-    rows = max(d for d in range(1, 5) if m % d == 0)
-    columns = max(d for d in range(1, 9 if rows == 1 else 5) if blocks % d == 0)
-    return rows, columns
+    """(rows, column vectors) of the register tile: divisors of m and blocks, at most 8 each, as many accumulators
+    as fit TILE_VECTORS (independent vpdpbusd/sdot chains hide the instruction's latency), squarest first."""
+    options = [(r, c) for r in range(1, 9) if m % r == 0 for c in range(1, 9) if blocks % c == 0 and r * c <= TILE_VECTORS]
+    return max(options, key=lambda rc: (rc[0] * rc[1], -abs(rc[0] - rc[1])))
 
 
 def dense_kernel(isa: Isa, m: int, k: int, n: int, dtype: str):
