@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from edgepack.compiler.int8_dot import column_correction, pack_weight, vnni_dense
+from edgepack.compiler.int8_dot import column_correction, pack_conv_weight, pack_weight, vnni_conv2d, vnni_dense
 from edgepack.runtime.bundle_format import cpu_features
 from edgepack.targets import load_target
 from tests.tvm.test_integer_ops import _init, _save, compiled_outputs, conv_model, quantize, random_inputs
@@ -55,6 +55,45 @@ def test_vnni_kernel_is_exact(m, k, n, signed, zero_point):
     library(tvm.runtime.tensor(x), tvm.runtime.tensor(pack_weight(w)),
             tvm.runtime.tensor(column_correction(w, zero_point, 128 if signed else 0)), out)
     assert np.array_equal(out.numpy()[:, :n], (x.astype(np.int64) - zero_point) @ w.astype(np.int64))
+
+
+def _reference_conv(x: np.ndarray, w: np.ndarray, stride: int, pad: int, dilation: int) -> np.ndarray:
+    """NCHW x OIHW in int64, zero padding (x already has its zero point subtracted)."""
+    o, _, kh, kw = w.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh = (padded.shape[2] - dilation * (kh - 1) - 1) // stride + 1
+    ow = (padded.shape[3] - dilation * (kw - 1) - 1) // stride + 1
+    out = np.zeros((x.shape[0], o, oh, ow), np.int64)
+    for y in range(kh):
+        for z in range(kw):
+            patch = padded[:, :, y * dilation: y * dilation + stride * (oh - 1) + 1: stride,
+                           z * dilation: z * dilation + stride * (ow - 1) + 1: stride]
+            out += np.einsum("nchw,oc->nohw", patch, w[:, :, y, z].astype(np.int64))
+    return out
+
+
+@needs_vnni
+@pytest.mark.parametrize("n, c, h, w, o, k, stride, pad, dilation, signed, zero_point", [
+    (1, 3, 8, 8, 8, 3, 1, 1, 1, True, 0), (2, 5, 9, 7, 20, 3, 2, 1, 1, False, 17), (1, 16, 6, 6, 33, 1, 1, 0, 1, True, -5),
+    (1, 8, 10, 10, 16, 3, 1, 2, 2, True, 3), (1, 4, 16, 16, 64, 3, 1, 1, 1, False, 128)])
+def test_vnni_conv_kernel_is_exact(n, c, h, w, o, k, stride, pad, dilation, signed, zero_point):
+    """The input as _emit_conv2d prepares it: padded with the zero point, NHWC, channels padded to 4."""
+    import tvm
+
+    rs = np.random.RandomState(c * 100 + o)
+    x = rs.randint(-128, 128, (n, c, h, w)).astype(np.int8) if signed else rs.randint(0, 256, (n, c, h, w)).astype(np.uint8)
+    weight = rs.randint(-128, 128, (o, c, k, k)).astype(np.int8)
+    want = _reference_conv(x.astype(np.int64) - zero_point, weight, stride, pad, dilation)
+    nhwc = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=zero_point).transpose(0, 2, 3, 1)
+    nhwc = np.ascontiguousarray(np.pad(nhwc, ((0, 0), (0, 0), (0, 0), (0, -c % 4))))
+    blocks = -(-o // 16)
+    kernel = vnni_conv2d(nhwc.shape, (k, k), want.shape[2:], blocks, (stride, stride), (dilation, dilation), signed)
+    library = tvm.compile(tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}),
+                          target=load_target("x86_64-vnni").tvm_target())
+    out = tvm.runtime.tensor(np.zeros((n, *want.shape[2:], blocks * 16), np.int32))
+    library(tvm.runtime.tensor(nhwc), tvm.runtime.tensor(pack_conv_weight(weight)),
+            tvm.runtime.tensor(column_correction(weight.reshape(o, -1).T, zero_point, 128 if signed else 0)), out)
+    assert np.array_equal(out.numpy()[..., :o].transpose(0, 3, 1, 2), want)
 
 
 def mlp_model(path: Path) -> Path:
