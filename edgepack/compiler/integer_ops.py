@@ -440,9 +440,10 @@ def speed_warnings(report: IntegerReport, target, dot=None) -> list[str]:
     widened = [op for op in report.integer if op not in on_dot]
     if widened:
         present = [name for feature, name in DOT_PRODUCT_FEATURES.items() if target.supports(feature)]
-        why = (f"the target's {', '.join(present)} is used for integer matmuls only, not for these" if on_dot
-               else f"the target's {', '.join(present)} is not used by these kernels yet" if present
-               else "the target has no int8 dot-product instructions")
+        skipped = next(iter(dot.skipped.items()), None) if dot is not None else None
+        why = (f"the target's {', '.join(present)} kernels do not take them (e.g. {skipped[0]}: {skipped[1]})"
+               if present and skipped else f"the target's {', '.join(present)} is not used by these kernels"
+               if present else "the target has no int8 dot-product instructions")
         warnings.append(f"int8 is likely slower than fp32 on '{target.name}': {len(widened)} of its {len(report.integer)} "
                         f"integer conv/matmul kernels are widened 32-bit multiply-adds ({why}; measured 1.6-5x slower "
                         "than fp32 on x86-64 AVX2, see docs/integer-execution.md); build the fp32 model where speed "

@@ -161,6 +161,26 @@ def test_vnni_build_and_tuning_tasks_without_running(tmp_path):
     assert sum("conv2d" in task.task_name for task in widened) == 3
 
 
+def test_dynamic_batch_keeps_the_widened_path_with_the_reason(tmp_path):
+    """Compile-only: a symbolic batch is not taken (the kernels need static shapes); the warning says why."""
+    import onnx
+
+    from edgepack.compiler.compile import CompileConfig, compile_model
+    from edgepack.frontends.preflight import preflight
+
+    path = quantize(mlp_model(tmp_path / "mlp.onnx"), "int8")
+    model = onnx.load(str(path))
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    onnx.save(model, str(tmp_path / "dynamic.onnx"))
+    compiled_model, _ = preflight(tmp_path / "dynamic.onnx", {}, tmp_path)
+    _, record = compile_model(compiled_model, load_target("x86_64-vnni"), tmp_path, CompileConfig())
+    dot = record.report["integer_ops"]["dot_product"]
+    assert dot["kernels"] == 0 and set(dot["skipped"].values()) == {"its activation's shape is not static"}, dot
+    assert any("2 of its 2 integer conv/matmul kernels are widened" in line and "do not take them" in line
+               for line in record.report["warnings"]), record.report["warnings"]
+
+
 def test_targets_without_vnni_keep_the_widened_path(tmp_path):
     """x86_64 (AVX2) and x86_64-v4 have no VNNI: no dot-product kernel, the warning still says int8 is slower."""
     from edgepack.compiler.int8_dot import dot_feature
