@@ -1,6 +1,6 @@
 """int8 vs fp32 latency of edgepack builds: fp32, QDQ as dequantize-then-float, QDQ as integer ops.
 
-    .venv/bin/python scripts/int8_bench.py [--models digits,resnet_small] [--target x86_64] [--runs 50]
+    .venv/bin/python scripts/int8_bench.py [--models digits,resnet_small,mlp,mlp16] [--target x86_64] [--runs 50]
         [--activations int8|uint8] [--json out.json]
 
 Each model is exported from PyTorch, quantized with ONNX Runtime's quantize_static (QDQ, per-channel
@@ -38,8 +38,15 @@ def _export(name: str, directory: Path) -> tuple[Path, np.ndarray]:
 
         model = resnet_small()
         samples = np.random.RandomState(0).rand(16, *model.example_inputs[0].shape[1:]).astype(np.float32)
+    elif name in ("mlp", "mlp16"):  # 784-512-256-10 fully connected, batch 1 or 16: the int8 matmul kernels alone
+        from edgepack.examples.bench_models import mlp
+
+        model = mlp()
+        if name == "mlp16":
+            model.example_inputs = (torch.zeros(16, 784),)
+        samples = np.random.RandomState(0).rand(4, *model.example_inputs[0].shape).astype(np.float32)  # whole batches
     else:
-        raise SystemExit(f"unknown model {name}: digits, resnet_small")
+        raise SystemExit(f"unknown model {name}: digits, resnet_small, mlp, mlp16")
     path = directory / f"{name}.onnx"
     torch.onnx.export(model, model.example_inputs, str(path), input_names=["x"], output_names=["y"], dynamo=False,
                       opset_version=17)
@@ -50,9 +57,13 @@ def quantize_qdq(fp32: Path, out: Path, samples: np.ndarray, activations: str) -
     """ONNX Runtime quantize_static, QDQ format, per-channel int8 weights."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+    import onnx
+
+    rank = len(onnx.load(str(fp32)).graph.input[0].type.tensor_type.shape.dim)
+
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.items = iter([{"x": sample[None]} for sample in samples])
+            self.items = iter([{"x": sample if sample.ndim == rank else sample[None]} for sample in samples])
 
         def get_next(self):
             return next(self.items, None)
@@ -86,7 +97,12 @@ def _tvm_runner(compiled, model):
     from tvm import relax
 
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(compiled.library)), tvm.cpu())
-    loaded = tvm.runtime.load_param_dict(compiled.params.read_bytes())
+    data = compiled.params.read_bytes()
+    if compiled.params.suffix == ".sparse":  # written by edgepack.bundle.sparse_params when zeros make it smaller
+        from edgepack.bundle.sparse_params import decode
+
+        data = decode(data)
+    loaded = tvm.runtime.load_param_dict(data)
     params = [loaded[name] for name in compiled.param_names]
     inputs = [tvm.runtime.tensor(np.random.RandomState(1).rand(*spec.shape).astype(spec.dtype)) for spec in model.inputs]
     vm.set_input("main", *inputs, *params)

@@ -14,6 +14,7 @@ from edgepack.compiler.backends import backend_for, check_toolchain
 from edgepack.compiler.backends.cpu import lower_to_tir, schedule_kernels
 from edgepack.compiler.config import CompileConfig
 from edgepack.compiler.conv_layout import block_convolutions
+from edgepack.compiler.int8_dot import DotReport, dot_feature, use_dot_kernels
 from edgepack.compiler.integer_ops import IntegerReport, integerize, speed_warnings, survey
 from edgepack.compiler.relax_params import bind_as_constants, input_count
 from edgepack.compiler.schedules import vector_lanes
@@ -29,11 +30,13 @@ LIBRARY_NAME = "model.so"
 PARAMS_NAME = "params.bin"
 
 
-def import_relax(model: OnnxModel, integer_ops: bool = True, report=None, conv_block: int = 0, layout_report: dict | None = None):
+def import_relax(model: OnnxModel, integer_ops: bool = True, report=None, conv_block: int = 0, layout_report: dict | None = None,
+                 int8_dot: str | None = None, dot_report: DotReport | None = None):
     """The model as a Relax module with detached params; with `integer_ops`, QDQ chains rewritten to integer ops
     (edgepack.compiler.integer_ops), filling `report` (an IntegerReport) when given; with `conv_block`, convolutions
-    blocked by that many channels (edgepack.compiler.conv_layout), counted in `layout_report` when given.
-    Tuning and compiling both import here."""
+    blocked by that many channels (edgepack.compiler.conv_layout), counted in `layout_report` when given; with
+    `int8_dot` (a cpu_features name, edgepack.compiler.int8_dot.dot_feature), integer matmuls on that
+    instruction's kernel, listed in `dot_report`. Tuning and compiling both import here."""
     import onnx
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -57,6 +60,8 @@ def import_relax(model: OnnxModel, integer_ops: bool = True, report=None, conv_b
             layout_report.update({"layout": f"NCHW{conv_block}c" if blocked else "NCHW", "blocked_convs": blocked,
                                   **({"skipped": skipped} if skipped else {})})
     module, weights, _ = pretranspose_weights(module, weights)
+    if integer_ops and int8_dot:
+        module, weights = use_dot_kernels(module, weights, int8_dot, dot_report)
     return module, {**params, "main": weights}
 
 
@@ -93,7 +98,10 @@ def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: C
     tvm_target = target.tvm_target()
     conv_block = vector_lanes(tvm_target) if config.blocked_convs and backend.blocked_convs else 0
     layout_report: dict = {"layout": "NCHW", "blocked_convs": 0}
-    module, params = import_relax(model, config.integer_ops and backend.integer_ops, integer_report, conv_block, layout_report)
+    integer = config.integer_ops and backend.integer_ops
+    dot_report = DotReport()
+    module, params = import_relax(model, integer, integer_report, conv_block, layout_report,
+                                  dot_feature(target) if integer else None, dot_report)
     if config.integer_ops and not backend.integer_ops:
         integer_report.note = f"integer execution is built for CPU targets only, not {target.device}"
     names = _param_names(module["main"], len(model.inputs))
@@ -117,9 +125,9 @@ def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: C
         **({"params_dense_bytes": param_encoding["dense_bytes"]} if param_encoding else {}),
         "n_params": len(names),
         "kernels": kernels,
-        "integer_ops": integer_report.to_json(),
+        "integer_ops": {**integer_report.to_json(), "dot_product": dot_report.to_json()},
         "conv_layout": layout_report,
-        "warnings": speed_warnings(integer_report, target),
+        "warnings": speed_warnings(integer_report, target, dot_report),
     }
     compiled = CompiledModule(library, param_file, names, target, model)
     return compiled, StageRecord("compile", {**asdict(config), "tvm_target": dict(target.tvm)}, report)

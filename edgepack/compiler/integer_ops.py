@@ -422,11 +422,12 @@ def _layer_name(matcher: _Matcher, call, var_name: str) -> str:
 DOT_PRODUCT_FEATURES = {"avx512_vnni": "AVX512-VNNI", "asimddp": "Armv8.2 dotprod"}
 
 
-def speed_warnings(report: IntegerReport, target) -> list[str]:
+def speed_warnings(report: IntegerReport, target, dot=None) -> list[str]:
     """Build-output warnings when the quantized model will run slower than the fp32 one on `target`.
 
     Measured on x86-64 AVX2 (docs/integer-execution.md): integer kernels without dot-product instructions are
-    widened 32-bit multiply-adds, slower than fp32 FMA; dequantize-then-float adds Q/DQ work to the fp32 work."""
+    widened 32-bit multiply-adds, slower than fp32 FMA; dequantize-then-float adds Q/DQ work to the fp32 work.
+    `dot` (edgepack.compiler.int8_dot.DotReport) lists the matmuls that run on a dot-product kernel instead."""
     if not report.quantized:
         return []
     warnings = []
@@ -435,11 +436,24 @@ def speed_warnings(report: IntegerReport, target) -> list[str]:
         first = next(iter(report.float.items()))
         warnings.append(f"{len(report.float)} of {total} conv/matmul ops of the quantized model run dequantize-then-float "
                         f"(e.g. {first[0]}: {first[1]}), slower than the same ops in an fp32 build")
-    if report.integer:
+    on_dot = set(dot.kernels) if dot is not None else set()
+    widened = [op for op in report.integer if op not in on_dot]
+    if widened:
         present = [name for feature, name in DOT_PRODUCT_FEATURES.items() if target.supports(feature)]
-        why = (f"the target's {', '.join(present)} is not used by these kernels yet" if present
-               else "the target has no int8 dot-product instructions")
-        warnings.append(f"int8 is likely slower than fp32 on '{target.name}': its {len(report.integer)} integer conv/matmul "
-                        f"kernels are widened 32-bit multiply-adds ({why}; measured 1.6-5x slower than fp32 on x86-64 "
-                        "AVX2, see docs/integer-execution.md); build the fp32 model where speed matters more than size")
+        skipped = next(iter(dot.skipped.items()), None) if dot is not None else None
+        why = (f"the target's {', '.join(present)} kernels do not take them (e.g. {skipped[0]}: {skipped[1]})"
+               if present and skipped else f"the target's {', '.join(present)} is not used by these kernels"
+               if present else "the target has no int8 dot-product instructions")
+        warnings.append(f"int8 is likely slower than fp32 on '{target.name}': {len(widened)} of its {len(report.integer)} "
+                        f"integer conv/matmul kernels are widened 32-bit multiply-adds ({why}; measured 1.6-5x slower "
+                        "than fp32 on x86-64 AVX2, see docs/integer-execution.md); build the fp32 model where speed "
+                        "matters more than size")
+    if on_dot and dot is not None and dot.feature is not None:
+        from edgepack.compiler.int8_dot import ISAS
+
+        isa = ISAS[dot.feature]
+        if not isa.measured:
+            warnings.append(f"int8 speed on '{target.name}' is unmeasured: {len(on_dot)} integer conv/matmul kernels use "
+                            f"{isa.name} ({dot.feature}), checked for exactness under emulation only; measure on the device "
+                            "before choosing int8 over fp32 for speed")
     return warnings

@@ -38,9 +38,11 @@ class ScheduleReport:
     scheduled: list[str] = field(default_factory=list)
     tuned: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    hand_written: list[str] = field(default_factory=list)  # edgepack.compiler.int8_dot kernels
 
     def to_json(self) -> dict:
-        return {"heuristic": len(self.scheduled), "tuned": len(self.tuned), "unscheduled": dict(self.failed)}
+        return {"heuristic": len(self.scheduled), "tuned": len(self.tuned), "unscheduled": dict(self.failed),
+                **({"hand_written": len(self.hand_written)} if self.hand_written else {})}
 
 
 def _extent(sch, loop) -> int:
@@ -313,6 +315,9 @@ def cpu_schedule_pass(report: ScheduleReport, lanes: int):
         updates = {}
         for gvar, func in mod.functions.items():
             if not isinstance(func, tirx.PrimFunc):
+                continue
+            if func.attrs is not None and "edgepack.int8_dot" in func.attrs:
+                report.hand_written.append(gvar.name_hint)
                 continue
             if func.attrs is not None and "tirx.is_scheduled" in func.attrs and bool(func.attrs["tirx.is_scheduled"]):
                 report.tuned.append(gvar.name_hint)

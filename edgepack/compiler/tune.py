@@ -30,6 +30,7 @@ from edgepack.compiler.backends import backend_for
 from edgepack.compiler.backends.cpu import lower_to_tir
 from edgepack.compiler.config import CompileConfig
 from edgepack.compiler.compile import import_relax
+from edgepack.compiler.int8_dot import dot_feature
 from edgepack.compiler.schedules import heuristic_schedule, vector_lanes
 from edgepack.compiler.tuning_records import RECORD_FILE, WORKLOAD_FILE, open_database, tuning_dir
 from edgepack.errors import EdgepackError, first_line
@@ -349,9 +350,16 @@ def extract_kernels(model: OnnxModel, target: TargetSpec, cores: int | None = No
 
     tvm_target = tuning_target(target, cores)
     conv_block = vector_lanes(tvm_target) if CompileConfig().blocked_convs and backend_for(target).blocked_convs else 0
-    module, _ = import_relax(model, conv_block=conv_block)
+    module, _ = import_relax(model, conv_block=conv_block, int8_dot=dot_feature(target))
     module = lower_to_tir(module, tvm_target)
-    return tvm_target, ms.relax_integration.extract_tasks(module, tvm_target)
+    tasks = ms.relax_integration.extract_tasks(module, tvm_target)
+    return tvm_target, [task for task in tasks if not _hand_written(task)]
+
+
+def _hand_written(task) -> bool:
+    """A kernel written by hand for an instruction (edgepack.compiler.int8_dot): nothing to tune."""
+    return any(func.attrs is not None and "edgepack.int8_dot" in func.attrs
+               for mod in task.dispatched for func in mod.functions.values())
 
 
 def tune_model(model: OnnxModel, target: TargetSpec, config: TuneConfig = TuneConfig(),

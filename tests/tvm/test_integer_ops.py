@@ -105,14 +105,14 @@ def ort_outputs(path: Path, inputs: list[np.ndarray], optimized: bool) -> list[n
     return [session.run(None, {"x": x})[0] for x in inputs]
 
 
-def compiled_outputs(path: Path, workdir: Path, inputs: list[np.ndarray], integer_ops: bool = True):
-    """Compile with edgepack for x86_64 and run through the TVM runtime; returns (outputs, compile report)."""
+def compiled_outputs(path: Path, workdir: Path, inputs: list[np.ndarray], integer_ops: bool = True, target: str = "x86_64"):
+    """Compile with edgepack for `target` (x86_64 by default) and run through the TVM runtime; returns (outputs, compile report)."""
     import tvm
     from tvm import relax
 
     workdir.mkdir(parents=True, exist_ok=True)
     model, _ = preflight(path, {}, workdir)
-    compiled, record = compile_model(model, load_target("x86_64"), workdir, CompileConfig(integer_ops=integer_ops))
+    compiled, record = compile_model(model, load_target(target), workdir, CompileConfig(integer_ops=integer_ops))
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(compiled.library)), tvm.cpu())
     data = compiled.params.read_bytes()
     if compiled.params.suffix == ".sparse":  # written by edgepack.bundle.sparse_params when zeros make it smaller

@@ -13,7 +13,7 @@ from edgepack.targets import TargetSpec, load_target, parse_target, target_names
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = ["arm64", "cuda", "cuda-sm86", "cuda-sm89", "cuda-sm90", "jetson-orin", "neoverse-v1", "rpi4", "rpi5",
-           "x86_64", "x86_64-generic", "x86_64-v4"]
+           "x86_64", "x86_64-generic", "x86_64-v4", "x86_64-vnni"]
 
 GOOD = """\
 name = "board"
@@ -78,7 +78,7 @@ def test_x86_64_v4_is_avx512_with_16_lanes_and_runs_only_where_the_cpu_has_it():
     specs = [load_target(name) for name in SHIPPED]
     fullest = fullest_native_target(specs)
     if platform.machine() == "x86_64":  # the AVX-512 target where the CPU has it, else the AVX2 default (CI hosts)
-        assert fullest.name == ("x86_64-v4" if "avx512f" in here else "x86_64" if "avx2" in here else "x86_64-generic")
+        assert fullest.name == ("x86_64-vnni" if "avx512_vnni" in here else "x86_64-v4" if "avx512f" in here else "x86_64" if "avx2" in here else "x86_64-generic")
     assert fullest is None or all(len(s.cpu_features) <= len(fullest.cpu_features) for s in specs if s.runs_on_this_machine())
 
 
