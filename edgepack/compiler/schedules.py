@@ -33,14 +33,17 @@ TILE_VECTORS = 14
 
 @dataclass
 class ScheduleReport:
-    """Which functions the heuristic scheduled, which it skipped (already tuned) and why some failed."""
+    """Which functions the heuristic scheduled, which it skipped (already tuned, or written vectorised by hand:
+    `edgepack.hand_written`) and why some failed."""
 
     scheduled: list[str] = field(default_factory=list)
     tuned: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    hand_written: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"heuristic": len(self.scheduled), "tuned": len(self.tuned), "unscheduled": dict(self.failed)}
+        report = {"heuristic": len(self.scheduled), "tuned": len(self.tuned), "unscheduled": dict(self.failed)}
+        return {**report, "hand_written": len(self.hand_written)} if self.hand_written else report
 
 
 def _extent(sch, loop) -> int:
@@ -313,6 +316,9 @@ def cpu_schedule_pass(report: ScheduleReport, lanes: int):
         updates = {}
         for gvar, func in mod.functions.items():
             if not isinstance(func, tirx.PrimFunc):
+                continue
+            if func.attrs is not None and "edgepack.hand_written" in func.attrs:
+                report.hand_written.append(gvar.name_hint)
                 continue
             if func.attrs is not None and "tirx.is_scheduled" in func.attrs and bool(func.attrs["tirx.is_scheduled"]):
                 report.tuned.append(gvar.name_hint)

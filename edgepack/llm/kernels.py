@@ -55,7 +55,7 @@ def quantized_linear_function(columns: int, out_features: int, scheme: QuantSche
     if int4:
         @T.prim_func(private=True)
         def linear_int4(var_x: T.handle, var_q: T.handle, var_scale: T.handle, var_y: T.handle):
-            T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
+            T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True, "edgepack.hand_written": True})
             n = T.int64()
             x = T.match_buffer(var_x, (n, T.int64(columns)), "float32")
             q = T.match_buffer(var_q, (T.int64(blocks), T.int64(stored), T.int64(lanes)), "uint8")
@@ -88,7 +88,7 @@ def quantized_linear_function(columns: int, out_features: int, scheme: QuantSche
 
     @T.prim_func(private=True)
     def linear_int8(var_x: T.handle, var_q: T.handle, var_scale: T.handle, var_y: T.handle):
-        T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
+        T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True, "edgepack.hand_written": True})
         n = T.int64()
         x = T.match_buffer(var_x, (n, T.int64(columns)), "float32")
         q = T.match_buffer(var_q, (T.int64(blocks), T.int64(stored), T.int64(lanes)), "int8")
