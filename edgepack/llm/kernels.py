@@ -75,7 +75,7 @@ def quantized_linear_function(columns: int, out_features: int, scheme: QuantSche
                         for j in range(T.int64(step)):
                             for r in T.unroll(vectors):
                                 for lane in T.vectorized(lanes):
-                                    part[r, lane] = part[r, lane] + x[i, g * T.int64(group) + j * T.int64(2)] * (T.Cast("float32", T.bitwise_and(q[t * T.int64(vectors) + r, g * T.int64(step) + j, lane], T.uint8(15))) - T.float32(8)) + x[i, g * T.int64(group) + j * T.int64(2) + T.int64(1)] * (T.Cast("float32", T.shift_right(q[t * T.int64(vectors) + r, g * T.int64(step) + j, lane], T.uint8(4))) - T.float32(8))
+                                    part[r, lane] = part[r, lane] + x[i, g * T.int64(group) + j * T.int64(2)] * (T.Cast("float32", T.bitwise_and(T.Cast("int32", q[t * T.int64(vectors) + r, g * T.int64(step) + j, lane]), 15)) - T.float32(8)) + x[i, g * T.int64(group) + j * T.int64(2) + T.int64(1)] * (T.Cast("float32", T.shift_right(T.Cast("int32", q[t * T.int64(vectors) + r, g * T.int64(step) + j, lane]), 4)) - T.float32(8))
                         for r in T.unroll(vectors):
                             for lane in T.vectorized(lanes):
                                 acc[r, lane] = acc[r, lane] + part[r, lane] * scale[t * T.int64(vectors) + r, g, lane]
