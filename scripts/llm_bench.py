@@ -262,6 +262,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--runs", type=int, default=5, help="generations per engine process (the fastest counts)")
     parser.add_argument("--rounds", type=int, default=3, help="processes per engine, edgepack and llama.cpp alternating")
+    parser.add_argument("--target", default="x86_64", help="edgepack's target (x86_64-v4: AVX-512, as llama.cpp's native build)")
     parser.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp (llama-cpp-python not installed)")
     parser.add_argument("--no-onnxruntime", action="store_true", help="skip ONNX Runtime (fp32 only)")
     parser.add_argument("--json", type=Path)
@@ -280,7 +281,7 @@ def main() -> None:
         max_seq = args.prompt + args.new_tokens
         for bits in (None, 8, 4):
             weights = f"int{bits}" if bits else "fp32"
-            plan = plan_llm_build(model_dir, "x86_64", Path(work) / "dist", name=f"bench-{weights}",
+            plan = plan_llm_build(model_dir, args.target, Path(work) / "dist", name=f"bench-{weights}",
                                   max_seq_len=max_seq, quantize=weights if bits else None)
             bundle, _ = run_llm_build(plan)
             gguf = None if args.no_llama_cpp else write_gguf(model_dir, config, Path(work) / f"model-{weights}.gguf", bits)
@@ -315,7 +316,7 @@ def main() -> None:
                            decode_vs_onnxruntime=ours["decode_tok_s"] / ort_row["decode_tok_s"],
                            prefill_vs_onnxruntime=ours["prefill_tok_s"] / ort_row["prefill_tok_s"])
             rows.append(row)
-    result = {"model": {"hidden": args.hidden, "layers": args.layers, "vocab": args.vocab}, "prompt": args.prompt,
+    result = {"target": args.target, "model": {"hidden": args.hidden, "layers": args.layers, "vocab": args.vocab}, "prompt": args.prompt,
               "new_tokens": args.new_tokens, "runs": args.runs, "rounds": args.rounds, "rates": "fastest run", "threads": threads, "copy_bandwidth_gb_s": bandwidth,
               "load_average": os.getloadavg(), "rows": rows}
     print(f"{'weights':8} {'params MB':>9} {'prefill tok/s':>14} {'(torch)':>9} {'decode tok/s':>13} {'(torch)':>9} "

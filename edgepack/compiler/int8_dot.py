@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgepack.compiler.schedules import HAND_WRITTEN
+
 #: below this many multiply-adds a kernel stays single-threaded (as edgepack.compiler.schedules)
 PARALLEL_MIN_WORK = 1 << 15
 MATMUL = "relax.matmul"
@@ -158,7 +160,7 @@ def dense_kernel(isa: Isa, m: int, k: int, n: int, dtype: str):
 def _hand_written(kernel, isa: Isa):
     """Scheduled by hand (the heuristic and tuning leave it alone); opaque: FuseOps does not merge it."""
     return kernel.without_attr("global_symbol").with_attrs({"tirx.is_scheduled": True, "op_pattern": 8,
-                                                            "edgepack.int8_dot": isa.name})
+                                                            HAND_WRITTEN: isa.name})
 
 
 def vnni_dense(m: int, k: int, n: int, signed: bool):

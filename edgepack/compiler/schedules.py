@@ -29,16 +29,19 @@ TILE_ELEMENTS = 64
 #: vector registers the accumulator tile may use when vectorised along a weight's contiguous axis
 #: (two are left for the weight vector and the broadcast input)
 TILE_VECTORS = 14
+#: PrimFunc attribute of kernels written vectorised by hand (int8_dot, llm.kernels): neither scheduled nor tuned
+HAND_WRITTEN = "edgepack.hand_written"
 
 
 @dataclass
 class ScheduleReport:
-    """Which functions the heuristic scheduled, which it skipped (already tuned) and why some failed."""
+    """Which functions the heuristic scheduled, which it skipped (already tuned, or written vectorised by hand:
+    `edgepack.hand_written`) and why some failed."""
 
     scheduled: list[str] = field(default_factory=list)
     tuned: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
-    hand_written: list[str] = field(default_factory=list)  # edgepack.compiler.int8_dot kernels
+    hand_written: list[str] = field(default_factory=list)  # kernels marked HAND_WRITTEN (int8_dot, llm.kernels)
 
     def to_json(self) -> dict:
         return {"heuristic": len(self.scheduled), "tuned": len(self.tuned), "unscheduled": dict(self.failed),
@@ -316,7 +319,7 @@ def cpu_schedule_pass(report: ScheduleReport, lanes: int):
         for gvar, func in mod.functions.items():
             if not isinstance(func, tirx.PrimFunc):
                 continue
-            if func.attrs is not None and "edgepack.int8_dot" in func.attrs:
+            if func.attrs is not None and HAND_WRITTEN in func.attrs:
                 report.hand_written.append(gvar.name_hint)
                 continue
             if func.attrs is not None and "tirx.is_scheduled" in func.attrs and bool(func.attrs["tirx.is_scheduled"]):

@@ -31,7 +31,7 @@ from edgepack.compiler.backends.cpu import lower_to_tir
 from edgepack.compiler.config import CompileConfig
 from edgepack.compiler.compile import import_relax
 from edgepack.compiler.int8_dot import dot_feature
-from edgepack.compiler.schedules import heuristic_schedule, vector_lanes
+from edgepack.compiler.schedules import HAND_WRITTEN, heuristic_schedule, vector_lanes
 from edgepack.compiler.tuning_records import RECORD_FILE, WORKLOAD_FILE, open_database, tuning_dir
 from edgepack.errors import EdgepackError, first_line
 from edgepack.progress import ProgressEvent
@@ -358,7 +358,7 @@ def extract_kernels(model: OnnxModel, target: TargetSpec, cores: int | None = No
 
 def _hand_written(task) -> bool:
     """A kernel written by hand for an instruction (edgepack.compiler.int8_dot): nothing to tune."""
-    return any(func.attrs is not None and "edgepack.int8_dot" in func.attrs
+    return any(func.attrs is not None and HAND_WRITTEN in func.attrs
                for mod in task.dispatched for func in mod.functions.values())
 
 

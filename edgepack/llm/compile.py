@@ -1,13 +1,16 @@
-"""Stage: build the language model's Relax module for a target; weights (compressed when quantized) in params.bin."""
+"""Stage: build the language model's Relax module for a target; weights (compressed when quantized, interleaved by
+the target's vector lanes) in params.bin."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from edgepack.errors import EdgepackError, first_line
+from edgepack.llm.weights import block_weights
 from edgepack.llm.relax_model import ModelPlan, build_module, weight_shapes
 from edgepack.targets import TargetSpec
 
@@ -28,8 +31,10 @@ def compile_llm(plan: ModelPlan, weights: dict[str, np.ndarray], target: TargetS
                             "pick a CPU target (see `edgepack targets`)")
     cxx = check_toolchain(target)
     started = time.perf_counter()
-    names = [name for name, _, _ in weight_shapes(plan, weights)]
     tvm_target = target.tvm_target()
+    plan = replace(plan, lanes=vector_lanes(tvm_target))
+    weights = block_weights(weights, plan.config, plan.scheme, plan.lanes)
+    names = [name for name, _, _ in weight_shapes(plan, weights)]
     schedule = ScheduleReport()
     try:
         module = build_module(plan, weights)

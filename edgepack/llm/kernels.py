@@ -1,5 +1,5 @@
-"""Tensor-expression kernels of the language model: weight matmuls that dequantize int8/int4 weights inside
-the reduction, embedding gathers, rotary embedding, causal attention over the KV cache, and the in-place
+"""Kernels of the language model: fp32 weight matmuls (tensor expressions), int8/int4 weight matmuls over the
+interleaved layout of `weights.block_matrix` (TVMScript, vectorised by hand), embedding gathers, rotary embedding, causal attention over the KV cache, and the in-place
 cache write (TVMScript, called with `call_tir_inplace`)."""
 
 from __future__ import annotations
@@ -7,45 +7,117 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx as tir
 
-from edgepack.llm.weights import QuantScheme
+from edgepack.llm.weights import QuantScheme, tile_rows
 
 
 def dequantized(q: te.Tensor, scale: te.Tensor, scheme: QuantScheme | None, columns: int):
-    """A function (row, column) → fp32 weight value read from the compressed tensors."""
+    """A function (row, column) → fp32 weight value read from the compressed tensors (interleaved by
+    `block_matrix`: row o at [o // lanes, :, o % lanes])."""
     if scheme is None:
         return lambda o, k: q[o, k]
     group = scheme.group_for(columns)
+    lanes = int(q.shape[2])
     if scheme.bits == 8:
-        return lambda o, k: q[o, k].astype("float32") * scale[o, k // group]
+        return lambda o, k: q[o // lanes, k, o % lanes].astype("float32") * scale[o // lanes, k // group, o % lanes]
 
     def int4(o, k):
-        byte = q[o, k // 2]
+        byte = q[o // lanes, k // 2, o % lanes]
         nibble = tir.bitwise_and(tir.shift_right(byte, (k % 2 * 4).astype("uint8")), tir.const(15, "uint8"))
-        return (nibble.astype("float32") - 8.0) * scale[o, k // group]
+        return (nibble.astype("float32") - 8.0) * scale[o // lanes, k // group, o % lanes]
 
     return int4
 
 
-def linear(x: te.Tensor, q: te.Tensor, scale: te.Tensor | None, scheme: QuantScheme | None, out_features: int) -> te.Tensor:
-    """y[i, o] = Σ_k x[i, k] · W[o, k], with W dequantized inside the reduction.
-
-    int4 reduces over bytes: each byte's two values (low nibble: even input, high: odd) are unpacked with
-    constant shifts, and one group scale applies to both (group sizes are even)."""
+def linear(x: te.Tensor, weight: te.Tensor, out_features: int) -> te.Tensor:
+    """y[i, o] = Σ_k x[i, k] · W[o, k] for an fp32 weight [out, in] (scheduled by compiler/schedules.py)."""
     rows, columns = x.shape
-    if scheme is not None and scheme.bits == 4:
-        group = scheme.group_for(int(columns))
-        b = te.reduce_axis((0, int(columns) // 2), name="b")
-
-        def pair(i, o, b):
-            byte = q[o, b]
-            low = tir.bitwise_and(byte, tir.const(15, "uint8")).astype("float32") - 8.0
-            high = tir.shift_right(byte, tir.const(4, "uint8")).astype("float32") - 8.0
-            return (x[i, 2 * b] * low + x[i, 2 * b + 1] * high) * scale[o, 2 * b // group]
-
-        return te.compute((rows, out_features), lambda i, o: te.sum(pair(i, o, b), axis=b), name="linear")
-    weight = dequantized(q, scale, scheme, int(columns))
     k = te.reduce_axis((0, columns), name="k")
-    return te.compute((rows, out_features), lambda i, o: te.sum(x[i, k] * weight(o, k), axis=k), name="linear")
+    return te.compute((rows, out_features), lambda i, o: te.sum(x[i, k] * weight[o, k], axis=k), name="linear")
+
+
+def quantized_linear_function(columns: int, out_features: int, scheme: QuantScheme, lanes: int):
+    """A PrimFunc y[n, out] = x[n, in] · Wᵀ for a weight interleaved by `block_matrix` (n symbolic).
+
+    Each parallel task owns one tile of `tile_rows(lanes)` output rows (tile_rows/lanes vectors). For every
+    stored byte (int4: two inputs) it loads `lanes` contiguous bytes per vector, unpacks them to fp32 vectors
+    and accumulates them times the broadcast input into the group's partial sums; each group's partial sums
+    are multiplied by its scale vector once. The tile's weights stay in L1 across the n rows of a prefill."""
+    from tvm.script import tirx as T
+
+    group = scheme.group_for(columns)
+    groups, int4 = columns // group, scheme.bits == 4
+    step = group // 2 if int4 else group  # stored entries per group
+    stored, dtype = (columns // 2, "uint8") if int4 else (columns, "int8")
+    vectors = tile_rows(lanes) // lanes
+    tiles = -(-out_features // tile_rows(lanes))
+    blocks = tiles * vectors
+
+    if int4:
+        @T.prim_func(private=True)
+        def linear_int4(var_x: T.handle, var_q: T.handle, var_scale: T.handle, var_y: T.handle):
+            T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True, "edgepack.hand_written": True})
+            n = T.int64()
+            x = T.match_buffer(var_x, (n, T.int64(columns)), "float32")
+            q = T.match_buffer(var_q, (T.int64(blocks), T.int64(stored), T.int64(lanes)), "uint8")
+            scale = T.match_buffer(var_scale, (T.int64(blocks), T.int64(groups), T.int64(lanes)), "float32")
+            y = T.match_buffer(var_y, (n, T.int64(out_features)), "float32")
+            for t in T.parallel(T.int64(tiles)):
+                acc = T.alloc_buffer((vectors, lanes), "float32", scope="local")
+                part = T.alloc_buffer((vectors, lanes), "float32", scope="local")
+                for i in range(n):
+                    for r in T.unroll(vectors):
+                        for lane in T.vectorized(lanes):
+                            acc[r, lane] = T.float32(0)
+                    for g in range(T.int64(groups)):
+                        for r in T.unroll(vectors):
+                            for lane in T.vectorized(lanes):
+                                part[r, lane] = T.float32(0)
+                        for j in range(T.int64(step)):
+                            for r in T.unroll(vectors):
+                                for lane in T.vectorized(lanes):
+                                    part[r, lane] = part[r, lane] + x[i, g * T.int64(group) + j * T.int64(2)] * (T.Cast("float32", T.bitwise_and(T.Cast("int32", q[t * T.int64(vectors) + r, g * T.int64(step) + j, lane]), 15)) - T.float32(8)) + x[i, g * T.int64(group) + j * T.int64(2) + T.int64(1)] * (T.Cast("float32", T.shift_right(T.Cast("int32", q[t * T.int64(vectors) + r, g * T.int64(step) + j, lane]), 4)) - T.float32(8))
+                        for r in T.unroll(vectors):
+                            for lane in T.vectorized(lanes):
+                                acc[r, lane] = acc[r, lane] + part[r, lane] * scale[t * T.int64(vectors) + r, g, lane]
+                    for r in T.unroll(vectors):
+                        for lane in range(lanes):
+                            if (t * T.int64(vectors) + r) * T.int64(lanes) + lane < T.int64(out_features):
+                                y[i, (t * T.int64(vectors) + r) * T.int64(lanes) + lane] = acc[r, lane]
+
+        return linear_int4
+
+    @T.prim_func(private=True)
+    def linear_int8(var_x: T.handle, var_q: T.handle, var_scale: T.handle, var_y: T.handle):
+        T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True, "edgepack.hand_written": True})
+        n = T.int64()
+        x = T.match_buffer(var_x, (n, T.int64(columns)), "float32")
+        q = T.match_buffer(var_q, (T.int64(blocks), T.int64(stored), T.int64(lanes)), "int8")
+        scale = T.match_buffer(var_scale, (T.int64(blocks), T.int64(groups), T.int64(lanes)), "float32")
+        y = T.match_buffer(var_y, (n, T.int64(out_features)), "float32")
+        for t in T.parallel(T.int64(tiles)):
+            acc = T.alloc_buffer((vectors, lanes), "float32", scope="local")
+            part = T.alloc_buffer((vectors, lanes), "float32", scope="local")
+            for i in range(n):
+                for r in T.unroll(vectors):
+                    for lane in T.vectorized(lanes):
+                        acc[r, lane] = T.float32(0)
+                for g in range(T.int64(groups)):
+                    for r in T.unroll(vectors):
+                        for lane in T.vectorized(lanes):
+                            part[r, lane] = T.float32(0)
+                    for j in range(T.int64(step)):
+                        for r in T.unroll(vectors):
+                            for lane in T.vectorized(lanes):
+                                part[r, lane] = part[r, lane] + x[i, g * T.int64(group) + j] * T.Cast("float32", q[t * T.int64(vectors) + r, g * T.int64(step) + j, lane])
+                    for r in T.unroll(vectors):
+                        for lane in T.vectorized(lanes):
+                            acc[r, lane] = acc[r, lane] + part[r, lane] * scale[t * T.int64(vectors) + r, g, lane]
+                for r in T.unroll(vectors):
+                    for lane in range(lanes):
+                        if (t * T.int64(vectors) + r) * T.int64(lanes) + lane < T.int64(out_features):
+                            y[i, (t * T.int64(vectors) + r) * T.int64(lanes) + lane] = acc[r, lane]
+
+    return linear_int8
 
 
 def gather_rows(ids: te.Tensor, q: te.Tensor, scale: te.Tensor | None, scheme: QuantScheme | None, hidden: int) -> te.Tensor:

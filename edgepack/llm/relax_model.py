@@ -22,11 +22,13 @@ from edgepack.llm.weights import QuantScheme, matrix_names
 
 @dataclass(frozen=True)
 class ModelPlan:
-    """What the module is built from: architecture, cache bound and weight precision."""
+    """What the module is built from: architecture, cache bound, weight precision and the target's fp32 vector
+    lanes (the interleave of quantized weights, `weights.block_matrix`)."""
 
     config: LlmConfig
     max_seq_len: int
     scheme: QuantScheme | None = None
+    lanes: int = 8
 
     @property
     def cache_shape(self) -> tuple[int, ...]:
@@ -58,10 +60,13 @@ class _Builder:
         from tvm import relax
 
         q, scale = self.matrix(name)
-        args = (x, q) if scale is None else (x, q, scale)
-        scheme = self.plan.scheme if scale is not None else None
-        y = self.bb.emit_te(lambda x, q, s=None: kernels.linear(x, q, s, scheme, out_features), *args,
-                            primfunc_name_hint="linear_" + (scheme.name if scheme else "fp32"))
+        if scale is None:
+            y = self.bb.emit_te(lambda x, w: kernels.linear(x, w, out_features), x, q, primfunc_name_hint="linear_fp32")
+        else:
+            rows, columns = x.ty.shape.values
+            function = kernels.quantized_linear_function(int(columns), out_features, self.plan.scheme, self.plan.lanes)
+            gvar = self.bb.add_func(function, f"linear_{self.plan.scheme.name}")
+            y = self.bb.emit(relax.call_tir(gvar, [x, q, scale], relax.TensorType((rows, out_features), "float32")))
         if bias is not None and bias in self.params:
             y = self.bb.emit(relax.op.add(y, self.w(bias)))
         return y

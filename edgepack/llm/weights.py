@@ -6,7 +6,10 @@ Canonical names (matrices are [out, in], as torch's nn.Linear keeps them):
   layers.{i}.gate_up.weight + layers.{i}.down.weight (Llama/Qwen2), layers.{i}.fc.{weight,bias} +
   layers.{i}.proj.{weight,bias} (GPT-2).
 Quantized matrices become `NAME.q` (int8 [out, in], or uint8 [out, in/2] holding two 4-bit values,
-low nibble first, offset by 8) and `NAME.scale` (float32 [out, in/group]): w ≈ (q - offset) * scale."""
+low nibble first, offset by 8) and `NAME.scale` (float32 [out, in/group]): w ≈ (q - offset) * scale.
+At compile time (`block_weights`) they are interleaved for the decode kernels: `NAME.q` becomes
+[blocks, in (int8) or in/2 (int4), lanes] and `NAME.scale` [blocks, in/group, lanes], row o at [o // lanes, :, o % lanes],
+the rows padded with zero weights to a whole number of tiles (`tile_rows(lanes)` rows)."""
 
 from __future__ import annotations
 
@@ -145,3 +148,36 @@ def quantize_weights(weights: dict[str, np.ndarray], config: LlmConfig, scheme: 
 def roundtrip(weight: np.ndarray, scheme: QuantScheme) -> np.ndarray:
     """The matrix after quantization and dequantization: what the bundle computes with."""
     return dequantize_matrix(*quantize_matrix(weight, scheme), scheme)
+
+
+def tile_rows(lanes: int) -> int:
+    """Output rows one task of the quantized matmul computes together: 32 (4 AVX2 / 2 AVX-512 / 8 NEON vectors)."""
+    return lanes * max(1, 32 // lanes)
+
+
+def block_matrix(q: np.ndarray, scale: np.ndarray, lanes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(q, scale) of `quantize_matrix` interleaved by `lanes` output rows: [blocks, stored, lanes] and
+    [blocks, groups, lanes]; rows padded to a multiple of `tile_rows(lanes)` with zero weights (scale 1)."""
+    rows = q.shape[0]
+    padded = -(-rows // tile_rows(lanes)) * tile_rows(lanes)
+    zero = 8 | (8 << 4) if q.dtype == np.uint8 else 0
+    q = np.concatenate([q, np.full((padded - rows, q.shape[1]), zero, q.dtype)])
+    scale = np.concatenate([scale, np.ones((padded - rows, scale.shape[1]), np.float32)])
+    blocks = padded // lanes
+    return (np.ascontiguousarray(q.reshape(blocks, lanes, -1).transpose(0, 2, 1)),
+            np.ascontiguousarray(scale.reshape(blocks, lanes, -1).transpose(0, 2, 1)))
+
+
+def unblock_matrix(q: np.ndarray, scale: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of `block_matrix`: (q, scale) of the first `rows` rows in `quantize_matrix`'s layout."""
+    return (q.transpose(0, 2, 1).reshape(-1, q.shape[1])[:rows], scale.transpose(0, 2, 1).reshape(-1, scale.shape[1])[:rows])
+
+
+def block_weights(weights: dict[str, np.ndarray], config: LlmConfig, scheme: QuantScheme | None, lanes: int) -> dict[str, np.ndarray]:
+    """Interleave every quantized matrix by `lanes` rows (`block_matrix`); fp32 weights are returned unchanged."""
+    if scheme is None:
+        return dict(weights)
+    out = dict(weights)
+    for name in matrix_names(config):
+        out[f"{name}.q"], out[f"{name}.scale"] = block_matrix(out[f"{name}.q"], out[f"{name}.scale"], lanes)
+    return out

@@ -114,6 +114,9 @@ def test_quantized_bundles_keep_weights_compressed_and_match_pytorch(tmp_path, f
     matrices = {name: value for name, value in params.items() if name.endswith(".q")}
     assert matrices and all(str(value.dtype) == dtype for value in matrices.values())
     assert not any(name.endswith(".weight") and len(value.shape) == 2 for name, value in params.items())
+    compile_report = next(s["report"] for s in bundle.manifest["provenance"]["stages"] if s["stage"] == "compile")
+    kernels = compile_report["kernels"]  # the weight matmuls are the hand-vectorised ones, in prefill too
+    assert kernels["hand_written"] >= 1 and not any(name.startswith("linear") for name in kernels["unscheduled"]), kernels
 
 
 ISLAND = """\
