@@ -11,7 +11,7 @@ import numpy as np
 from edgepack.artifacts import OnnxModel
 from edgepack.errors import EdgepackError, first_line
 from edgepack.measure.reference import run_reference
-from edgepack.runtime.bundle_format import check_inputs
+from edgepack.runtime.bundle_format import check_inputs, to_bits
 from edgepack.frontends.signature import random_inputs
 
 
@@ -131,7 +131,7 @@ def write_golden(golden: GoldenVectors, bundle_dir: Path) -> dict:
         for kind, arrays in (("input", inputs), ("output", outputs)):
             for position, array in enumerate(arrays):
                 rel = f"golden/{index}/{kind}_{position}.npy"
-                np.save(bundle_dir / rel, np.asarray(array, order="C"))  # 0-d stays 0-d
+                np.save(bundle_dir / rel, to_bits(np.asarray(array, order="C")))  # 0-d stays 0-d; bfloat16: raw bits
                 entry[f"{kind}s"].append(rel)
         cases.append(entry)
     entry = {"atol": golden.atol, "rtol": golden.rtol, "origin": golden.origin, "reference": golden.reference, "cases": cases}

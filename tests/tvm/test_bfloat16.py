@@ -1,0 +1,128 @@
+"""bfloat16 inputs and outputs, built for x86_64 and verified through the Python and native loaders.
+
+.npy files carry bfloat16 tensors as their raw bits (uint16); the manifest's dtype says how to read them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+
+pytestmark = [pytest.mark.tvm]
+
+
+def _model(path: Path) -> Path:
+    """x: bfloat16[2,5] -> (y = float32(x) * 1.5 + 0.25: float32, z = bfloat16(y))."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["xf", "a"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["y"]),
+             helper.make_node("Cast", ["y"], ["z"], to=TensorProto.BFLOAT16)]
+    graph = helper.make_graph(nodes, "bf16", [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5]),
+                               helper.make_tensor_value_info("z", TensorProto.BFLOAT16, [2, 5])],
+                              [numpy_helper.from_array(np.array(1.5, np.float32), "a"),
+                               numpy_helper.from_array(np.array(0.25, np.float32), "b")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = x.astype(np.float32) * np.float32(1.5) + np.float32(0.25)
+    return y, y.astype(ml_dtypes.bfloat16)
+
+
+X = np.array([[1.0, -2.5, 3.140625, 1e-3, 65280.0], [0.0, -0.0, 7.5, 1e20, -3e-5]], np.float32).astype(ml_dtypes.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    from edgepack.build import build
+
+    root = tmp_path_factory.mktemp("bf16")
+    result = build(str(_model(root / "bf16.onnx")), "x86_64", root / "dist")
+    return result.bundle.path
+
+
+def test_manifest_and_golden_files_carry_bfloat16_as_raw_bits(bundle):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert [s["dtype"] for s in manifest["inputs"]] == ["bfloat16"]
+    assert [s["dtype"] for s in manifest["outputs"]] == ["float32", "bfloat16"]
+    case = manifest["golden"]["cases"][0]
+    x = np.load(bundle / case["inputs"][0])
+    assert x.dtype == np.uint16
+    assert np.load(bundle / case["outputs"][1]).dtype == np.uint16
+    np.testing.assert_array_equal(np.load(bundle / case["outputs"][1]).view(ml_dtypes.bfloat16),
+                                  _reference(x.view(ml_dtypes.bfloat16))[1])
+
+
+def test_python_loader_runs_and_verifies(bundle, tmp_path):
+    from edgepack.runtime.loader import load
+
+    loaded = load(bundle)
+    assert loaded.verify()["passed"]
+    y, z = loaded.run([X])
+    assert z.dtype == ml_dtypes.bfloat16
+    ref_y, ref_z = _reference(X)
+    np.testing.assert_array_equal(y, ref_y)
+    np.testing.assert_array_equal(z.view(np.uint16), ref_z.view(np.uint16))
+    y2, z2 = loaded.run([X.view(np.uint16)])  # the raw bits, as a .npy file carries them
+    np.testing.assert_array_equal(z2.view(np.uint16), ref_z.view(np.uint16))
+    with pytest.raises(Exception, match="dtype: expected bfloat16, got float32"):
+        loaded.run([X.astype(np.float32)])
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_native_loader_runs_and_verifies(bundle, tmp_path):
+    loader = bundle / "runtime" / "edgepack-run"
+    assert loader.is_file()
+    verify = subprocess.run([str(loader), "verify"], env={}, capture_output=True, text=True, check=False)
+    assert verify.returncode == 0, verify.stderr
+    assert "6 of 6 outputs passed" in verify.stdout
+    np.save(tmp_path / "x.npy", X.view(np.uint16))
+    run = subprocess.run([str(loader), "run", "--input", str(tmp_path / "x.npy"), "--output-dir", str(tmp_path / "out")],
+                         env={}, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    ref_y, ref_z = _reference(X)
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "output_0.npy"), ref_y)
+    z = np.load(tmp_path / "out" / "output_1.npy")
+    assert z.dtype == np.uint16
+    np.testing.assert_array_equal(z, ref_z.view(np.uint16))
+    np.save(tmp_path / "f.npy", X.astype(np.float32))
+    wrong = subprocess.run([str(loader), "run", "--input", str(tmp_path / "f.npy"), "--output-dir", str(tmp_path / "o")],
+                           env={}, capture_output=True, text=True, check=False)
+    assert wrong.returncode != 0 and "dtype: expected bfloat16, got float32" in wrong.stderr
+
+
+def test_edgepack_run_cli_takes_raw_bits_and_writes_raw_bits(bundle, tmp_path, edgepack_cli):
+    np.save(tmp_path / "x.npy", X.view(np.uint16))
+    result = edgepack_cli("run", bundle, "--input", tmp_path / "x.npy", "--output-dir", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    z = np.load(tmp_path / "out" / "output_1.npy")
+    assert z.dtype == np.uint16
+    np.testing.assert_array_equal(z, _reference(X)[1].view(np.uint16))
+
+
+def test_float8_is_refused_in_preflight_naming_why(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgepack.errors import EdgepackError
+    from edgepack.frontends.preflight import preflight
+
+    graph = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)], "f8",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT8E4M3FN, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), str(tmp_path / "f8.onnx"))
+    (tmp_path / "pre").mkdir()
+    with pytest.raises(EdgepackError, match="float8e4m3fn .*TVM 0.27 casts wrongly"):
+        preflight(tmp_path / "f8.onnx", {}, tmp_path / "pre", {})
