@@ -237,8 +237,10 @@ _DTYPES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "
 def np_dtype(name: str) -> np.dtype:
     """The numpy dtype of a manifest dtype name (bfloat16: ml_dtypes')."""
     if name in RAW_BITS:
-        import ml_dtypes
-
+        try:
+            import ml_dtypes  # a dependency of apache-tvm; TVM's runtime imports it too
+        except ImportError:
+            raise BundleError(f"{name} tensors need the ml_dtypes package", "pip install ml_dtypes") from None
         return np.dtype(getattr(ml_dtypes, name))
     return np.dtype(name)
 
