@@ -146,7 +146,8 @@ Array ParseNpy(const std::string& bytes, const std::string& what) {
   Array array{DtypeByDescr(header.descr), header.shape, {}};
   if (array.dtype == nullptr) {
     Fail(kExitUser, "'" + what + "' is not a readable .npy file (unsupported dtype '" + header.descr + "')",
-         std::string("save it as little-endian ") + kDtypeList);
+         std::string("save it as little-endian ") + kDtypeList +
+             " (bfloat16: its raw bits, numpy.save(path, a.view(numpy.uint16)))");
   }
   if (header.fortran) {
     Fail(kExitUser, "'" + what + "' is stored in Fortran order",

@@ -934,7 +934,8 @@ def parse_npy(data: bytes, what: str) -> np.ndarray:
         bad(str(exc))
     if descr not in NPY_DESCRS:
         raise BundleError(f"'{what}' is not a readable .npy file (unsupported dtype '{descr}')",
-                          "save it as little-endian " + ", ".join(dict.fromkeys(NPY_DESCRS.values())))
+                          "save it as little-endian " + ", ".join(dict.fromkeys(NPY_DESCRS.values()))
+                          + " (bfloat16: its raw bits, numpy.save(path, a.view(numpy.uint16)))")
     if fortran:
         raise BundleError(f"'{what}' is stored in Fortran order",
                           "save a C-ordered array: numpy.save(path, numpy.ascontiguousarray(a))")

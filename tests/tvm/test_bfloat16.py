@@ -12,28 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from models import bfloat16_onnx
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
 pytestmark = [pytest.mark.tvm]
-
-
-def _model(path: Path) -> Path:
-    """x: bfloat16[2,5] -> (y = float32(x) * 1.5 + 0.25: float32, z = bfloat16(y))."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
-             helper.make_node("Mul", ["xf", "a"], ["m"]),
-             helper.make_node("Add", ["m", "b"], ["y"]),
-             helper.make_node("Cast", ["y"], ["z"], to=TensorProto.BFLOAT16)]
-    graph = helper.make_graph(nodes, "bf16", [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2, 5])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5]),
-                               helper.make_tensor_value_info("z", TensorProto.BFLOAT16, [2, 5])],
-                              [numpy_helper.from_array(np.array(1.5, np.float32), "a"),
-                               numpy_helper.from_array(np.array(0.25, np.float32), "b")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
 
 
 def _reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +32,7 @@ def bundle(tmp_path_factory) -> Path:
     from edgepack.build import build
 
     root = tmp_path_factory.mktemp("bf16")
-    result = build(str(_model(root / "bf16.onnx")), "x86_64", root / "dist")
+    result = build(str(bfloat16_onnx(root / "bf16.onnx")), "x86_64", root / "dist")
     return result.bundle.path
 
 
@@ -126,3 +109,16 @@ def test_float8_is_refused_in_preflight_naming_why(tmp_path):
     (tmp_path / "pre").mkdir()
     with pytest.raises(EdgepackError, match="float8e4m3fn .*TVM 0.27 casts wrongly"):
         preflight(tmp_path / "f8.onnx", {}, tmp_path / "pre", {})
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_both_loaders_refuse_an_ml_dtypes_npy_alike(bundle, tmp_path, edgepack_cli):
+    """np.save of an ml_dtypes array writes descr '<V2', which names no type: both loaders refuse it, exit 1."""
+    np.save(tmp_path / "v.npy", X)
+    python = edgepack_cli("run", bundle, "--input", tmp_path / "v.npy", "--output-dir", tmp_path / "p")
+    native = subprocess.run([str(bundle / "runtime" / "edgepack-run"), "run", "--input", str(tmp_path / "v.npy"),
+                             "--output-dir", str(tmp_path / "n")], env={}, capture_output=True, text=True, check=False)
+    assert python.returncode == native.returncode == 1
+    for result in (python, native):
+        assert "unsupported dtype '<V2'" in result.stderr and "bfloat16: its raw bits" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
