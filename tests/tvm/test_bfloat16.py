@@ -122,3 +122,29 @@ def test_both_loaders_refuse_an_ml_dtypes_npy_alike(bundle, tmp_path, edgepack_c
     for result in (python, native):
         assert "unsupported dtype '<V2'" in result.stderr and "bfloat16: its raw bits" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bfloat16_arithmetic_runs_in_float32_between_casts(tmp_path):
+    """TVM's Elu mixes a float32 constant with bfloat16 (import fails); pre-flight widens the node to float32."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgepack.build import build
+    from edgepack.runtime.loader import load
+
+    graph = helper.make_graph([helper.make_node("Elu", ["x"], ["y"], alpha=0.5), helper.make_node("Mul", ["y", "x"], ["z"])], "elu",
+                              [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2, 5])],
+                              [helper.make_tensor_value_info("z", TensorProto.BFLOAT16, [2, 5])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)]), str(tmp_path / "elu.onnx"))  # Elu: bfloat16 from 22
+    from edgepack.bundle.golden import GoldenConfig
+
+    # one bfloat16 ulp (2^-8 relative, up to 2^-7 near a power of two): exp is computed differently in each engine
+    result = build(str(tmp_path / "elu.onnx"), "x86_64", tmp_path / "dist", golden=GoldenConfig(atol=1e-4, rtol=2 ** -7))
+    preflight = next(s for s in result.bundle.manifest["provenance"]["stages"] if s["stage"] == "preflight")["report"]
+    assert preflight["legalized"] == {"Elu": 1, "Mul": 1}
+    (z,) = load(result.bundle.path).run([X])
+    xf = X.astype(np.float32)
+    y = np.where(xf > 0, xf, np.float32(0.5) * (np.exp(xf) - 1)).astype(np.float32).astype(ml_dtypes.bfloat16)
+    with np.errstate(over="ignore"):  # 1e20 * 1e20 is inf in float32, as in the bundle
+        ref = (y.astype(np.float32) * xf).astype(ml_dtypes.bfloat16)
+    np.testing.assert_allclose(z.astype(np.float32), ref.astype(np.float32), rtol=2 ** -7, atol=1e-4)
