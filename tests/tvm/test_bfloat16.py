@@ -148,3 +148,13 @@ def test_bfloat16_arithmetic_runs_in_float32_between_casts(tmp_path):
     with np.errstate(over="ignore"):  # 1e20 * 1e20 is inf in float32, as in the bundle
         ref = (y.astype(np.float32) * xf).astype(ml_dtypes.bfloat16)
     np.testing.assert_allclose(z.astype(np.float32), ref.astype(np.float32), rtol=2 ** -7, atol=1e-4)
+
+
+def test_golden_inputs_npz_takes_bfloat16_as_raw_bits(tmp_path):
+    from edgepack.build import build
+
+    np.savez(tmp_path / "cases.npz", x=np.stack([X, -X]).view(np.uint16))
+    result = build(str(bfloat16_onnx(tmp_path / "bf16.onnx")), "x86_64", tmp_path / "dist", golden_inputs=tmp_path / "cases.npz")
+    case = result.bundle.manifest["golden"]["cases"][1]
+    np.testing.assert_array_equal(np.load(result.bundle.path / case["inputs"][0]), (-X).view(np.uint16))
+    assert result.bundle.manifest["verification"]["passed"]
