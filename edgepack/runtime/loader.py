@@ -159,7 +159,9 @@ class LoadedBundle:
         for case in self.manifest["golden"]["cases"]:
             refs = [checked(rel) for rel in case["outputs"]]
             refs = [from_bits(ref, spec.dtype) for ref, spec in zip(refs, self.outputs)] + refs[len(self.outputs):]
-            cases.append(([checked(rel) for rel in case["inputs"]], refs))
+            inputs = [checked(rel) for rel in case["inputs"]]
+            inputs = [from_bits(array, spec.dtype) for array, spec in zip(inputs, self.inputs)] + inputs[len(self.inputs):]
+            cases.append((inputs, refs))
         return cases
 
     def verify(self) -> dict:
