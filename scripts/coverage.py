@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--every", type=int, default=4, help="run every N-th case (1: all)")
     parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--match", default="", help="only the cases whose name contains this text (e.g. cast)")
     parser.add_argument("--native", action="store_true", help="verify through the native loader too")
     parser.add_argument("--target", default="x86_64", help="a target name or file; another arch is verified by its native "
                         "loader under qemu-user")
@@ -52,7 +53,8 @@ def main(argv=None) -> int:
     target = load_target(args.target)
     results = []
     with tempfile.TemporaryDirectory(prefix="edgepack-coverage-") as workdir:
-        for case in (shipped_cases()[args.offset::args.every] if args.shipped else node_cases(args.every, args.offset)):
+        cases = shipped_cases()[args.offset::args.every] if args.shipped else node_cases(args.every, args.offset)
+        for case in (case for case in cases if args.match in case.name):
             started = time.perf_counter()
             result = run_case(case, Path(workdir), target, native=args.native)
             results.append(result)

@@ -254,3 +254,21 @@ def mlp_with_dynamic_batch(path: Path) -> Path:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], weights)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
+
+
+def bfloat16_onnx(path: Path) -> Path:
+    """x: bfloat16[2,5] -> (y = float32(x) * 1.5 + 0.25: float32, z = bfloat16(y))."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["xf", "a"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["y"]),
+             helper.make_node("Cast", ["y"], ["z"], to=TensorProto.BFLOAT16)]
+    graph = helper.make_graph(nodes, "bf16", [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5]),
+                               helper.make_tensor_value_info("z", TensorProto.BFLOAT16, [2, 5])],
+                              [numpy_helper.from_array(np.array(1.5, np.float32), "a"),
+                               numpy_helper.from_array(np.array(0.25, np.float32), "b")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path

@@ -11,7 +11,7 @@ import numpy as np
 from edgepack.artifacts import OnnxModel
 from edgepack.errors import EdgepackError, first_line
 from edgepack.measure.reference import run_reference
-from edgepack.runtime.bundle_format import check_inputs
+from edgepack.runtime.bundle_format import check_inputs, from_bits, to_bits
 from edgepack.frontends.signature import random_inputs
 
 
@@ -59,7 +59,7 @@ def load_input_cases(path: Path, model: OnnxModel) -> list[list[np.ndarray]]:
         missing = [spec.name for spec in model.inputs if spec.name not in archive.files]
         if missing:
             raise EdgepackError(f"'{path}' lacks arrays for input(s) {', '.join(missing)}", "save one array per input name")
-        stacks = [archive[spec.name] for spec in model.inputs]
+        stacks = [from_bits(archive[spec.name], spec.dtype) for spec in model.inputs]  # bfloat16: raw uint16 bits
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as exc:  # object arrays: ValueError on access
         raise EdgepackError(f"cannot read golden inputs '{path}' ({first_line(exc)})", fix) from None
     if any(stack.ndim == 0 for stack in stacks):
@@ -131,7 +131,7 @@ def write_golden(golden: GoldenVectors, bundle_dir: Path) -> dict:
         for kind, arrays in (("input", inputs), ("output", outputs)):
             for position, array in enumerate(arrays):
                 rel = f"golden/{index}/{kind}_{position}.npy"
-                np.save(bundle_dir / rel, np.asarray(array, order="C"))  # 0-d stays 0-d
+                np.save(bundle_dir / rel, to_bits(np.asarray(array, order="C")))  # 0-d stays 0-d; bfloat16: raw bits
                 entry[f"{kind}s"].append(rel)
         cases.append(entry)
     entry = {"atol": golden.atol, "rtol": golden.rtol, "origin": golden.origin, "reference": golden.reference, "cases": cases}

@@ -80,6 +80,7 @@ def bench_rpc(bundle_dir: Path, config: RpcBenchConfig, arrays: list[np.ndarray]
     golden = manifest["golden"]["cases"][0]
     golden_inputs = [bundle_format.load_npy(bundle_dir / rel) for rel in golden["inputs"]]
     inputs = [np.asarray(array) for array in arrays] if arrays is not None else golden_inputs
+    inputs = [bundle_format.from_bits(array, spec.dtype) for array, spec in zip(inputs, specs)] + inputs[len(specs):]
     bundle_format.check_inputs(specs, inputs)
     tracker = _connect(config)
 
@@ -121,7 +122,8 @@ def bench_rpc(bundle_dir: Path, config: RpcBenchConfig, arrays: list[np.ndarray]
     }
     if arrays is None:
         atol, rtol = float(manifest["golden"]["atol"]), float(manifest["golden"]["rtol"])
-        refs = [bundle_format.load_npy(bundle_dir / rel) for rel in golden["outputs"]]
+        refs = [bundle_format.from_bits(bundle_format.load_npy(bundle_dir / rel), entry["dtype"])
+                for rel, entry in zip(golden["outputs"], manifest["outputs"])]
         checks = [bundle_format.compare(got, ref, atol, rtol) for got, ref in zip(outputs, refs)]
         report["golden_check"] = {"passed": all(c["passed"] for c in checks), "max_abs_err": max(c["max_abs_err"] for c in checks)}
     return report

@@ -7,7 +7,10 @@ only applies to float") runs in float64 and casts back, an exponent of another t
 passes it on as a float) becomes an int64 constant, its float indices are cast to int64, a negative
 axis below -1 counted from the front and its result cast to the values' type. `LpNormalization`, which
 TVM has no converter for, becomes a division by ReduceL1/ReduceL2; `IsInf` with one sign switched off
-(TVM's converter ignores the switches) is IsInf and a comparison with 0."""
+(TVM's converter ignores the switches) is IsInf and a comparison with 0. A node that computes on bfloat16
+(TVM's converters mix it with float32 constants, and x86/arm64 have no bfloat16 arithmetic) runs in float32
+between casts: every bfloat16 value is a float32, and its bfloat16 results are rounded back as ONNX Runtime's
+kernels round them."""
 
 from __future__ import annotations
 
@@ -157,9 +160,38 @@ def _is_inf(node, elem_type: int) -> list | None:
     return nodes
 
 
+_BFLOAT16, _FLOAT = 16, 1
+_BFLOAT16_KEPT = ("Cast", "CastLike", "Constant", "Identity", "OneHot")  # TVM carries these on bfloat16 as they are
+
+
+def _bfloat16_in_float32(node, types: dict[str, int]) -> list | None:
+    """The node on float32 copies of its bfloat16 inputs, its bfloat16 outputs cast back (None: no bfloat16 input)."""
+    from onnx import AttributeProto
+
+    if (node.op_type in _BFLOAT16_KEPT or not any(types.get(name) == _BFLOAT16 for name in node.input)
+            or any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute)
+            or any(name and name not in types for name in node.output)):
+        return None
+    stem = f"{node.output[0]}__bf16"
+    before, after = [], []
+    wide = type(node)()
+    wide.CopyFrom(node)
+    for index, name in enumerate(node.input):
+        if name and types.get(name) == _BFLOAT16:
+            before.append(_cast(name, f"{stem}_in{index}", _FLOAT))
+            wide.input[index] = f"{stem}_in{index}"
+    for index, name in enumerate(node.output):
+        if name and types[name] == _BFLOAT16:
+            wide.output[index] = f"{stem}_out{index}"
+            after.append(_cast(f"{stem}_out{index}", name, _BFLOAT16))
+    return [*before, wide, *after]
+
+
 def _rewrite(node, types: dict[str, int], ranks: dict[str, int], constants: dict[str, np.ndarray], opset: int) -> list | None:
     if node.domain not in ("", "ai.onnx"):
         return None
+    if (widened := _bfloat16_in_float32(node, types)) is not None:
+        return widened
     if node.op_type in ("Sinh", "Cosh") and types.get(node.input[0]):
         return _hyperbolic(node, types[node.input[0]], 1.0 if node.op_type == "Cosh" else -1.0)
     if node.op_type == "Pow":

@@ -105,7 +105,7 @@ int Run(const Options& opt, const std::string& bundle, const Manifest& m) {
          "the model has " + std::to_string(m.outputs.size()) + " outputs and -o writes one",
          "use --output-dir DIR to write output_<i>.npy for each");
   }
-  std::vector<Array> inputs = ReadArrays("", opt.inputs);
+  std::vector<Array> inputs = Typed(ReadArrays("", opt.inputs), m.inputs);
   CheckInputs(inputs, m.inputs);
   std::vector<ffi::Tensor> outputs = Model(bundle, m).Run(ToTensors(inputs));
   if (!opt.output.empty()) {
@@ -165,10 +165,10 @@ int Verify(const std::string& bundle, const Manifest& m) {
   int failed = 0, total = 0;
   std::string first_failure;
   for (size_t c = 0; c < m.golden.size(); ++c) {
-    std::vector<Array> inputs = ReadCheckedArrays(bundle, m, m.golden[c].inputs);
+    std::vector<Array> inputs = Typed(ReadCheckedArrays(bundle, m, m.golden[c].inputs), m.inputs);
     CheckInputs(inputs, m.inputs);
     std::vector<ffi::Tensor> outputs = model.Run(ToTensors(inputs));
-    std::vector<Array> refs = ReadCheckedArrays(bundle, m, m.golden[c].outputs);
+    std::vector<Array> refs = Typed(ReadCheckedArrays(bundle, m, m.golden[c].outputs), m.outputs);
     for (size_t o = 0; o < std::max(outputs.size(), refs.size()); ++o) {
       Comparison cmp{false, INFINITY};
       if (o < outputs.size() && o < refs.size()) {
@@ -214,8 +214,8 @@ int Bench(const Options& opt, const std::string& bundle, const Manifest& m) {
     Fail(kExitUser, "the bundle has no golden inputs to benchmark with",
          "pass --input for each model input");
   }
-  std::vector<Array> arrays =
-      from_files ? ReadArrays("", opt.inputs) : ReadCheckedArrays(bundle, m, m.golden[0].inputs);
+  std::vector<Array> arrays = Typed(
+      from_files ? ReadArrays("", opt.inputs) : ReadCheckedArrays(bundle, m, m.golden[0].inputs), m.inputs);
   CheckInputs(arrays, m.inputs);
   Model model(bundle, m);
   std::vector<ffi::Tensor> inputs = ToTensors(arrays);

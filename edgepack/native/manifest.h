@@ -7,7 +7,8 @@ namespace {
 
 // The dtypes a manifest may name (as runtime/edgepack_format.py's _DTYPES).
 const char* const kManifestDtypes[] = {"float32", "float64", "float16", "int64",  "int32",  "int16",
-                                       "int8",    "uint64",  "uint32",  "uint16", "uint8",  "bool"};
+                                       "int8",    "uint64",  "uint32",  "uint16", "uint8",  "bool",
+                                       "bfloat16"};
 
 // Refuses a path in `files` that leaves the bundle or names the manifest or its signature.
 void CheckFilePath(const std::string& rel) {

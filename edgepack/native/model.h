@@ -7,6 +7,12 @@ namespace {
 
 // ---------------------------------------------------------------- inputs
 
+// Arrays read from .npy files given their specs' dtypes (bfloat16 travels as uint16 bits; AsSpecDtype).
+std::vector<Array> Typed(std::vector<Array> arrays, const std::vector<TensorSpec>& specs) {
+  for (size_t i = 0; i < arrays.size() && i < specs.size(); ++i) AsSpecDtype(arrays[i], specs[i].dtype);
+  return arrays;
+}
+
 void CheckInputs(const std::vector<Array>& arrays, const std::vector<TensorSpec>& specs) {
   if (arrays.size() != specs.size()) {
     std::string names;

@@ -15,7 +15,10 @@ struct Dtype {
 const Dtype kDtypes[] = {{"float32", "<f4", 4}, {"float64", "<f8", 8}, {"float16", "<f2", 2},
                          {"int64", "<i8", 8},   {"int32", "<i4", 4},   {"int8", "|i1", 1},
                          {"uint8", "|u1", 1},   {"bool", "|b1", 1},    {"int16", "<i2", 2},
-                         {"uint16", "<u2", 2},  {"uint32", "<u4", 4},  {"uint64", "<u8", 8}};
+                         {"uint16", "<u2", 2},  {"uint32", "<u4", 4},  {"uint64", "<u8", 8},
+                         // .npy files carry bfloat16 as its raw bits ("<u2", read as uint16 first:
+                         // AsSpecDtype gives them the manifest's dtype)
+                         {"bfloat16", "<u2", 2}};
 const char kDtypeList[] =
     "float32, float64, float16, int64, int32, int16, int8, uint64, uint32, uint16, uint8, bool";
 
@@ -143,7 +146,8 @@ Array ParseNpy(const std::string& bytes, const std::string& what) {
   Array array{DtypeByDescr(header.descr), header.shape, {}};
   if (array.dtype == nullptr) {
     Fail(kExitUser, "'" + what + "' is not a readable .npy file (unsupported dtype '" + header.descr + "')",
-         std::string("save it as little-endian ") + kDtypeList);
+         std::string("save it as little-endian ") + kDtypeList +
+             " (bfloat16: its raw bits, numpy.save(path, a.view(numpy.uint16)))");
   }
   if (header.fortran) {
     Fail(kExitUser, "'" + what + "' is stored in Fortran order",
@@ -236,12 +240,25 @@ double HalfToDouble(uint16_t h) {
   return (h & 0x8000) ? -value : value;
 }
 
+bool IsBfloat16(const Dtype* dtype) { return std::string(dtype->name) == "bfloat16"; }
+
+// `array` (raw bits read from a .npy) given the manifest's dtype: uint16 bits of a bfloat16 tensor.
+void AsSpecDtype(Array& array, const std::string& dtype) {
+  if (dtype == "bfloat16" && std::string(array.dtype->name) == "uint16") array.dtype = DtypeByName(dtype);
+}
+
 double ElementAt(const Array& array, int64_t i) {
   const char* p = array.data.data() + i * array.dtype->size;
   auto load = [p](auto value) {
     std::memcpy(&value, p, sizeof(value));
     return value;
   };
+  if (IsBfloat16(array.dtype)) {  // the high half of a float32
+    uint32_t bits = uint32_t(load(uint16_t())) << 16;
+    float value;
+    std::memcpy(&value, &bits, sizeof(value));
+    return value;
+  }
   switch (array.dtype->descr[1]) {
     case 'f':
       return array.dtype->size == 2   ? HalfToDouble(load(uint16_t()))

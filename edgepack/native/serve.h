@@ -400,6 +400,16 @@ bool IsInferencePath(const std::string& path, const std::string& model) {
 }
 
 int Serve(const ServeOptions& opt, const std::string& bundle, const Manifest& m) {
+  std::string unserved;  // as the Python server
+  for (const auto* specs : {&m.inputs, &m.outputs}) {
+    for (const TensorSpec& spec : *specs) {
+      if (spec.dtype == "bfloat16") unserved += (unserved.empty() ? "" : ", ") + spec.name;
+    }
+  }
+  if (!unserved.empty()) {
+    Fail(kExitUser, "the server does not carry bfloat16 tensors yet (" + unserved + ")",
+         "run the bundle with `run`, or cast them to float32 in the model");
+  }
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);

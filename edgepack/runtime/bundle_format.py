@@ -226,7 +226,36 @@ def parse_manifest(data: bytes, path: Path | str = MANIFEST) -> dict:
 
 
 
-_DTYPES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8", "bool")
+# Element types numpy lacks (ml_dtypes, installed with TVM): .npy files hold their raw bits as the unsigned
+# integer of the same width, and the manifest's dtype says how to read them (docs/bundle-format.md).
+RAW_BITS = {"bfloat16": "uint16"}
+
+_DTYPES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8", "bool",
+           *RAW_BITS)
+
+
+def np_dtype(name: str) -> np.dtype:
+    """The numpy dtype of a manifest dtype name (bfloat16: ml_dtypes')."""
+    if name in RAW_BITS:
+        try:
+            import ml_dtypes  # a dependency of apache-tvm; TVM's runtime imports it too
+        except ImportError:
+            raise BundleError(f"{name} tensors need the ml_dtypes package", "pip install ml_dtypes") from None
+        return np.dtype(getattr(ml_dtypes, name))
+    return np.dtype(name)
+
+
+def from_bits(array: np.ndarray, dtype: str) -> np.ndarray:
+    """`array` viewed as the manifest's `dtype` when it holds that type's raw bits (RAW_BITS); else as is."""
+    if dtype in RAW_BITS and array.dtype == np.dtype(RAW_BITS[dtype]):
+        return array.view(np_dtype(dtype))
+    return array
+
+
+def to_bits(array: np.ndarray) -> np.ndarray:
+    """`array` as .npy files carry it: a RAW_BITS type viewed as its raw bits; else as is."""
+    bits = RAW_BITS.get(array.dtype.name)
+    return array.view(bits) if bits is not None and array.dtype.kind == "V" else array
 
 
 
@@ -748,7 +777,7 @@ def check_inputs(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray]) -> N
         names = ", ".join(spec.name for spec in specs)
         raise BundleError(f"expected {len(specs)} input(s) ({names}), got {len(arrays)}", "pass one array per input, in this order")
     for spec, array in zip(specs, arrays):
-        if array.dtype != np.dtype(spec.dtype):
+        if array.dtype != np_dtype(spec.dtype):
             raise BundleError(f"input '{spec.name}' dtype: expected {spec.dtype}, got {array.dtype}", f"convert the array to {spec.dtype}")
         if array.ndim != len(spec.shape):
             raise BundleError(
@@ -905,7 +934,8 @@ def parse_npy(data: bytes, what: str) -> np.ndarray:
         bad(str(exc))
     if descr not in NPY_DESCRS:
         raise BundleError(f"'{what}' is not a readable .npy file (unsupported dtype '{descr}')",
-                          "save it as little-endian " + ", ".join(dict.fromkeys(NPY_DESCRS.values())))
+                          "save it as little-endian " + ", ".join(dict.fromkeys(NPY_DESCRS.values()))
+                          + " (bfloat16: its raw bits, numpy.save(path, a.view(numpy.uint16)))")
     if fortran:
         raise BundleError(f"'{what}' is stored in Fortran order",
                           "save a C-ordered array: numpy.save(path, numpy.ascontiguousarray(a))")
@@ -952,7 +982,7 @@ def save_npy(path: Path | str, array: np.ndarray) -> Path:
         os.umask(mask)
         os.fchmod(handle, 0o666 & ~mask)
         with os.fdopen(handle, "wb") as out:
-            np.save(out, array, allow_pickle=False)
+            np.save(out, to_bits(np.asarray(array)), allow_pickle=False)
         os.replace(temporary, path)
     except OSError as exc:
         if temporary is not None:

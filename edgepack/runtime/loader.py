@@ -30,14 +30,14 @@ import numpy as np
 try:  # in the package: the format module beside this one
     from .bundle_format import (
         BundleError, IntegrityError, KEYRING_ENV, MANIFEST, TensorSpec, VerificationError, check_compatibility, check_cuda,
-        check_files, check_inputs, check_manifest_fields, compare, decode_params, first_line, load_npy,
+        check_files, check_inputs, check_manifest_fields, compare, decode_params, first_line, from_bits, load_npy,
         parse_npy, private_copy, read_checked, read_trusted_manifest, save_npy,
     )
 except ImportError:  # inside a bundle: runtime/edgepack_format.py sits beside this file
     sys.dont_write_bytecode = True  # no runtime/__pycache__/: a bundle holds exactly the files its manifest lists
     from edgepack_format import (  # type: ignore[no-redef]
         BundleError, IntegrityError, KEYRING_ENV, MANIFEST, TensorSpec, VerificationError, check_compatibility, check_cuda,
-        check_files, check_inputs, check_manifest_fields, compare, decode_params, first_line, load_npy,
+        check_files, check_inputs, check_manifest_fields, compare, decode_params, first_line, from_bits, load_npy,
         parse_npy, private_copy, read_checked, read_trusted_manifest, save_npy,
     )
 
@@ -119,9 +119,16 @@ class LoadedBundle:
             if missing:
                 raise BundleError(f"missing input(s): {', '.join(missing)}", "pass every input named in the signature")
             arrays = [arrays[spec.name] for spec in self.inputs]
-        arrays = [np.asarray(array) for array in arrays]
+        arrays = self.typed(arrays)
         check_inputs(self.inputs, arrays)
         return [out.numpy() for out in self.invoke(self.to_device(arrays))]
+
+    def typed(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Numpy inputs, those holding a bfloat16 input's raw bits (uint16, as .npy files carry it) viewed as bfloat16."""
+        arrays = [np.asarray(array) for array in arrays]
+        if len(arrays) != len(self.inputs):
+            return arrays  # check_inputs names the miscount
+        return [from_bits(array, spec.dtype) for spec, array in zip(self.inputs, arrays)]
 
     def to_device(self, arrays: Sequence[np.ndarray]) -> list:
         """Copy checked numpy inputs into TVM tensors, ready for `invoke`."""
@@ -150,7 +157,11 @@ class LoadedBundle:
             return parse_npy(read_checked(self.path, rel, files[rel]), rel)
 
         for case in self.manifest["golden"]["cases"]:
-            cases.append(([checked(rel) for rel in case["inputs"]], [checked(rel) for rel in case["outputs"]]))
+            refs = [checked(rel) for rel in case["outputs"]]
+            refs = [from_bits(ref, spec.dtype) for ref, spec in zip(refs, self.outputs)] + refs[len(self.outputs):]
+            inputs = [checked(rel) for rel in case["inputs"]]
+            inputs = [from_bits(array, spec.dtype) for array, spec in zip(inputs, self.inputs)] + inputs[len(self.inputs):]
+            cases.append((inputs, refs))
         return cases
 
     def verify(self) -> dict:
@@ -188,7 +199,7 @@ class LoadedBundle:
             if not self.manifest["golden"]["cases"]:
                 raise BundleError("the bundle has no golden inputs to benchmark with", "pass --input for each model input")
             arrays = self.golden_cases()[0][0]
-        arrays = [np.asarray(array) for array in arrays]
+        arrays = self.typed(arrays)
         check_inputs(self.inputs, arrays)
         tensors = self.to_device(arrays)
         for _ in range(warmup):
