@@ -242,6 +242,8 @@ def block_convolutions(module, params: list, n_inputs: int, block: int) -> tuple
     from edgepack.compiler.clip_ops import rewrite_clips
     from edgepack.errors import first_line
 
+    if not _conv_calls(module, lambda call: blockable(call, block)):
+        return module, params, 0, None  # nothing to block; TVM's layout pass also crashes (SIGFPE) on some graphs
     module = rewrite_clips(module)[0]  # before the layout pass, which cannot see through the importer's clips
     try:
         converted = convert_conv_layouts(module, block)
@@ -264,7 +266,8 @@ def _activation_transforms(module) -> int:
                if _op_name(binding.value) == "relax.layout_transform")
 
 
-def _blocked_calls(module):
+def _conv_calls(module, keep) -> list:
+    """The conv2d calls of `main` for which keep(call) holds."""
     from tvm import relax
 
     found = []
@@ -272,9 +275,13 @@ def _blocked_calls(module):
     @relax.expr_functor.visitor
     class _Find(relax.expr_functor.PyExprVisitor):
         def visit_call_(self, call):
-            if _op_name(call) == CONV2D and len(str(call.attrs.data_layout)) > 4:
+            if _op_name(call) == CONV2D and keep(call):
                 found.append(call)
             super().visit_call_(call)
 
     _Find().visit_expr(module["main"])
     return found
+
+
+def _blocked_calls(module) -> list:
+    return _conv_calls(module, lambda call: len(str(call.attrs.data_layout)) > 4)
