@@ -121,6 +121,29 @@ class ClippedConvs(nn.Module):
         return self.head(y + self.project(z)).mean(dim=(2, 3))
 
 
+class MixedWidths(nn.Module):
+    """MobileNetV2-style inverted residuals whose channels are multiples of 16 (32, 48) and of 8 only (24, 40):
+    on AVX-512 some convolutions can block by 16, the others by 8 only; a 3-channel stem and a 10-channel head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(7)
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.project = nn.Conv2d(32, 24, 1)
+        self.expand = nn.Conv2d(24, 48, 1)
+        self.depthwise = nn.Conv2d(48, 48, 3, padding=1, groups=48)
+        self.back = nn.Conv2d(48, 24, 1)
+        self.widen = nn.Conv2d(24, 40, 3, stride=2, padding=1)
+        self.depthwise40 = nn.Conv2d(40, 40, 3, padding=1, groups=40)
+        self.head = nn.Conv2d(40, 10, 1)
+
+    def forward(self, x):
+        y = self.project(nn.functional.relu6(self.stem(x)))
+        y = y + self.back(nn.functional.relu6(self.depthwise(nn.functional.relu6(self.expand(y)))))
+        y = nn.functional.relu6(self.depthwise40(torch.relu(self.widen(y))))
+        return self.head(y).mean(dim=(2, 3))
+
+
 def conv_model_onnx(directory: Path, module: nn.Module, opset: int | None = None):
     """A convolutional test model at 1x3x16x16 as an OnnxModel artifact (input x, output y, 10 classes)."""
     from edgepack.artifacts import OnnxModel

@@ -55,10 +55,9 @@ def import_relax(model: OnnxModel, integer_ops: bool = True, report=None, conv_b
         report.merge(integer)
     module, weights = embed_scalar_params(module, params.get("main", []))
     if conv_block:
-        module, weights, blocked, skipped = block_convolutions(module, weights, input_count(module["main"]), conv_block)
+        module, weights, layout = block_convolutions(module, weights, input_count(module["main"]), conv_block)
         if layout_report is not None:
-            layout_report.update({"layout": f"NCHW{conv_block}c" if blocked else "NCHW", "blocked_convs": blocked,
-                                  **({"skipped": skipped} if skipped else {})})
+            layout_report.update(layout)
     module, weights, _ = pretranspose_weights(module, weights)
     if integer_ops and int8_dot:
         module, weights = use_dot_kernels(module, weights, int8_dot, dot_report)

@@ -8,7 +8,8 @@ tiles it that way without knowing about layouts). Three steps on `main`, all bef
 rewritten to ops the layout pass sees through (edgepack.compiler.clip_ops: ReLU6, Hardswish, Hardsigmoid):
 
 1. `relax.transform.ConvertLayout` with a per-call choice: a one-group or depthwise convolution whose input
-   and output channels are multiples of `x` goes blocked (a depthwise weight as `[C/x, 1, KH, KW, 1, x]`: the
+   and output channels are multiples of `x` goes blocked (on AVX-512 `x` is 16 or 8 for the whole model, whichever
+   blocks more convolutions net of the transforms it adds: `block_convolutions`) (a depthwise weight as `[C/x, 1, KH, KW, 1, x]`: the
    kernel loads input and weight as vectors); the others (a 3-channel stem, grouped, a 10-class head) keep
    NCHW. Element-wise ops between blocked convolutions stay blocked, so the layout transforms sit
    at the edges of blocked regions instead of around every convolution;
@@ -18,6 +19,8 @@ rewritten to ops the layout pass sees through (edgepack.compiler.clip_ops: ReLU6
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,6 +59,12 @@ def blockable(call, block: int) -> bool:
     if groups != 1 and not (groups == data[1] == weight[0] and weight[1] == 1):  # depthwise, multiplier 1
         return False
     return data[1] % block == 0 and weight[0] % block == 0
+
+
+def block_sizes(lanes: int) -> tuple[int, ...]:
+    """Channel blocks a model may take on a target with `lanes` fp32 lanes, widest first: on AVX-512 also 8 (a ymm
+    vector), so 24- and 40-channel convolutions (MobileNetV2, EfficientNet) block too; elsewhere the lanes."""
+    return (lanes, lanes // 2) if lanes >= 16 else (lanes,)
 
 
 def convert_conv_layouts(module, block: int):
@@ -233,55 +242,114 @@ def legalize_blocked_convs(module):
     return mutator.builder_.get()
 
 
-def block_convolutions(module, params: list, n_inputs: int, block: int) -> tuple[object, list, int, str | None]:
-    """All three steps; returns (module, params, number of convolutions now blocked, why none are when it gave up).
-    A model the layout pass cannot convert (its layout inference fails on, e.g., a LayerNorm over the channels
-    of a blocked tensor) is left in NCHW, and so is one where ops between the convolutions stay NCHW and the
-    activations would be converted back and forth (MobileNetV2 with its ReLU6 left opaque: 68 transforms for 51
-    convolutions, 1.15x slower blocked; with the clips rewritten, 2)."""
+def block_convolutions(module, params: list, n_inputs: int, lanes: int) -> tuple[object, list, dict]:
+    """All three steps; returns (module, params, report: layout, blocked_convs, blocks = each convolution's block by
+    its weight's name, 0 for NCHW, and `skipped`: why none are blocked when it gave up).
+
+    On AVX-512 the block is 16 or 8 (block_sizes), one for the whole model: the one that blocks the most
+    convolutions net of the activation transforms it adds (choose_plan; MobileNetV2 with its 24-channel convolutions
+    takes 8, ResNet-18 16, EfficientNet-B0 stays NCHW). Per-convolution blocks are not offered: TVM 0.27's
+    ConvertLayout fails on a direct NCHW16c <-> NCHW8c conversion ("Invalid layout axis 8b"). A model the layout pass cannot convert (its layout inference fails on, e.g., a LayerNorm over
+    the channels of a blocked tensor) is left in NCHW, and so is one where ops between the convolutions stay NCHW
+    and the activations would be converted back and forth (MobileNetV2 with its ReLU6 left opaque: 68 transforms
+    for 51 convolutions, 1.15x slower blocked; with the clips rewritten, 2)."""
     from edgepack.compiler.clip_ops import rewrite_clips
     from edgepack.errors import first_line
 
-    if not _conv_calls(module, lambda call: blockable(call, block)):
-        return module, params, 0, None  # nothing to block; TVM's layout pass also crashes (SIGFPE) on some graphs
+    # nothing to block: the layout pass is not run (it also died with SIGFPE on ONNX's DynamicQuantizeLinear body)
+    if not any(blockable(call, size) for call in _conv_calls(module) for size in block_sizes(lanes)):
+        return module, params, {"layout": "NCHW", "blocked_convs": 0}
     module = rewrite_clips(module)[0]  # before the layout pass, which cannot see through the importer's clips
-    try:
-        converted = convert_conv_layouts(module, block)
-    except Exception as exc:  # noqa: BLE001 - TVM's layout inference raises several types
-        return module, params, 0, f"layout conversion failed, kept NCHW ({type(exc).__name__}: ...{first_line(exc)[-120:]})"
-    blocked = sum(1 for _ in _blocked_calls(converted))
-    if not blocked:
-        return module, params, 0, None
-    packed, packed_params, _ = pack_weights(converted, params, n_inputs)
-    transforms = _activation_transforms(packed)
-    if transforms > max(2, blocked // 2):
-        return module, params, 0, (f"{transforms} activation layout transforms for {blocked} blocked convolutions (ops between "
-                                   "them that only run in NCHW, e.g. the ONNX importer's Clip), kept NCHW")
-    return legalize_blocked_convs(packed), packed_params, blocked, None
+    tried, failure = [], None
+    for size in block_sizes(lanes):
+        try:
+            converted = convert_conv_layouts(module, size)
+        except Exception as exc:  # noqa: BLE001 - TVM's layout inference raises several types
+            failure = failure or f"layout conversion failed, kept NCHW ({type(exc).__name__}: ...{first_line(exc)[-120:]})"
+            continue
+        blocked = sum(1 for call in _conv_calls(converted) if _block_of(call))
+        tried.append(Plan(size, converted, blocked, _activation_transforms(converted, n_inputs)))
+    plan = choose_plan(tried)
+    nchw = {"layout": "NCHW", "blocked_convs": 0}
+    if plan is None:
+        return module, params, {**nchw, **({"skipped": failure} if failure and not tried else {})}
+    if plan.transforms > max(2, plan.blocked // 2) or (len(tried) > 1 and plan.score <= 0):
+        return module, params, {**nchw, "skipped": (
+            f"{plan.transforms} activation layout transforms for {plan.blocked} blocked convolutions at NCHW{plan.block}c "
+            "(ops between them that only run in NCHW: a squeeze-excite's gate, the ONNX importer's Clip), kept NCHW")}
+    packed, packed_params, _ = pack_weights(plan.module, params, n_inputs)
+    blocks = {_weight_name(call, i): _block_of(call) for i, call in enumerate(_conv_calls(packed))}
+    report = {"layout": f"NCHW{plan.block}c", "blocked_convs": plan.blocked, "blocks": blocks}
+    return legalize_blocked_convs(packed), packed_params, report
 
 
-def _activation_transforms(module) -> int:
-    """layout_transform calls left in `main` once the weights' are packed: each one copies an activation."""
-    return sum(1 for block in module["main"].body.blocks for binding in block.bindings
-               if _op_name(binding.value) == "relax.layout_transform")
+@dataclass(frozen=True)
+class Plan:
+    """One way of blocking a model's convolutions: the channel block, the converted module, how many convolutions
+    it blocks and how many activation layout transforms it adds."""
+
+    block: int
+    module: object
+    blocked: int
+    transforms: int
+
+    @property
+    def score(self) -> int:
+        """Blocked convolutions net of the transforms beyond a blocked region's two edges (TRANSFORM_COST each)."""
+        return self.blocked - TRANSFORM_COST * max(self.transforms - 2, 0)
 
 
-def _conv_calls(module, keep) -> list:
-    """The conv2d calls of `main` for which keep(call) holds."""
+#: blocked convolutions one activation layout transform costs, beyond the two at the edges of a blocked region; on
+#: targets with a choice of blocks (AVX-512) a plan that does not gain is left NCHW: EfficientNet-B0 at 8c (58 blocked,
+#: 24 transforms, its squeeze-excite gates) ran ~5% slower than NCHW at x86-64-v4, MobileNetV2 (51, 2) 3-9% faster
+TRANSFORM_COST = 3
+
+
+def choose_plan(plans: list[Plan]) -> Plan | None:
+    """The plan with the most blocked convolutions net of its extra activation transforms (Plan.score), the wider block
+    breaking ties; None when no plan blocks any."""
+    useful = [plan for plan in plans if plan.blocked]
+    if not useful:
+        return None
+    return max(useful, key=lambda plan: (plan.score, plan.block))
+
+
+def _block_of(call) -> int:
+    """A conv2d call's channel block (NCHW16c: 16), 0 for NCHW."""
+    layout = str(call.attrs.data_layout)
+    return int(layout[4:-1]) if len(layout) > 4 else 0
+
+
+def _weight_name(call, index: int) -> str:
     from tvm import relax
 
+    weight = call.args[1]
+    return weight.name if isinstance(weight, relax.Var) else f"conv{index}"
+
+
+def _activation_transforms(module, n_inputs: int) -> int:
+    """layout_transform calls in `main` that do not start at a weight: each one copies an activation."""
+    from tvm import relax
+
+    function = module["main"]
+    weight_derived = set(function.params[n_inputs:])
+    count = 0
+    for block in function.body.blocks:
+        for binding in block.bindings:
+            name = _op_name(binding.value)
+            source = binding.value.args[0] if name in WEIGHT_OPS else None
+            if isinstance(source, relax.Var) and source in weight_derived:
+                weight_derived.add(binding.var)
+            elif name == "relax.layout_transform":
+                count += 1
+    return count
+
+
+def _conv_calls(module) -> list:
+    """The conv2d calls of `main`, in order."""
     found = []
-
-    @relax.expr_functor.visitor
-    class _Find(relax.expr_functor.PyExprVisitor):
-        def visit_call_(self, call):
-            if _op_name(call) == CONV2D and keep(call):
-                found.append(call)
-            super().visit_call_(call)
-
-    _Find().visit_expr(module["main"])
+    for block in module["main"].body.blocks:
+        for binding in block.bindings:
+            if _op_name(binding.value) == CONV2D:
+                found.append(binding.value)
     return found
-
-
-def _blocked_calls(module) -> list:
-    return _conv_calls(module, lambda call: len(str(call.attrs.data_layout)) > 4)

@@ -19,6 +19,11 @@ pytestmark = pytest.mark.tvm
 RESNET = f"{Path(__file__).resolve().parents[2] / 'edgepack' / 'examples' / 'resnet.py'}:resnet_small"
 
 
+def _layout(report: dict) -> dict:
+    """A compile report's conv_layout without the per-convolution blocks."""
+    return {key: report[key] for key in ("layout", "blocked_convs")}
+
+
 def _ops(module) -> list[str]:
     return [binding.value.op.name for block in module["main"].body.blocks for binding in block.bindings
             if hasattr(binding.value, "op") and hasattr(binding.value.op, "name")]
@@ -29,7 +34,9 @@ def test_only_blockable_convolutions_go_blocked_and_weights_are_packed(tmp_path)
     report: dict = {}
     module, params = import_relax(model, conv_block=8, layout_report=report)
     # down, same and both depthwise; the stem (3 in), the grouped conv and the head (10 out) stay NCHW
-    assert report == {"layout": "NCHW8c", "blocked_convs": 4}
+    assert _layout(report) == {"layout": "NCHW8c", "blocked_convs": 4}
+    assert report["blocks"] == {"stem.weight": 0, "down.weight": 8, "same.weight": 8, "depthwise.weight": 8,
+                                "depthwise_down.weight": 8, "grouped.weight": 0, "head.weight": 0}
     function = module["main"]
     weights = {var.name: tuple(int(d) for d in var.ty.shape) for var in function.params[1:]}
     assert weights["down.weight"] == (4, 2, 3, 3, 8, 8) and weights["same.weight"] == (4, 4, 3, 3, 8, 8)
@@ -59,7 +66,7 @@ def test_blocked_bundle_matches_onnxruntime_and_the_nchw_build(tmp_path):
                                                                                blocked_convs=False))
     manifest = json.loads((blocked.bundle.path / "manifest.json").read_text())
     report = next(s for s in manifest["provenance"]["stages"] if s["stage"] == "compile")["report"]
-    assert report["conv_layout"] == {"layout": "NCHW8c", "blocked_convs": 19}  # every conv but the 3-channel stem
+    assert _layout(report["conv_layout"]) == {"layout": "NCHW8c", "blocked_convs": 19}  # every conv but the 3-channel stem
     assert report["kernels"]["unscheduled"] == {}
     assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_err"] < 1e-4
     x = np.random.default_rng(5).standard_normal((1, 3, 64, 64)).astype(np.float32)
@@ -90,7 +97,7 @@ def test_clips_between_convolutions_stay_blocked(tmp_path):
     a constant, which the layout pass keeps blocked: activations change layout only at the blocked region's edges."""
     report: dict = {}
     module, _ = import_relax(conv_model_onnx(tmp_path, ClippedConvs()), conv_block=8, layout_report=report)
-    assert report == {"layout": "NCHW8c", "blocked_convs": 5}  # all but the 3-channel stem and the 10-class head
+    assert _layout(report) == {"layout": "NCHW8c", "blocked_convs": 5}  # all but the 3-channel stem and the 10-class head
     ops = _ops(module)
     assert ops.count("relax.layout_transform") == 2  # after the stem (one transform for both its uses), before the head
     assert "relax.clip" not in ops and ops.count("relax.maximum") == ops.count("relax.minimum") == 4
@@ -138,7 +145,7 @@ def test_clipped_model_builds_blocked_and_matches_onnxruntime(tmp_path):
     manifest = build(str(model.path), "x86_64", tmp_path / "dist", compile=CompileConfig(tuning_database=str(tmp_path / "none"))
                      ).bundle.manifest
     report = next(s for s in manifest["provenance"]["stages"] if s["stage"] == "compile")["report"]
-    assert report["conv_layout"] == {"layout": "NCHW8c", "blocked_convs": 5} and report["kernels"]["unscheduled"] == {}
+    assert _layout(report["conv_layout"]) == {"layout": "NCHW8c", "blocked_convs": 5} and report["kernels"]["unscheduled"] == {}
     assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_err"] < 1e-4
 
 
