@@ -27,6 +27,9 @@ __all__ = ["CompileConfig", "check_toolchain", "compile_model", "import_relax", 
            "embed_scalar_params", "LIBRARY_NAME", "PARAMS_NAME"]
 
 LIBRARY_NAME = "model.so"
+#: linker options of the shipped library: no symbol table or debug info (its functions are found through the
+#: dynamic symbol table, which stays); the digits CNN's arm64 model.so: 115 KB -> 67 KB
+LIBRARY_LINK_OPTIONS = ["-s"]
 PARAMS_NAME = "params.bin"
 
 
@@ -112,7 +115,7 @@ def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: C
         raise EdgepackError(f"TVM failed to compile the model for '{target.name}': {first_line(exc)}",
                             "report the model and target; try another target file meanwhile") from None
     library = Path(workdir) / LIBRARY_NAME
-    executable.export_library(str(library), cc=cxx)
+    executable.export_library(str(library), cc=cxx, options=LIBRARY_LINK_OPTIONS)
     kernels.update(backend.check_library(library, target))
     # params.sparse when zeros make it >10% smaller
     param_file, param_encoding = write_params(Path(workdir), tvm.runtime.save_param_dict(dict(zip(names, params.get("main", [])))))

@@ -23,7 +23,7 @@ def compile_llm(plan: ModelPlan, weights: dict[str, np.ndarray], target: TargetS
     import tvm
     from tvm import relax
 
-    from edgepack.compiler.compile import check_toolchain, lower_to_tir
+    from edgepack.compiler.compile import LIBRARY_LINK_OPTIONS, check_toolchain, lower_to_tir
     from edgepack.compiler.schedules import ScheduleReport, cpu_schedule_pass, vector_lanes
 
     if target.device != "cpu":
@@ -51,7 +51,7 @@ def compile_llm(plan: ModelPlan, weights: dict[str, np.ndarray], target: TargetS
         raise EdgepackError(f"TVM failed to compile the language model for '{target.name}': {first_line(exc)}",
                             "report the model's config.json and the target") from None
     library = Path(workdir) / LIBRARY_NAME
-    executable.export_library(str(library), cc=cxx)
+    executable.export_library(str(library), cc=cxx, options=LIBRARY_LINK_OPTIONS)
     params = Path(workdir) / PARAMS_NAME
     params.write_bytes(tvm.runtime.save_param_dict({name: weights[name] for name in names}))
     report = {
