@@ -201,14 +201,15 @@ def write_factory_file(path: Path, factory: str) -> Path:
 
 
 def unsupported_op_onnx(path: Path) -> Path:
-    """y = Celu(x): valid ONNX that ONNX Runtime runs and TVM's ONNX frontend cannot import."""
+    """y = Det(x): valid ONNX that ONNX Runtime runs, TVM's ONNX frontend cannot import, and ONNX defines with no
+    function body to expand (Celu was the example until pre-flight learned to expand function ops)."""
     import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Celu", ["x"], ["y"], alpha=1.0)], "celu",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [helper.make_node("Det", ["x"], ["y"])], "det",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
