@@ -16,26 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deploy_helpers import tiny_onnx
 from deploy_sshd import SSHD, start_sshd
 
 pytestmark = pytest.mark.tvm
-
-
-def _tiny_onnx(path: Path) -> Path:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
-    bias = numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])], "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [weight, bias])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
 
 
 def _manifest(bundle: Path) -> dict:
@@ -63,7 +47,7 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
     from edgepack.build import build
 
     work = tmp_path_factory.mktemp("deploy-bundles")
-    base = build(str(_tiny_onnx(work / "tiny.onnx")), "x86_64", work / "dist", name="tiny", version="1.0.0").bundle.path
+    base = build(str(tiny_onnx(work / "tiny.onnx")), "x86_64", work / "dist", name="tiny", version="1.0.0").bundle.path
     out = work / "variants"
     out.mkdir()
     found = {"good1": base, "good2": _variant(base, out, "2.0.0"), "good3": _variant(base, out, "3.0.0")}

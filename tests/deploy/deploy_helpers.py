@@ -7,6 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
+
 
 def model_dir(device: Path, model: str = "tiny") -> Path:
     return device / model
@@ -36,3 +38,21 @@ def current_verifies(device: Path, model: str = "tiny") -> bool:
 def leftovers(device: Path, model: str = "tiny") -> list[str]:
     root = model_dir(device, model)
     return sorted(p.name for place in (root, root / "versions") for p in place.iterdir() if p.name.startswith((".staging-", ".trash-", ".current-", ".state.json.")))
+
+
+def tiny_onnx(path: Path, batch: int | str = 1) -> Path:
+    """The deploy tests' tiny MatMul+Add model, x[batch, 4] -> y[batch, 3]; a string batch is a dynamic axis."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])], [weight, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path

@@ -16,27 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from deploy_helpers import tiny_onnx
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.tvm
-
-
-def _dynamic_tiny(path: Path) -> Path:
-    """The deploy tests' tiny MatMul+Add model with its batch axis left dynamic (dim_param N)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
-    bias = numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])], "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [weight, bias])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +27,7 @@ def dynamic_bundle(tmp_path_factory) -> Path:
     from edgepack.build import build
 
     work = tmp_path_factory.mktemp("batching")
-    bundle = build(str(_dynamic_tiny(work / "tiny.onnx")), "x86_64", work / "dist", name="tiny", version="1.0.0").bundle.path
+    bundle = build(str(tiny_onnx(work / "tiny.onnx", batch="N")), "x86_64", work / "dist", name="tiny", version="1.0.0").bundle.path
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["inputs"][0]["dims"] == ["N", None] and manifest["dim_ranges"] == {"N": [1, 64]}
     return bundle

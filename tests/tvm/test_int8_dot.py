@@ -107,15 +107,21 @@ def mlp_model(path: Path) -> Path:
     return _save(graph, path)
 
 
-@needs_vnni
-@pytest.mark.parametrize("activations", ["uint8", "int8"])
-def test_vnni_build_equals_widened_build(tmp_path, activations):
-    path = quantize(mlp_model(tmp_path / "mlp.onnx"), activations)
+def _vnni_report_equal_to_widened(path, tmp_path) -> dict:
+    """Build `path` for x86_64 (widened integer kernels) and x86_64-vnni, check their outputs are equal on the same
+    inputs, and return the VNNI build's report."""
     inputs = random_inputs(path)
     widened, _ = compiled_outputs(path, tmp_path / "x86_64", inputs)
     vnni, report = compiled_outputs(path, tmp_path / "vnni", inputs, target="x86_64-vnni")
     for got, want in zip(vnni, widened):
         assert np.array_equal(got, want)
+    return report
+
+
+@needs_vnni
+@pytest.mark.parametrize("activations", ["uint8", "int8"])
+def test_vnni_build_equals_widened_build(tmp_path, activations):
+    report = _vnni_report_equal_to_widened(quantize(mlp_model(tmp_path / "mlp.onnx"), activations), tmp_path)
     dot = report["integer_ops"]["dot_product"]
     assert dot["feature"] == "avx512_vnni" and dot["kernels"] == 2 and "skipped" not in dot, dot
     assert not any("likely slower" in line for line in report["warnings"]), report["warnings"]
@@ -130,12 +136,7 @@ def test_vnni_build_equals_widened_build(tmp_path, activations):
 def test_vnni_convolutions_equal_widened_build(tmp_path, activations):
     """conv_model: a 3-channel stem (channels padded to 4), a 3x3 conv with a residual, a depthwise conv (stays
     widened: one group only) and a Gemm; with zero points (uint8) and the +128 flip (int8) at padded borders."""
-    path = quantize(conv_model(tmp_path / "conv.onnx"), activations)
-    inputs = random_inputs(path)
-    widened, _ = compiled_outputs(path, tmp_path / "x86_64", inputs)
-    vnni, report = compiled_outputs(path, tmp_path / "vnni", inputs, target="x86_64-vnni")
-    for got, want in zip(vnni, widened):
-        assert np.array_equal(got, want)
+    report = _vnni_report_equal_to_widened(quantize(conv_model(tmp_path / "conv.onnx"), activations), tmp_path)
     dot = report["integer_ops"]["dot_product"]
     assert report["kernels"]["hand_written"] == 3 and report["kernels"]["tuned"] == 0, report["kernels"]
     assert dot["kernels"] == 3 and list(dot["skipped"].values()) == ["grouped or depthwise convolution (one group only)"], dot
