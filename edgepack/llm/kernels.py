@@ -52,46 +52,12 @@ def quantized_linear_function(columns: int, out_features: int, scheme: QuantSche
     tiles = -(-out_features // tile_rows(lanes))
     blocks = tiles * vectors
 
-    if int4:
-        @T.prim_func(private=True)
-        def linear_int4(var_x: T.handle, var_q: T.handle, var_scale: T.handle, var_y: T.handle):
-            T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True, "edgepack.hand_written": True})
-            n = T.int64()
-            x = T.match_buffer(var_x, (n, T.int64(columns)), "float32")
-            q = T.match_buffer(var_q, (T.int64(blocks), T.int64(stored), T.int64(lanes)), "uint8")
-            scale = T.match_buffer(var_scale, (T.int64(blocks), T.int64(groups), T.int64(lanes)), "float32")
-            y = T.match_buffer(var_y, (n, T.int64(out_features)), "float32")
-            for t in T.parallel(T.int64(tiles)):
-                acc = T.alloc_buffer((vectors, lanes), "float32", scope="local")
-                part = T.alloc_buffer((vectors, lanes), "float32", scope="local")
-                for i in range(n):
-                    for r in T.unroll(vectors):
-                        for lane in T.vectorized(lanes):
-                            acc[r, lane] = T.float32(0)
-                    for g in range(T.int64(groups)):
-                        for r in T.unroll(vectors):
-                            for lane in T.vectorized(lanes):
-                                part[r, lane] = T.float32(0)
-                        for j in range(T.int64(step)):
-                            for r in T.unroll(vectors):
-                                for lane in T.vectorized(lanes):
-                                    part[r, lane] = part[r, lane] + x[i, g * T.int64(group) + j * T.int64(2)] * (T.Cast("float32", T.bitwise_and(T.Cast("int32", q[t * T.int64(vectors) + r, g * T.int64(step) + j, lane]), 15)) - T.float32(8)) + x[i, g * T.int64(group) + j * T.int64(2) + T.int64(1)] * (T.Cast("float32", T.shift_right(T.Cast("int32", q[t * T.int64(vectors) + r, g * T.int64(step) + j, lane]), 4)) - T.float32(8))
-                        for r in T.unroll(vectors):
-                            for lane in T.vectorized(lanes):
-                                acc[r, lane] = acc[r, lane] + part[r, lane] * scale[t * T.int64(vectors) + r, g, lane]
-                    for r in T.unroll(vectors):
-                        for lane in range(lanes):
-                            if (t * T.int64(vectors) + r) * T.int64(lanes) + lane < T.int64(out_features):
-                                y[i, (t * T.int64(vectors) + r) * T.int64(lanes) + lane] = acc[r, lane]
-
-        return linear_int4
-
     @T.prim_func(private=True)
-    def linear_int8(var_x: T.handle, var_q: T.handle, var_scale: T.handle, var_y: T.handle):
+    def quantized_linear(var_x: T.handle, var_q: T.handle, var_scale: T.handle, var_y: T.handle):
         T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True, "edgepack.hand_written": True})
         n = T.int64()
         x = T.match_buffer(var_x, (n, T.int64(columns)), "float32")
-        q = T.match_buffer(var_q, (T.int64(blocks), T.int64(stored), T.int64(lanes)), "int8")
+        q = T.match_buffer(var_q, (T.int64(blocks), T.int64(stored), T.int64(lanes)), dtype)
         scale = T.match_buffer(var_scale, (T.int64(blocks), T.int64(groups), T.int64(lanes)), "float32")
         y = T.match_buffer(var_y, (n, T.int64(out_features)), "float32")
         for t in T.parallel(T.int64(tiles)):
@@ -108,7 +74,10 @@ def quantized_linear_function(columns: int, out_features: int, scheme: QuantSche
                     for j in range(T.int64(step)):
                         for r in T.unroll(vectors):
                             for lane in T.vectorized(lanes):
-                                part[r, lane] = part[r, lane] + x[i, g * T.int64(group) + j] * T.Cast("float32", q[t * T.int64(vectors) + r, g * T.int64(step) + j, lane])
+                                if int4:  # a Python bool: TVMScript keeps one branch; a byte holds inputs 2j (low) and 2j+1
+                                    part[r, lane] = part[r, lane] + x[i, g * T.int64(group) + j * T.int64(2)] * (T.Cast("float32", T.bitwise_and(T.Cast("int32", q[t * T.int64(vectors) + r, g * T.int64(step) + j, lane]), 15)) - T.float32(8)) + x[i, g * T.int64(group) + j * T.int64(2) + T.int64(1)] * (T.Cast("float32", T.shift_right(T.Cast("int32", q[t * T.int64(vectors) + r, g * T.int64(step) + j, lane]), 4)) - T.float32(8))
+                                else:
+                                    part[r, lane] = part[r, lane] + x[i, g * T.int64(group) + j] * T.Cast("float32", q[t * T.int64(vectors) + r, g * T.int64(step) + j, lane])
                     for r in T.unroll(vectors):
                         for lane in T.vectorized(lanes):
                             acc[r, lane] = acc[r, lane] + part[r, lane] * scale[t * T.int64(vectors) + r, g, lane]
@@ -117,7 +86,7 @@ def quantized_linear_function(columns: int, out_features: int, scheme: QuantSche
                         if (t * T.int64(vectors) + r) * T.int64(lanes) + lane < T.int64(out_features):
                             y[i, (t * T.int64(vectors) + r) * T.int64(lanes) + lane] = acc[r, lane]
 
-    return linear_int8
+    return quantized_linear
 
 
 def gather_rows(ids: te.Tensor, q: te.Tensor, scale: te.Tensor | None, scheme: QuantScheme | None, hidden: int) -> te.Tensor:
