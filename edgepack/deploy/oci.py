@@ -83,9 +83,30 @@ def _loopback(host: str) -> bool:
     return name in ("localhost", "127.0.0.1", "::1") or name.startswith("127.")
 
 
+PROBE_TIMEOUT_S = 5
+_answered: set[str] = set()
+
+
 def _client(ref: Reference) -> oras.provider.Registry:
-    """An oras registry client: plain HTTP for a loopback registry (as docker does), HTTPS otherwise."""
-    return oras.provider.Registry(hostname=ref.host, insecure=_loopback(ref.host) or os.environ.get("EDGEPACK_OCI_INSECURE") == "1")
+    """An oras registry client: plain HTTP for a loopback registry (as docker does), HTTPS otherwise.
+
+    The registry must answer one probe first: oras retries a refused connection for about two minutes,
+    which is right for a registry that went away mid-upload and wrong for a mistyped address."""
+    client = oras.provider.Registry(hostname=ref.host, insecure=_loopback(ref.host) or os.environ.get("EDGEPACK_OCI_INSECURE") == "1")
+    _probe(client, ref)
+    return client
+
+
+def _probe(client: oras.provider.Registry, ref: Reference) -> None:
+    """One request to the registry's API root without retries; any HTTP answer (401 included) counts."""
+    root = f"{client.prefix}://{ref.host}/v2/"
+    if root in _answered:
+        return
+    try:
+        requests.get(root, timeout=PROBE_TIMEOUT_S, allow_redirects=False).close()
+    except (requests.RequestException, OSError) as exc:
+        raise _unreachable(ref, exc) from None
+    _answered.add(root)
 
 
 def _container(client: oras.provider.Registry, ref: Reference):

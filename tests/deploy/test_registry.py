@@ -77,9 +77,11 @@ def test_registry_errors_are_one_line(registry, bundles, tmp_path, cli):
                            (("push", bundles["good1"], "oci://127.0.0.1:1/models/tiny:1"), "cannot reach the registry"),
                            (("fleet", "rollout", f"oci://{registry}/models/tiny:1", "--device", str(tmp_path), "--wave", "10%,5%"),
                             "is not a list of increasing percentages")]:
+        started = time.monotonic()
         result = cli(*args)
         assert result.returncode == 1, (args, result.stderr)
         assert expected in _one_line(result)
+        assert time.monotonic() - started < 60, "an unreachable registry is not retried for minutes (oras's backoff took ~130 s)"
     with pytest.raises(EdgepackError, match="names something that is not a channel record"):
         read_channel(parse_reference(f"oci://{registry}/models/tiny"), "1.0.0")
 
