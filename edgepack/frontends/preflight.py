@@ -105,11 +105,31 @@ def upgrade_old_opset(model):
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     if not 0 < opset < OLDEST_OPSET:
         return model, None
+    _channel_slopes(model)
     try:
         return version_converter.convert_version(model, UPGRADE_OPSET), opset
     except Exception as exc:  # the converter raises its own C++ error types
         raise EdgepackError(f"the model's opset {opset} is older than {OLDEST_OPSET} and onnx.version_converter cannot "
                             f"upgrade it: {first_line(exc)}", "re-export the model with a current exporter") from None
+
+
+def _channel_slopes(model) -> None:
+    """Before opset 7 a PRelu slope of shape [C] applied along the channel axis (1); from opset 7 it broadcasts
+    from the last axis, and the version converter leaves it as it is. Such slopes become [C, 1, ..., 1]."""
+    import onnx
+    from onnx import numpy_helper
+
+    ranks = {value.name: len(value.type.tensor_type.shape.dim)
+             for value in onnx.shape_inference.infer_shapes(model).graph.value_info[:] + model.graph.input[:]
+             if value.type.tensor_type.HasField("shape")}
+    initializers = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        slope = initializers.get(node.input[1]) if node.op_type == "PRelu" and len(node.input) == 2 else None
+        rank = ranks.get(node.input[0], 0)
+        if slope is None or len(slope.dims) != 1 or slope.dims[0] == 1 or rank <= 2:
+            continue
+        values = numpy_helper.to_array(slope).reshape([slope.dims[0]] + [1] * (rank - 2))
+        slope.CopyFrom(numpy_helper.from_array(values, slope.name))
 
 
 def _graph_inputs(model) -> list:
