@@ -313,7 +313,7 @@ class Model {
         Fail(kExitIntegrity, "'" + m.params_file + "': " + error, "copy the bundle again or rebuild it");
       }
     }
-    ffi::Bytes bytes(data);
+    ffi::Bytes bytes(std::move(data));  // taken over, not copied: weights are held twice at most while loading
     auto table = Global("runtime.LoadParams")(bytes).cast<ffi::Map<ffi::String, ffi::Tensor>>();
     for (const std::string& name : m.param_names) {
       std::optional<ffi::Tensor> param = table.Get(name);
