@@ -97,6 +97,7 @@ class OptionCursor {
     return true;
   }
   const std::string& name() const { return name_; }
+  const std::string& help() const { return help_; }  // e.g. "edgepack-run serve --help"
   std::string Value() {  // the option's value: after '=' or the next argument
     if (has_inline_) return inline_;
     if (i_ + 1 >= argc_) Fail(kExitUsage, "option " + name_ + " needs a value", "see " + help_);
@@ -110,6 +111,28 @@ class OptionCursor {
   int i_ = 1;
   bool has_inline_ = false;
 };
+
+// The options every command shares: -h/--help (prints `usage`, exits 0), --bundle, --keyring and, when
+// `device` is given, --device cpu|cuda. True when the cursor's option was one of them.
+bool SharedOption(OptionCursor& args, const char* usage, std::string* bundle, std::string* keyring, std::string* device) {
+  const std::string& arg = args.name();
+  if (arg == "-h" || arg == "--help") {
+    std::cout << usage;
+    std::exit(0);
+  } else if (arg == "--bundle") {
+    *bundle = args.Value();
+  } else if (arg == "--keyring") {
+    *keyring = args.Value();
+  } else if (arg == "--device" && device != nullptr) {
+    *device = args.Value();
+    if (*device != "cpu" && *device != "cuda") {
+      Fail(kExitUsage, "--device takes cpu or cuda, got '" + *device + "'", "see " + args.help());
+    }
+  } else {
+    return false;
+  }
+  return true;
+}
 
 // A whole file's bytes ("" when it cannot be read; callers check what they need first).
 // The whole file in one buffer of its size (a stream's doubling buffer and its copy peaked at ~3x a weights file).

@@ -60,13 +60,8 @@ GenerateOptions ParseGenerateArgs(int argc, char** argv) {
   while (args.Next()) {
     const std::string& arg = args.name();
     auto value = [&args] { return args.Value(); };
-    if (arg == "-h" || arg == "--help") {
-      std::cout << kGenerateUsage;
-      std::exit(0);
-    } else if (arg == "--bundle") {
-      opt.bundle = value();
-    } else if (arg == "--keyring") {
-      opt.keyring = value();
+    if (SharedOption(args, kGenerateUsage, &opt.bundle, &opt.keyring, nullptr)) {
+      continue;
     } else if (arg == "--prompt-ids") {
       opt.prompt_ids = value();
     } else if (arg == "--max-new-tokens") {

@@ -51,18 +51,8 @@ Options ParseArgs(int argc, char** argv) {
   while (args.Next()) {
     const std::string& arg = args.name();
     auto value = [&args] { return args.Value(); };
-    if (arg == "-h" || arg == "--help") {
-      std::cout << kUsage;
-      std::exit(0);
-    } else if (arg == "--bundle") {
-      opt.bundle = value();
-    } else if (arg == "--keyring") {
-      opt.keyring = value();
-    } else if (arg == "--device") {
-      opt.device = value();
-      if (opt.device != "cpu" && opt.device != "cuda") {
-        Fail(kExitUsage, "--device takes cpu or cuda, got '" + opt.device + "'", "see edgepack-run --help");
-      }
+    if (SharedOption(args, kUsage, &opt.bundle, &opt.keyring, &opt.device)) {
+      continue;
     } else if (arg == "--input" && (run || bench)) {
       opt.inputs.push_back(value());
     } else if ((arg == "-o" || arg == "--output") && run) {

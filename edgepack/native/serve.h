@@ -59,18 +59,8 @@ ServeOptions ParseServeArgs(int argc, char** argv) {
   while (args.Next()) {
     const std::string& arg = args.name();
     auto value = [&args] { return args.Value(); };
-    if (arg == "-h" || arg == "--help") {
-      std::cout << kServeUsage;
-      std::exit(0);
-    } else if (arg == "--bundle") {
-      opt.bundle = value();
-    } else if (arg == "--keyring") {
-      opt.keyring = value();
-    } else if (arg == "--device") {
-      opt.device = value();
-      if (opt.device != "cpu" && opt.device != "cuda") {
-        Fail(kExitUsage, "--device takes cpu or cuda, got '" + opt.device + "'", "see edgepack-run serve --help");
-      }
+    if (SharedOption(args, kServeUsage, &opt.bundle, &opt.keyring, &opt.device)) {
+      continue;
     } else if (arg == "--host") {
       opt.host = value();
     } else if (arg == "--port") {
