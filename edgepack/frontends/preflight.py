@@ -124,8 +124,9 @@ def _channel_slopes(model) -> None:
              if value.type.tensor_type.HasField("shape")}
     initializers = {init.name: init for init in model.graph.initializer}
     for node in model.graph.node:
-        slope = initializers.get(node.input[1]) if node.op_type == "PRelu" and len(node.input) == 2 else None
-        rank = ranks.get(node.input[0], 0)
+        if node.op_type != "PRelu" or len(node.input) != 2:
+            continue
+        slope, rank = initializers.get(node.input[1]), ranks.get(node.input[0], 0)
         if slope is None or len(slope.dims) != 1 or slope.dims[0] == 1 or rank <= 2:
             continue
         values = numpy_helper.to_array(slope).reshape([slope.dims[0]] + [1] * (rank - 2))
