@@ -167,11 +167,11 @@ def mixed_convs_onnx(directory: Path):
 
 
 def tiny_shufflenet_onnx(path: Path) -> Path:
-    """ShuffleNetV2's units (bench_models) at 16 and 32 channels, two units per stage, 1x3x32x32."""
+    """ShuffleNetV2's units (bench_models) at 16 and 30 channels (branches of 15: padded to 16), two units per stage, 1x3x32x32."""
     from edgepack.examples.bench_models import ShuffleNetV2Style
 
     torch.manual_seed(4)
-    model = ShuffleNetV2Style(classes=10, widths=(16, 32), repeats=(2, 2)).eval()
+    model = ShuffleNetV2Style(classes=10, widths=(16, 30), repeats=(2, 2)).eval()
     for module in model.modules():  # non-trivial BatchNorm statistics, folded into the convolutions on export
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)

@@ -50,8 +50,8 @@ def import_relax(model: OnnxModel, integer_ops: bool = True, report=None, conv_b
 
     graph = onnx.load(str(model.path))
     if remove_shuffles:
-        graph, shuffles = remove_channel_shuffles(onnx.shape_inference.infer_shapes(graph))
-        if shuffle_report is not None and shuffles.found:
+        graph, shuffles = remove_channel_shuffles(onnx.shape_inference.infer_shapes(graph), conv_block)
+        if shuffle_report is not None and (shuffles.found or shuffles.padded_convs):
             shuffle_report.update(shuffles.to_json())
     try:
         module = from_onnx(graph, shape_dict=symbolic_shapes(model.inputs),

@@ -163,11 +163,12 @@ def test_fast_math_and_padded_attention_match_onnxruntime_under_qemu(tmp_path):
 
 
 def test_channel_shuffles_absorbed_match_onnxruntime_under_qemu(tmp_path):
-    """ShuffleNetV2's units with their shuffles absorbed into the weights (edgepack.compiler.channel_shuffle), arm64."""
+    """ShuffleNetV2's units with their shuffles absorbed into the weights and 15-channel convolutions padded to 16
+    (edgepack.compiler.channel_shuffle), arm64."""
     from models import tiny_shufflenet_onnx
 
     manifest = build(str(tiny_shufflenet_onnx(tmp_path / "shufflenet.onnx")), "arm64", tmp_path / "dist").bundle.manifest
     report = next(s for s in manifest["provenance"]["stages"] if s["stage"] == "compile")["report"]
-    assert report["channel_shuffles"] == {"found": 4, "removed": 4, "gathers": 0}
+    assert report["channel_shuffles"] == {"found": 4, "removed": 4, "gathers": 0, "padded_convs": 5}
     assert manifest["verification"]["passed"] and manifest["verification"]["native_loader"]["emulator"] == "qemu-aarch64"
     assert manifest["verification"]["max_abs_err"] < 1e-4
