@@ -237,6 +237,8 @@ class _Rewriter:
             return self.per_channel(node, [])
         if op in _BINARY and len(lazy) == 1:
             return self.binary(node, lazy[0])
+        if op in _BINARY and len(lazy) == 2 and len(set(lazy)) == 2:
+            return self.both_lists(node)
         return False
 
     def split(self, node) -> bool:
@@ -392,6 +394,28 @@ class _Rewriter:
         if width > len(np.unique(position)):
             self.padded.add(out)
         self.lists[node.output[0]] = _Channels((out,), np.zeros(len(position), np.int64), position, channels.shuffles)
+        return True
+
+    def both_lists(self, node) -> bool:
+        """Add/Sub/Mul/Div of two lists whose tensors line up channel for channel (a residual Add of two padded
+        convolutions): the op on those tensors, its result a list alike."""
+        from onnx import helper
+
+        left, right = self.lists[node.input[0]], self.lists[node.input[1]]
+        if len(left.source) != len(right.source) or left.repeats() or right.repeats():
+            return False
+        superset = node.op_type != "Div"
+        (a, position), (b, other) = (self.sorted_tensor(left, node.input[0], superset),
+                                     self.sorted_tensor(right, node.input[1], superset))
+        if self.shapes.get(a) != self.shapes.get(b) or not np.array_equal(position, other):
+            return False  # the slices made for them are dropped as unused if the exact tensors are taken instead
+        out = self.fresh(node.output[0])
+        self.nodes.append(helper.make_node(node.op_type, [a, b], [out]))
+        self.shapes[out] = self.shapes[a]
+        if self.channels_of(a) > len(position):
+            self.padded.add(out)
+        self.lists[node.output[0]] = _Channels((out,), np.zeros(len(position), np.int64), position,
+                                               left.shuffles | right.shuffles)
         return True
 
     def find_shuffles(self) -> None:

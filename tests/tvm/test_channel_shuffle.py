@@ -111,25 +111,28 @@ def test_a_shuffle_that_is_a_graph_output_stays_exact(tmp_path):
 
 def test_convolutions_padded_to_the_channel_block_keep_their_outputs(tmp_path):
     """With a block of 16, 12 -> 30 and 30 -> 30 convolutions get 32 filters (2 of them zero); a depthwise conv,
-    BatchNorm and ReLU run on all 32 channels, a graph output takes the 30 real ones, a 1x1 conv gives the pads zero
-    weights; 12 -> 5 (16 would be 3.2x the work) stays as it is."""
+    BatchNorm, ReLU and a residual Add of two padded tensors run on all 32 channels, a graph output takes the 30 real
+    ones (the only Slice), a 1x1 conv gives the pads zero weights; 12 -> 5 (16 would be 3.2x the work) stays."""
     nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"]),
              helper.make_node("Relu", ["c0"], ["r0"]),
              helper.make_node("Conv", ["r0", "dw", "dwb"], ["d0"], group=30, kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
              helper.make_node("BatchNormalization", ["d0", "scale", "shift", "mean", "var"], ["n0"]),
              helper.make_node("Conv", ["n0", "w1"], ["c1"]),
              helper.make_node("Relu", ["c1"], ["y"]),
-             helper.make_node("Conv", ["y", "w2"], ["z"]),
+             helper.make_node("Conv", ["x", "w4"], ["side"]),
+             helper.make_node("Add", ["y", "side"], ["sum"]),
+             helper.make_node("Conv", ["sum", "w2"], ["z"]),
              helper.make_node("Conv", ["x", "w3"], ["small"])]
     rng = np.random.default_rng(10)
     constants = {"b0": rng.standard_normal(30), "dwb": rng.standard_normal(30), "scale": rng.uniform(0.5, 2, 30),
                  "shift": rng.standard_normal(30), "mean": rng.standard_normal(30), "var": rng.uniform(0.5, 2, 30)}
     weights = [_weight("w0", 30, 12, 1, 1, seed=11), _weight("dw", 30, 1, 3, 3, seed=12), _weight("w1", 30, 30, 1, 1, seed=13),
-               _weight("w2", 5, 30, 1, 1, seed=14), _weight("w3", 5, 12, 1, 1, seed=15)] + \
+               _weight("w2", 5, 30, 1, 1, seed=14), _weight("w3", 5, 12, 1, 1, seed=15), _weight("w4", 30, 12, 1, 1, seed=16)] + \
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in constants.items()]
     outputs = {"y": (1, 30, 6, 6), "z": (1, 5, 6, 6), "small": (1, 5, 6, 6)}
     model, report = _rewritten_matches(_model(nodes, weights, outputs), tmp_path, channel_multiple=16)
-    assert report.to_json() == {"found": 0, "removed": 0, "gathers": 0, "padded_convs": 2}
+    assert report.to_json() == {"found": 0, "removed": 0, "gathers": 0, "padded_convs": 3}
+    assert _ops(model)["Slice"] == 1
     filters = {numpy_helper.to_array(init).shape for init in model.graph.initializer if init.dims and len(init.dims) == 4}
     assert {(32, 12, 1, 1), (32, 1, 3, 3), (32, 32, 1, 1), (5, 32, 1, 1), (5, 12, 1, 1)} <= filters
 
