@@ -50,7 +50,7 @@ def import_relax(model: OnnxModel, integer_ops: bool = True, report=None, conv_b
 
     graph = onnx.load(str(model.path))
     if remove_shuffles:
-        graph, shuffles = remove_channel_shuffles(onnx.shape_inference.infer_shapes(graph), conv_block)
+        graph, shuffles = remove_channel_shuffles(graph, conv_block)  # shapes: pre-flight's inference, saved with it
         if shuffle_report is not None and (shuffles.found or shuffles.padded_convs):
             shuffle_report.update(shuffles.to_json())
     try:
