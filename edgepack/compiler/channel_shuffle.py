@@ -9,6 +9,7 @@ lists, so they emit nothing. A consumer takes a list through the cheapest exact 
   none when the list is one whole tensor) and the remaining permutation goes into its weights' input-channel axis;
 - a depthwise convolution, per-channel element-wise ops (ReLU, pooling, `Add`/`Mul` by a per-channel constant,
   BatchNorm) run on the sorted channels with their per-channel constants permuted, and their result stays a list;
+  so does `Add`/`Mul` of two lists whose tensors line up channel for channel (a residual of two such branches);
 - anything else (a graph output, an op without a rule) gets the exact tensor: the sorted channels and, if they are
   not already in order, one `Gather` on axis 1: that shuffle is counted as kept, not removed.
 
@@ -21,6 +22,7 @@ constants 0, a BatchNorm variance 1, so pad channels stay finite), a convolution
 weights, and only a Slice, Concat or exact consumer drops them. Those convolutions otherwise fall back to an
 untiled schedule (edgepack.compiler.schedules needs the channels in whole vectors): 1x1 58 -> 58 at 28x28 took
 0.75 ms, 58 -> 64 0.10 ms, one thread, x86-64-v4.
+
 Done on the ONNX graph rather than in Relax before `ConvertLayout`: the weights are initializers here (numpy, in
 Relax they are runtime params), shapes are static after pre-flight, and ONNX Runtime runs either graph. It runs
 as TVM imports the pre-flighted model (edgepack.compiler.compile.import_relax), not in pre-flight: the bundle's
@@ -195,10 +197,9 @@ class _Rewriter:
         if node.op_type in ("Reshape", "Transpose") and node.output[0] in self.shuffle_inner:
             return
         if not lazy:
-            if node.op_type == "Conv" and self.padding(node, self.weights.get(node.input[1], np.zeros(1)).shape[0]) > \
-                    self.weights.get(node.input[1], np.zeros(1)).shape[0]:
-                self.emit_conv(node, node.input[0], self.weights[node.input[1]],
-                               {a.name: helper.get_attribute_value(a) for a in node.attribute})
+            weight = self.weights.get(node.input[1]) if node.op_type == "Conv" else None
+            if weight is not None and self.padding(node, weight.shape[0]) > weight.shape[0]:
+                self.emit_conv(node, node.input[0], weight, {a.name: helper.get_attribute_value(a) for a in node.attribute})
             else:
                 self.nodes.append(node)
             return
