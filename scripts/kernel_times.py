@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 
-def _lowered(model, target, fast: bool):
+def _lowered(model, target, fast: bool, remove_shuffles: bool = True):
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
@@ -26,7 +26,7 @@ def _lowered(model, target, fast: bool):
     from edgepack.compiler.compile import import_relax
     from edgepack.compiler.schedules import vector_lanes
 
-    module, _ = import_relax(model, True, None, vector_lanes(target), {})
+    module, _ = import_relax(model, True, None, vector_lanes(target), {}, remove_shuffles=remove_shuffles)
     if fast:
         return lower_to_tir(module, target)
     with target:
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--only", default=".", help="regex on kernel names")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--keep-shuffles", action="store_true",
+                        help="import with the channel shuffles as written (edgepack.compiler.channel_shuffle off)")
     options = parser.parse_args(argv)
     manifest_path = options.bundle / "manifest.json"
     if not manifest_path.is_file():
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                          [TensorSpec.from_json(e) for e in manifest["outputs"]])
     target = load_target(manifest["target"]["name"]).tvm_target()
     lanes = schedules.vector_lanes(target)
-    modules = {"before": _lowered(model, target, False), "after": _lowered(model, target, True)}
+    remove = not options.keep_shuffles
+    modules = {"before": _lowered(model, target, False, remove), "after": _lowered(model, target, True, remove)}
     calls: dict[str, int] = {}
     for name in re.findall(r"cls\.(\w+)", modules["after"].script()):
         calls[name] = calls.get(name, 0) + 1

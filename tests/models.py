@@ -166,6 +166,20 @@ def mixed_convs_onnx(directory: Path):
     return OnnxModel.at(path, [TensorSpec("x", "float32", (1, 3, 16, 16))], [TensorSpec("y", "float32", (1, 10))])
 
 
+def tiny_shufflenet_onnx(path: Path) -> Path:
+    """ShuffleNetV2's units (bench_models) at 16 and 30 channels (branches of 15: padded to 16), two units per stage, 1x3x32x32."""
+    from edgepack.examples.bench_models import ShuffleNetV2Style
+
+    torch.manual_seed(4)
+    model = ShuffleNetV2Style(classes=10, widths=(16, 30), repeats=(2, 2)).eval()
+    for module in model.modules():  # non-trivial BatchNorm statistics, folded into the convolutions on export
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["x"], output_names=["y"], dynamo=False)
+    return path
+
+
 FACTORIES = {"mlp": mlp, "small_cnn": small_cnn, "two_in_two_out": two_in_two_out}
 
 

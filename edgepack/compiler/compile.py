@@ -12,6 +12,7 @@ from edgepack.artifacts import CompiledModule, OnnxModel, StageRecord
 from edgepack.bundle.sparse_params import write_params
 from edgepack.compiler.backends import backend_for, check_toolchain
 from edgepack.compiler.backends.cpu import lower_to_tir, schedule_kernels
+from edgepack.compiler.channel_shuffle import remove_channel_shuffles
 from edgepack.compiler.config import CompileConfig
 from edgepack.compiler.conv_layout import block_convolutions
 from edgepack.compiler.int8_dot import DotReport, dot_feature, use_dot_kernels
@@ -34,18 +35,26 @@ PARAMS_NAME = "params.bin"
 
 
 def import_relax(model: OnnxModel, integer_ops: bool = True, report=None, conv_block: int = 0, layout_report: dict | None = None,
-                 int8_dot: str | None = None, dot_report: DotReport | None = None):
+                 int8_dot: str | None = None, dot_report: DotReport | None = None, remove_shuffles: bool = True,
+                 shuffle_report: dict | None = None):
     """The model as a Relax module with detached params; with `integer_ops`, QDQ chains rewritten to integer ops
     (edgepack.compiler.integer_ops), filling `report` (an IntegerReport) when given; with `conv_block`, convolutions
     blocked by that many channels (edgepack.compiler.conv_layout), counted in `layout_report` when given; with
     `int8_dot` (a cpu_features name, edgepack.compiler.int8_dot.dot_feature), integer matmuls on that
-    instruction's kernel, listed in `dot_report`. Tuning and compiling both import here."""
+    instruction's kernel, listed in `dot_report`; with `remove_shuffles`, channel shuffles absorbed into the
+    convolutions around them (edgepack.compiler.channel_shuffle), counted in `shuffle_report` when given. Tuning
+    and compiling both import here."""
     import onnx
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
+    graph = onnx.load(str(model.path))
+    if remove_shuffles:
+        graph, shuffles = remove_channel_shuffles(graph, conv_block)  # shapes: pre-flight's inference, saved with it
+        if shuffle_report is not None and (shuffles.found or shuffles.padded_convs):
+            shuffle_report.update(shuffles.to_json())
     try:
-        module = from_onnx(onnx.load(str(model.path)), shape_dict=symbolic_shapes(model.inputs),
+        module = from_onnx(graph, shape_dict=symbolic_shapes(model.inputs),
                            dtype_dict={s.name: s.dtype for s in model.inputs}, keep_params_in_input=True)
     except Exception as exc:  # the frontend raises many types for ops it cannot convert
         raise EdgepackError(f"TVM cannot import the model: {first_line(exc)}", "simplify or re-export the model") from None
@@ -102,8 +111,9 @@ def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: C
     layout_report: dict = {"layout": "NCHW", "blocked_convs": 0}
     integer = config.integer_ops and backend.integer_ops
     dot_report = DotReport()
+    shuffle_report: dict = {}
     module, params = import_relax(model, integer, integer_report, conv_block, layout_report,
-                                  dot_feature(target) if integer else None, dot_report)
+                                  dot_feature(target) if integer else None, dot_report, config.remove_shuffles, shuffle_report)
     if config.integer_ops and not backend.integer_ops:
         integer_report.note = f"integer execution is built for CPU targets only, not {target.device}"
     names = _param_names(module["main"], len(model.inputs))
@@ -129,6 +139,7 @@ def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: C
         "kernels": kernels,
         "integer_ops": {**integer_report.to_json(), "dot_product": dot_report.to_json()},
         "conv_layout": layout_report,
+        **({"channel_shuffles": shuffle_report} if shuffle_report else {}),
         "warnings": speed_warnings(integer_report, target, dot_report),
     }
     compiled = CompiledModule(library, param_file, names, target, model)

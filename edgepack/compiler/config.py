@@ -22,3 +22,6 @@ class CompileConfig:
     # fp32 convolutions in the blocked NCHW[x]c layout, x = the target's vector width, weights packed at build
     # time (edgepack.compiler.conv_layout); CPU targets
     blocked_convs: bool = True
+    # channel shuffles (reshape-transpose-reshape) absorbed into the convolutions' weights instead of copied, and
+    # convolutions a few channels short of the channel block padded with zero filters (edgepack.compiler.channel_shuffle)
+    remove_shuffles: bool = True

@@ -160,3 +160,15 @@ def test_fast_math_and_padded_attention_match_onnxruntime_under_qemu(tmp_path):
     for onnx_file in (activations_onnx(tmp_path / "act.onnx"), attention_scores_onnx(tmp_path / "scores.onnx")):
         manifest = build(str(onnx_file), "arm64", tmp_path / onnx_file.stem).bundle.manifest
         assert manifest["verification"]["passed"] and manifest["verification"]["native_loader"]["emulator"] == "qemu-aarch64"
+
+
+def test_channel_shuffles_absorbed_match_onnxruntime_under_qemu(tmp_path):
+    """ShuffleNetV2's units with their shuffles absorbed into the weights and 15-channel convolutions padded to 16
+    (edgepack.compiler.channel_shuffle), arm64."""
+    from models import tiny_shufflenet_onnx
+
+    manifest = build(str(tiny_shufflenet_onnx(tmp_path / "shufflenet.onnx")), "arm64", tmp_path / "dist").bundle.manifest
+    report = next(s for s in manifest["provenance"]["stages"] if s["stage"] == "compile")["report"]
+    assert report["channel_shuffles"] == {"found": 4, "removed": 4, "gathers": 0, "padded_convs": 5}
+    assert manifest["verification"]["passed"] and manifest["verification"]["native_loader"]["emulator"] == "qemu-aarch64"
+    assert manifest["verification"]["max_abs_err"] < 1e-4
