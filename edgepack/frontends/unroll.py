@@ -1,8 +1,8 @@
 """RNN, GRU and LSTM (no TVM converter, no ONNX function) unrolled over their fixed sequence length.
 
 Each direction's input projection is one MatMul over all steps; each step is a MatMul of the hidden state
-with the recurrence weights, the gates' activations (the node's `activations`, alphas and betas, `clip` on
-every activation's input), peepholes and `linear_before_reset` as ONNX specifies them. `sequence_lens`
+with the recurrence weights, the gates' activations (the node's `activations`, alphas and betas; `clip` bounds
+every gate's input, not the LSTM cell state before its output activation, as ONNX Runtime computes it), peepholes and `linear_before_reset` as ONNX specifies them. `sequence_lens`
 masks the steps past a sequence's end (the state is kept, Y is zero there) and a reverse direction reads
 each sequence from its own last step, as ONNX Runtime does. Layout 1 (batch first) is transposed around."""
 
@@ -124,7 +124,7 @@ def _step(cell: _Cell, acts: list[_Activation], xs: list[str], h: str, c: str | 
     c_new = b.op("Add", b.op("Mul", f, c), b.op("Mul", i, candidate))
     if cell.p:
         go = b.op("Add", go, b.op("Mul", cell.p[1], c_new))
-    return b.op("Mul", act(0, go), act(2, c_new)), c_new
+    return b.op("Mul", act(0, go), acts[2](b, c_new, dtype)), c_new
 
 
 def _reversal_indices(b: NodeBuilder, lengths: str, seq: int, batch: int, features: int) -> str:

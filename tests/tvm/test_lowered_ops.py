@@ -1,6 +1,6 @@
 """Ops TVM's ONNX frontend lacks and ONNX defines no function for, rewritten in pre-flight (frontends/lower.py):
 RNN/GRU/LSTM and Scan unrolled, CumProd, ReverseSequence, TensorScatter, Col2Im, Det, DFT, STFT, QLinearMatMul and
-blocked Q/DQ as ops TVM imports. Each tiny model is built for real and its bundle run here against ONNX Runtime
+blocked Q/DQ, DeformConv as ops TVM imports. Each tiny model is built for real and its bundle run here against ONNX Runtime
 (or ONNX's reference evaluator where ONNX Runtime lacks the op) on the original model."""
 
 from __future__ import annotations
@@ -108,6 +108,21 @@ def test_indexing_and_math_ops_match_onnx_reference(tmp_path):
     assert report["lowered"] == {"Col2Im": 1, "CumProd": 1, "DFT": 1, "Det": 1, "ReverseSequence": 1, "STFT": 1, "TensorScatter": 1}
 
 
+def test_deform_conv_with_groups_strides_pads_and_dilations_matches_onnx_reference(tmp_path):
+    """DeformConv with two groups and two offset groups, offsets that move samples off the image (zeros there),
+    a mask and a bias; ONNX Runtime has no DeformConv kernel, the reference is ONNX's evaluator."""
+    from onnx import helper
+
+    shapes = {"X": [1, 4, 6, 5], "W": [6, 2, 3, 2], "offset": [1, 24, 4, 4], "B": [6], "mask": [1, 12, 4, 4]}
+    path = save_graph(tmp_path / "deform.onnx",
+                      [helper.make_node("DeformConv", list(shapes), ["Y"], kernel_shape=[3, 2], pads=[1, 0, 2, 1], strides=[2, 1],
+                                        dilations=[1, 2], group=2, offset_group=2)],
+                      [tensor(n, s) for n, s in shapes.items()], [tensor("Y", [1, 6, 4, 4])], opset=22)
+    rng = np.random.default_rng(5)
+    feeds = {n: (rng.standard_normal(s) * (2 if n == "offset" else 1)).astype(np.float32) for n, s in shapes.items()}
+    assert preflight_report(build_and_compare(path, tmp_path, feeds, reference=onnx_reference_run))["lowered"] == {"DeformConv": 1}
+
+
 def test_qlinear_matmul_and_blocked_quantization_are_bit_exact(tmp_path):
     """QLinearMatMul (uint8, a float16 multiplier) and blocked QuantizeLinear/DequantizeLinear against ONNX's
     reference, to the integer."""
@@ -133,16 +148,16 @@ def test_qlinear_matmul_and_blocked_quantization_are_bit_exact(tmp_path):
     assert report["lowered"] == {"DequantizeLinear": 1, "QLinearMatMul": 1, "QuantizeLinear": 1}
 
 
-@pytest.mark.parametrize(("node", "shape", "why"), [
-    (("BitCast", {"to": 6}), [3], "BitCast (no ONNX op TVM imports reinterprets bits)"),
-    (("Det", {}), [6, 6], "Det (a 6x6 matrix is larger than the 4x4 edgepack expands)"),
+@pytest.mark.parametrize(("node", "shapes", "why"), [
+    (("BitCast", {"to": 6}), ([3], [3], 6), "BitCast (no ONNX op TVM imports reinterprets bits)"),
+    (("Det", {}), ([6, 6], [], 1), "Det (a 6x6 matrix is larger than the 4x4 edgepack expands)"),
 ])
-def test_what_cannot_be_rewritten_exactly_is_refused_naming_why(tmp_path, node, shape, why):
+def test_what_cannot_be_rewritten_exactly_is_refused_naming_why(tmp_path, node, shapes, why):
     from onnx import helper
 
-    op, attrs = node
-    path = save_graph(tmp_path / "refused.onnx", [helper.make_node(op, ["x"], ["y"], **attrs)], [tensor("x", shape)],
-                      [tensor("y", None)], opset=26)
+    (op, attrs), (x_shape, y_shape, y_type) = node, shapes
+    path = save_graph(tmp_path / "refused.onnx", [helper.make_node(op, ["x"], ["y"], **attrs)], [tensor("x", x_shape)],
+                      [tensor("y", y_shape, y_type)], opset=26)
     with pytest.raises(EdgepackError) as refused:
         build(str(path), out_dir=tmp_path / "dist")
     assert str(refused.value).startswith(f"TVM's ONNX frontend does not support these ops: {why};")
