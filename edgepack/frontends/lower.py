@@ -12,7 +12,7 @@ from edgepack.frontends.lower_deform_conv import lower_deform_conv
 from edgepack.frontends.lower_math import lower_det, lower_dft, lower_stft
 from edgepack.frontends.lower_indexing import lower_col2im, lower_cumprod, lower_reverse_sequence, lower_tensor_scatter
 from edgepack.frontends.lower_quant import (blocked, lower_blocked_dequantize, lower_blocked_quantize, lower_qlinear_matmul,
-                                            refuse_bitcast)
+                                            lower_bitcast)
 from edgepack.frontends.node_builder import CannotLower, GraphFacts
 from edgepack.frontends.scan import lower_scan
 from edgepack.frontends.unroll import lower_recurrent
@@ -21,7 +21,7 @@ LOWERINGS = {"RNN": lower_recurrent, "GRU": lower_recurrent, "LSTM": lower_recur
              "CumProd": lower_cumprod, "ReverseSequence": lower_reverse_sequence, "TensorScatter": lower_tensor_scatter,
              "Col2Im": lower_col2im, "Det": lower_det, "DFT": lower_dft, "STFT": lower_stft,
              "QLinearMatMul": lower_qlinear_matmul, "QuantizeLinear": lower_blocked_quantize,
-             "DequantizeLinear": lower_blocked_dequantize, "BitCast": refuse_bitcast,
+             "DequantizeLinear": lower_blocked_dequantize, "BitCast": lower_bitcast,
              "DeformConv": lower_deform_conv}
 # ops TVM imports, rewritten only where it ignores an attribute
 ONLY_WHEN = {"QuantizeLinear": blocked, "DequantizeLinear": blocked}

@@ -1,5 +1,5 @@
 """QLinearMatMul (no TVM converter) and blocked QuantizeLinear/DequantizeLinear (TVM ignores block_size) as
-integer and float arithmetic with ONNX's rounding.
+integer and float arithmetic with ONNX's rounding; BitCast between integers of one width as Cast.
 
 QLinearMatMul is an int32 MatMul of the zero-point-shifted operands, requantized in float64 by the
 multiplier a_scale * b_scale / y_scale computed in the scales' type (as ONNX's reference computes it),
@@ -14,6 +14,8 @@ from onnx.helper import tensor_dtype_to_np_dtype
 from edgepack.frontends.node_builder import CannotLower, GraphFacts, NodeBuilder, attributes
 
 _FLOAT, _DOUBLE, _INT32 = 1, 11, 6
+_BOOL = 9
+_SAME_WIDTH_INTEGERS = {2, 3, 4, 5, 6, 7, 12, 13, _BOOL}  # uint8 int8 uint16 int16 int32 int64 uint32 uint64 bool
 _RANGES = {2: (0, 255), 3: (-128, 127), 4: (0, 65535), 5: (-32768, 32767)}  # uint8, int8, uint16, int16
 
 
@@ -94,6 +96,13 @@ def lower_blocked_quantize(node, facts: GraphFacts) -> NodeBuilder:
     return b
 
 
-def refuse_bitcast(node, facts: GraphFacts) -> NodeBuilder:
-    """BitCast stays refused: no ONNX op that TVM imports reinterprets a tensor's bits."""
-    raise CannotLower("no ONNX op TVM imports reinterprets bits")
+def lower_bitcast(node, facts: GraphFacts) -> NodeBuilder:
+    """BitCast between integer types of one width (bool to an 8-bit integer too) as Cast, which keeps the bits (two's
+    complement wraps); float bits stay refused: no ONNX op TVM imports reinterprets them."""
+    source, target = facts.types.get(node.input[0]), attributes(node)["to"]
+    if source not in _SAME_WIDTH_INTEGERS or target not in _SAME_WIDTH_INTEGERS or target == _BOOL \
+            or tensor_dtype_to_np_dtype(source).itemsize != tensor_dtype_to_np_dtype(target).itemsize:
+        raise CannotLower("no ONNX op TVM imports reinterprets float bits")
+    b = NodeBuilder(f"{node.output[0]}__bitcast", facts.opset)
+    b.op("Cast", node.input[0], out=node.output[0], to=target)
+    return b

@@ -77,8 +77,8 @@ def test_scan_with_reversed_input_and_output_matches_onnxruntime(tmp_path):
 
 def test_indexing_and_math_ops_match_onnx_reference(tmp_path):
     """CumProd (exclusive, reversed; zeros and negatives exact), ReverseSequence, TensorScatter (circular), Col2Im
-    (strides, pads), Det (3x3), DFT (onesided, a dft_length that truncates) and STFT with a window; ONNX Runtime
-    has no kernel for some of these at opset 26, so the reference is ONNX's evaluator."""
+    (strides, pads), Det (3x3), DFT (onesided, a dft_length that truncates), STFT with a window and BitCast int8 ->
+    uint8; ONNX Runtime has no kernel for some of these at opset 26, so the reference is ONNX's evaluator."""
     from onnx import TensorProto, helper, numpy_helper
 
     def const(name, value):
@@ -92,20 +92,24 @@ def test_indexing_and_math_ops_match_onnx_reference(tmp_path):
              helper.make_node("Col2Im", ["cols", "image", "block"], ["im"], strides=[2, 1], pads=[1, 0, 1, 0]),
              helper.make_node("Det", ["m"], ["det"]),
              helper.make_node("DFT", ["s", "dft_length", "dft_axis"], ["spectrum"], onesided=1),
-             helper.make_node("STFT", ["signal", "step", "window"], ["stft"])]
+             helper.make_node("STFT", ["signal", "step", "window"], ["stft"]),
+             helper.make_node("BitCast", ["bits"], ["unsigned"], to=TensorProto.UINT8)]
     inputs = {"p": [2, 5], "r": [2, 4, 3], "cache": [2, 1, 4, 3], "update": [2, 1, 2, 3], "cols": [1, 8, 12], "m": [2, 3, 3],
               "s": [2, 8, 1], "signal": [1, 16, 1], "window": [8]}
     path = save_graph(tmp_path / "ops.onnx", nodes,
-                      [tensor(n, s) for n, s in inputs.items()] + [tensor("lens", [2], TensorProto.INT64), tensor("where", [2], TensorProto.INT64)],
+                      [tensor(n, s) for n, s in inputs.items()] + [tensor("lens", [2], TensorProto.INT64), tensor("where", [2], TensorProto.INT64),
+                                                                    tensor("bits", [4], TensorProto.INT8)],
                       [tensor("cumprod", [2, 5]), tensor("reversed", [2, 4, 3]), tensor("scattered", [2, 1, 4, 3]), tensor("im", [1, 2, 4, 5]),
-                       tensor("det", [2]), tensor("spectrum", [2, 4, 2]), tensor("stft", [1, 3, 5, 2])], opset=26)
+                       tensor("det", [2]), tensor("spectrum", [2, 4, 2]), tensor("stft", [1, 3, 5, 2]),
+                       tensor("unsigned", [4], TensorProto.UINT8)], opset=26)
     rng = np.random.default_rng(3)
     feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in inputs.items()}
     feeds["p"][0, 2], feeds["p"][1, 4] = 0.0, -3.0
     feeds["lens"], feeds["where"] = np.array([3, 1], np.int64), np.array([3, 1], np.int64)
-    feeds = {name: feeds[name] for name in [*inputs, "lens", "where"]}  # the graph's input order
+    feeds["bits"] = np.array([-1, -128, 127, 0], np.int8)
+    feeds = {name: feeds[name] for name in [*inputs, "lens", "where", "bits"]}  # the graph's input order
     report = preflight_report(build_and_compare(path, tmp_path, feeds, reference=onnx_reference_run))
-    assert report["lowered"] == {"Col2Im": 1, "CumProd": 1, "DFT": 1, "Det": 1, "ReverseSequence": 1, "STFT": 1, "TensorScatter": 1}
+    assert report["lowered"] == {"BitCast": 1, "Col2Im": 1, "CumProd": 1, "DFT": 1, "Det": 1, "ReverseSequence": 1, "STFT": 1, "TensorScatter": 1}
 
 
 def test_deform_conv_with_groups_strides_pads_and_dilations_matches_onnx_reference(tmp_path):
@@ -149,7 +153,7 @@ def test_qlinear_matmul_and_blocked_quantization_are_bit_exact(tmp_path):
 
 
 @pytest.mark.parametrize(("node", "shapes", "why"), [
-    (("BitCast", {"to": 6}), ([3], [3], 6), "BitCast (no ONNX op TVM imports reinterprets bits)"),
+    (("BitCast", {"to": 6}), ([3], [3], 6), "BitCast (no ONNX op TVM imports reinterprets float bits)"),
     (("Det", {}), ([6, 6], [], 1), "Det (a 6x6 matrix is larger than the 4x4 edgepack expands)"),
 ])
 def test_what_cannot_be_rewritten_exactly_is_refused_naming_why(tmp_path, node, shapes, why):
