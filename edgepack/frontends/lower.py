@@ -34,12 +34,12 @@ def lowerable(node) -> bool:
 
 
 def add_default_attributes(model) -> None:
-    """Give the lowerable nodes their schema's default attributes: ONNX's shape inference of STFT reads an
-    absent `onesided` as 0, its schema's default is 1."""
+    """Give STFT nodes their schema's default attributes: ONNX's shape inference of STFT reads an absent
+    `onesided` as 0, its schema's default is 1. (Not RNN's: its schema's default lists two activations.)"""
     from edgepack.frontends.expand import _add_default_attributes, _schema, opset_of
 
     for node in model.graph.node:
-        if lowerable(node) and (schema := _schema(node.op_type, "", opset_of(model, ""))) is not None:
+        if node.op_type == "STFT" and lowerable(node) and (schema := _schema(node.op_type, "", opset_of(model, ""))) is not None:
             _add_default_attributes(node, schema)
 
 

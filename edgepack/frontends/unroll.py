@@ -195,11 +195,12 @@ def lower_recurrent(node, facts: GraphFacts) -> NodeBuilder:
         hs.append(h)
         cs.append(c)
     names = list(node.output) + [""] * (3 - len(node.output))
-    if names[0]:
-        y = b.stack(ys, 1)  # [seq, directions, batch, hidden]
-        b.op("Transpose", y, out=names[0], perm=[2, 0, 1, 3]) if layout else b.op("Identity", y, out=names[0])
-    for name, states in ((names[1], hs), (names[2], cs)):
+    # Y is [seq, directions, batch, hidden], Y_h and Y_c [directions, batch, hidden]; batch first in layout 1
+    for name, values, axis, batch_first in ((names[0], ys, 1, [2, 0, 1, 3]), (names[1], hs, 0, [1, 0, 2]), (names[2], cs, 0, [1, 0, 2])):
         if name:
-            state = b.stack(states, 0)  # [directions, batch, hidden]
-            b.op("Transpose", state, out=name, perm=[1, 0, 2]) if layout else b.op("Identity", state, out=name)
+            stacked = b.stack(values, axis)
+            if layout:
+                b.op("Transpose", stacked, out=name, perm=batch_first)
+            else:
+                b.op("Identity", stacked, out=name)
     return b

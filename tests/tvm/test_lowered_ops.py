@@ -37,24 +37,26 @@ def test_bidirectional_lstm_with_lengths_peepholes_and_clip_matches_onnxruntime(
 
 def test_gru_and_rnn_with_their_attributes_match_onnxruntime(tmp_path):
     """GRU reversed, linear_before_reset, HardSigmoid/LeakyRelu with their alphas and betas; RNN with Relu and
-    sequence lengths."""
+    sequence lengths, and one with its default activation."""
     from onnx import TensorProto, helper
 
     seq, batch, features, hidden = 3, 2, 3, 4
     nodes = [helper.make_node("GRU", ["X", "Wg", "Rg", "Bg"], ["Yg", "Yg_h"], hidden_size=hidden, direction="reverse",
                               linear_before_reset=1, activations=["HardSigmoid", "LeakyRelu"],
                               activation_alpha=[0.3, 0.05], activation_beta=[0.4]),
-             helper.make_node("RNN", ["X", "Wr", "Rr", "", "lens"], ["Yr", "Yr_h"], hidden_size=hidden, activations=["Relu"])]
+             helper.make_node("RNN", ["X", "Wr", "Rr", "", "lens"], ["Yr", "Yr_h"], hidden_size=hidden, activations=["Relu"]),
+             helper.make_node("RNN", ["X", "Wr", "Rr"], ["", "Yd_h"], hidden_size=hidden)]  # default activation
     shapes = {"X": [seq, batch, features], "Wg": [1, 3 * hidden, features], "Rg": [1, 3 * hidden, hidden], "Bg": [1, 6 * hidden],
               "Wr": [1, hidden, features], "Rr": [1, hidden, hidden]}
     path = save_graph(tmp_path / "gru_rnn.onnx", nodes,
                       [tensor(n, s) for n, s in shapes.items()] + [tensor("lens", [batch], TensorProto.INT32)],
                       [tensor("Yg", [seq, 1, batch, hidden]), tensor("Yg_h", [1, batch, hidden]),
-                       tensor("Yr", [seq, 1, batch, hidden]), tensor("Yr_h", [1, batch, hidden])], opset=14)
+                       tensor("Yr", [seq, 1, batch, hidden]), tensor("Yr_h", [1, batch, hidden]), tensor("Yd_h", [1, batch, hidden])],
+                      opset=14)
     rng = np.random.default_rng(1)
     feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
     feeds["lens"] = np.array([1, 3], np.int32)
-    assert preflight_report(build_and_compare(path, tmp_path, feeds))["lowered"] == {"GRU": 1, "RNN": 1}
+    assert preflight_report(build_and_compare(path, tmp_path, feeds))["lowered"] == {"GRU": 1, "RNN": 2}
 
 
 def test_scan_with_reversed_input_and_output_matches_onnxruntime(tmp_path):
