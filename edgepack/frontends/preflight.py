@@ -322,7 +322,8 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path,
     model, folded = _infer_and_fold(model, path)
     lowered, not_lowered = lower(model)
     if lowered:  # the new nodes' shapes, and what they let fold
-        model, _ = _infer_and_fold(model, path)
+        model, more = _infer_and_fold(model, path)
+        folded = FoldReport(folded.folded_nodes + more.folded_nodes, folded.constant_initializers + more.constant_initializers)
     legalized = legalize(model)
     report = op_report(model)
     if report.unsupported:

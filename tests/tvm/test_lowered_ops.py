@@ -32,7 +32,13 @@ def test_bidirectional_lstm_with_lengths_peepholes_and_clip_matches_onnxruntime(
     rng = np.random.default_rng(0)
     feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in zip(names, shapes)}
     feeds["lens"] = np.array([4, 2, 3], np.int32)
-    assert preflight_report(build_and_compare(path, tmp_path, feeds))["lowered"] == {"LSTM": 1}
+    bundle = build_and_compare(path, tmp_path, feeds)
+    assert preflight_report(bundle)["lowered"] == {"LSTM": 1}
+    from typer.testing import CliRunner
+
+    from edgepack.cli.app import app
+
+    assert "pre-flight: rewritten into ops TVM imports: LSTM ×1" in CliRunner().invoke(app, ["inspect", str(bundle)]).output
 
 
 def test_gru_and_rnn_with_their_attributes_match_onnxruntime(tmp_path):
