@@ -22,7 +22,7 @@ CONSTANT_OPERANDS: dict[str, dict[int, str]] = {
     "Slice": {1: "starts", 2: "ends", 3: "axes", 4: "steps"}, "Trilu": {1: "k"},
     # ops pre-flight rewrites (edgepack.frontends.lower) from their build-time operands
     "CumProd": {1: "axis"}, "Col2Im": {1: "image_shape", 2: "block_shape"}, "DFT": {1: "dft_length", 2: "axis"},
-    "STFT": {1: "frame_step", 3: "frame_length"},
+    "STFT": {1: "frame_step", 3: "frame_length"}, "Loop": {0: "M", 1: "cond"},
     # ONNX functions (edgepack.frontends.expand): their bodies compute Pad's pads, Range's limit from these
     "CenterCropPad": {1: "shape"}, "HannWindow": {0: "size"}, "HammingWindow": {0: "size"}, "BlackmanWindow": {0: "size"},
 }

@@ -14,10 +14,10 @@ from edgepack.frontends.lower_indexing import lower_col2im, lower_cumprod, lower
 from edgepack.frontends.lower_quant import (blocked, lower_blocked_dequantize, lower_blocked_quantize, lower_qlinear_matmul,
                                             lower_bitcast)
 from edgepack.frontends.node_builder import CannotLower, GraphFacts
-from edgepack.frontends.scan import lower_scan
+from edgepack.frontends.scan import lower_loop, lower_scan
 from edgepack.frontends.unroll import lower_recurrent
 
-LOWERINGS = {"RNN": lower_recurrent, "GRU": lower_recurrent, "LSTM": lower_recurrent, "Scan": lower_scan,
+LOWERINGS = {"RNN": lower_recurrent, "GRU": lower_recurrent, "LSTM": lower_recurrent, "Scan": lower_scan, "Loop": lower_loop,
              "CumProd": lower_cumprod, "ReverseSequence": lower_reverse_sequence, "TensorScatter": lower_tensor_scatter,
              "Col2Im": lower_col2im, "Det": lower_det, "DFT": lower_dft, "STFT": lower_stft,
              "QLinearMatMul": lower_qlinear_matmul, "QuantizeLinear": lower_blocked_quantize,

@@ -1,12 +1,16 @@
-"""Scan (no TVM converter, no ONNX function) unrolled over its fixed number of iterations.
+"""Scan and Loop (no TVM converter, no ONNX function) unrolled over their fixed numbers of iterations.
 
 The body's nodes are copied once per iteration, the values it defines renamed per copy, its state inputs
 wired to the previous copy's state outputs and its scan inputs to Gather slices of the scan inputs (along
 their axes, in their directions); the scan outputs' per-iteration values are stacked along their axes in
 their directions. Opset 8's batched Scan is unrolled once per batch item and stacked (sequence_lens unset
-only). A body holding a subgraph op (If, Loop, a nested Scan) is refused."""
+only). A Loop is unrolled where its trip count is a constant, its condition input a constant true and its body
+passes the condition on (a `for` loop); its iteration number is a constant per copy. A body holding a subgraph
+op (If, Loop, a nested Scan) is refused."""
 
 from __future__ import annotations
+
+import numpy as np
 
 from edgepack.frontends.node_builder import CannotLower, GraphFacts, NodeBuilder, attributes
 
@@ -89,4 +93,58 @@ def lower_scan(node, facts: GraphFacts) -> NodeBuilder:
     for name, values in zip(node.output, results):
         if name:
             b.stack(values, 0, out=name) if batched else b.op("Identity", values[0], out=name)
+    return b
+
+
+def _always_true(body, facts: GraphFacts) -> bool:
+    """Whether the body's condition output is its condition input passed on (Identity) or a constant true."""
+    from onnx import numpy_helper
+
+    name, cond_in = body.output[0].name, body.input[1].name
+    producers = {output: node for node in body.node for output in node.output}
+    while name in producers and producers[name].op_type == "Identity":
+        name = producers[name].input[0]
+    if name == cond_in:
+        return True
+    node = producers.get(name)
+    return bool(node is not None and node.op_type == "Constant" and node.attribute[0].name == "value"
+                and np.all(numpy_helper.to_array(node.attribute[0].t)))
+
+
+def lower_loop(node, facts: GraphFacts) -> NodeBuilder:
+    """Loop with a trip count and condition fixed at build time (the body passing the condition on) unrolled into
+    copies of its body; scan outputs stacked on a new first axis."""
+    attrs = attributes(node)
+    body = attrs["body"]
+    if any(a.type in (5, 10) for n in body.node for a in n.attribute):  # GRAPH, GRAPHS
+        raise CannotLower("its body holds a subgraph op (If, Loop or Scan)")
+    inputs = list(node.input) + [""] * (2 - len(node.input))
+    if not inputs[0] or inputs[0] not in facts.constants:
+        raise CannotLower("its trip count is not a constant at build time")
+    trips = int(np.asarray(facts.constants[inputs[0]]).reshape(-1)[0])
+    if inputs[1] and not (inputs[1] in facts.constants and np.all(facts.constants[inputs[1]])):
+        raise CannotLower("its condition is not a constant true at build time")
+    if not _always_true(body, facts):
+        raise CannotLower("its body computes its condition")
+    if trips > MAX_ITERATIONS:
+        raise CannotLower(f"{trips} iterations are more than the {MAX_ITERATIONS} edgepack unrolls")
+    states = inputs[2:]
+    scan_count = len(body.output) - 1 - len(states)
+    if trips == 0 and scan_count:
+        raise CannotLower("no iterations: its scan outputs' shapes are unknown")
+    b = NodeBuilder(f"{next(n for n in node.output if n)}__loop", facts.opset)
+    true = b.const(np.array(True))
+    body_inputs = [value.name for value in body.input]
+    elements: list[list[str]] = [[] for _ in range(scan_count)]
+    for i in range(trips):
+        outputs = _copy_body(b, body, dict(zip(body_inputs, [b.const(np.array(i, np.int64)), true, *states])))
+        states = outputs[1:1 + len(states)]
+        for values, value in zip(elements, outputs[1 + len(states):]):
+            values.append(value)
+    for name, value in zip(node.output, states):
+        if name:
+            b.op("Identity", value, out=name)
+    for name, values in zip(node.output[len(states):], elements):
+        if name:
+            b.stack(values, 0, out=name)
     return b

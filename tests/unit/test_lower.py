@@ -86,3 +86,45 @@ def test_a_node_that_cannot_be_rewritten_stays_with_its_reason():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
     assert lower(model) == ({}, {"Det": "a 5x5 matrix is larger than the 4x4 edgepack expands"})
     assert [node.op_type for node in model.graph.node] == ["Det"]
+
+
+def _loop_model(condition_from_body: bool):
+    from onnx import TensorProto, helper, numpy_helper
+
+    body_nodes = [helper.make_node("Cast", ["i"], ["i_float"], to=TensorProto.FLOAT),
+                  helper.make_node("Mul", ["x", "i_float"], ["scaled"]),
+                  helper.make_node("Add", ["s_in", "scaled"], ["s_out"]),
+                  helper.make_node("Identity", ["s_out"], ["each"])]
+    if condition_from_body:  # a `while` loop: the condition depends on the values
+        body_nodes.append(helper.make_node("ReduceSum", ["s_out"], ["total"], keepdims=0))
+        body_nodes.append(helper.make_node("Less", ["total", "limit"], ["cond_out"]))
+    else:
+        body_nodes.append(helper.make_node("Identity", ["cond_in"], ["cond_out"]))
+    body = helper.make_graph(body_nodes, "body",
+                             [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                              helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [3])],
+                             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [3]),
+                              helper.make_tensor_value_info("each", TensorProto.FLOAT, [3])])
+    constants = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+                 for name, value in (("trips", np.array(4, np.int64)), ("go", np.array(True)), ("limit", np.array(1e9, np.float32)))]
+    graph = helper.make_graph(constants + [helper.make_node("Loop", ["trips", "go", "s0"], ["s", "all"], body=body)], "loop",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3]), helper.make_tensor_value_info("s0", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info("s", TensorProto.FLOAT, [3]), helper.make_tensor_value_info("all", TensorProto.FLOAT, [4, 3])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+
+
+def test_for_loop_unrolled_matches_onnxruntime_and_a_while_loop_stays():
+    """A Loop with a constant trip count and a condition its body passes on is unrolled (its iteration number
+    a constant per copy); one whose body computes the condition is kept, with the reason."""
+    import onnx
+
+    from edgepack.frontends.lower import lower
+
+    model = _loop_model(condition_from_body=False)
+    feeds = {"x": np.array([1.0, -2.0, 0.5], np.float32), "s0": np.array([0.0, 1.0, 2.0], np.float32)}
+    expected = _onnxruntime(model, feeds)
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    assert lower(model) == ({"Loop": 1}, {})
+    for got, want in zip(_onnxruntime(model, feeds), expected):
+        np.testing.assert_array_equal(got, want)
+    assert lower(_loop_model(condition_from_body=True)) == ({}, {"Loop": "its body computes its condition"})
