@@ -46,7 +46,8 @@ def print_summary(path: Path, manifest: dict) -> None:
     for stage in manifest["provenance"]["stages"]:
         if stage["stage"] == "preflight":
             rewrites = [f"{what}: " + ", ".join(f"{op} ×{n}" for op, n in stage["report"][key].items())
-                        for key, what in (("expanded", "expanded into their ONNX functions"), ("legalized", "rewritten for TVM"))
+                        for key, what in (("expanded", "expanded into their ONNX functions"),
+                                          ("lowered", "rewritten into ops TVM imports"), ("legalized", "rewritten for TVM"))
                         if stage["report"].get(key)]
             if rewrites:
                 out.print("pre-flight: " + "; ".join(rewrites), highlight=False, soft_wrap=True)

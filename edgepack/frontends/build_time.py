@@ -20,6 +20,9 @@ CONSTANT_OPERANDS: dict[str, dict[int, str]] = {
     "Expand": {1: "shape"}, "Reshape": {1: "shape"}, "ConstantOfShape": {0: "shape"}, "OneHot": {1: "depth", 2: "values"}, "MaxUnpool": {2: "output_shape"},
     "Range": {0: "start", 1: "limit", 2: "delta"}, "Pad": {1: "pads", 2: "constant_value", 3: "axes"}, "Split": {1: "split"},
     "Slice": {1: "starts", 2: "ends", 3: "axes", 4: "steps"}, "Trilu": {1: "k"},
+    # ops pre-flight rewrites (edgepack.frontends.lower) from their build-time operands
+    "CumProd": {1: "axis"}, "Col2Im": {1: "image_shape", 2: "block_shape"}, "DFT": {1: "dft_length", 2: "axis"},
+    "STFT": {1: "frame_step", 3: "frame_length"}, "Loop": {0: "M", 1: "cond"},
     # ONNX functions (edgepack.frontends.expand): their bodies compute Pad's pads, Range's limit from these
     "CenterCropPad": {1: "shape"}, "HannWindow": {0: "size"}, "HammingWindow": {0: "size"}, "BlackmanWindow": {0: "size"},
 }

@@ -16,6 +16,7 @@ from edgepack.frontends.build_time import bind_inputs, refuse_runtime_operands
 from edgepack.frontends.expand import expand_functions
 from edgepack.frontends.fold import FoldReport, fold_shape_computations
 from edgepack.frontends.legalize import legalize
+from edgepack.frontends.lower import add_default_attributes, lower, lowerable
 from edgepack.frontends.signature import check_tensor_size, numpy_dtype, with_dim_ranges
 
 _ALWAYS_SUPPORTED = {"Constant", "If"}  # handled by the TVM frontend outside its converter map
@@ -214,8 +215,9 @@ def tvm_imports_wrongly(node) -> bool:
 
 
 def needs_expansion(node) -> bool:
-    """Whether pre-flight expands the node into its ONNX function (where ONNX defines one)."""
-    return tvm_lacks(node.domain or "ai.onnx", node.op_type) or tvm_imports_wrongly(node)
+    """Whether pre-flight expands the node into its ONNX function (where ONNX defines one); not the ops
+    it lowers itself (frontends/lower.py), so a function whose body uses one (a Scan) is expanded."""
+    return (tvm_lacks(node.domain or "ai.onnx", node.op_type) or tvm_imports_wrongly(node)) and not lowerable(node)
 
 
 def op_report(model) -> PreflightReport:
@@ -337,16 +339,23 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path,
     for spec in inputs:  # before anything is allocated for them
         check_tensor_size(spec)
     model, expanded = expand_functions(model, needs_expansion)
+    add_default_attributes(model)
     model, folded = _infer_and_fold(model, path)
+    lowered, not_lowered = lower(model)
+    if lowered:  # the new nodes' shapes, and what they let fold
+        model, more = _infer_and_fold(model, path)
+        folded = FoldReport(folded.folded_nodes + more.folded_nodes, folded.constant_initializers + more.constant_initializers)
     legalized = legalize(model)
     report = op_report(model)
     if report.unsupported:
-        raise EdgepackError(f"TVM's ONNX frontend does not support these ops: {', '.join(report.unsupported)}",
+        ops = [f"{op} ({not_lowered[op]})" if op in not_lowered else op for op in report.unsupported]
+        raise EdgepackError(f"TVM's ONNX frontend does not support these ops: {', '.join(ops)}",
                             "replace them in the model (or export with another opset) before building")
     outputs = output_specs(model, inputs)
     static_path = Path(workdir) / "model.onnx"
     onnx.save(model, str(static_path))
     record = StageRecord("preflight", {"input_overrides": {n: s.to_json() for n, s in overrides.items()}},
                          {**report.to_json(), "weights_listed_as_inputs": listed_weights, **folded.to_json(), "legalized": legalized, "expanded": expanded,
+                          **({"lowered": lowered} if lowered else {}),
                           **({"opset_upgraded_from": upgraded_from} if upgraded_from else {})})
     return OnnxModel.at(static_path, inputs, outputs), record

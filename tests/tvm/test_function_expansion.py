@@ -112,15 +112,16 @@ def test_causal_attention_with_grouped_heads_is_expanded_and_matches_onnxruntime
 
 
 def test_op_without_a_function_is_still_refused_in_one_line(tmp_path):
-    """Det has no ONNX function and no TVM converter: refused before compiling, naming only that op (the Swish
-    beside it is expanded)."""
+    """Det has no ONNX function and no TVM converter, and pre-flight rewrites it only up to 4x4: a 5x5 one is
+    refused before compiling, naming only that op and why (the Swish beside it is expanded)."""
     from onnx import helper
 
     path = save_graph(tmp_path / "det.onnx", [helper.make_node("Swish", ["x"], ["s"]), helper.make_node("Det", ["s"], ["y"])],
-                      [tensor("x", [3, 3])], [tensor("y", [])], opset=24)
+                      [tensor("x", [5, 5])], [tensor("y", [])], opset=24)
     with pytest.raises(EdgepackError) as refused:
         build(str(path), out_dir=tmp_path / "dist")
-    assert str(refused.value).startswith("TVM's ONNX frontend does not support these ops: Det;")
+    assert str(refused.value).startswith("TVM's ONNX frontend does not support these ops: "
+                                         "Det (a 5x5 matrix is larger than the 4x4 edgepack expands);")
     assert "\n" not in str(refused.value)
 
 
