@@ -262,7 +262,8 @@ def _dequantize(node, b: _Builder, types: dict[str, int], rank_of) -> bool:
     if scale_type != _FLOAT:
         scale = b.op("Cast", [scale], to=_FLOAT)
     product = b.op("Mul", [value, _per_axis(b, scale, rank_of(node.input[1]), axis, x_rank)])
-    b.op("Cast", [product], node.output[0], to=scale_type) if scale_type != _FLOAT else b.op("Identity", [product], node.output[0])
+    out_type = types.get(node.output[0]) or scale_type  # output_dtype (opset 23) or the scale's type
+    b.op("Cast", [product], node.output[0], to=out_type) if out_type != _FLOAT else b.op("Identity", [product], node.output[0])
     return True
 
 
