@@ -120,3 +120,18 @@ def test_conversion_to_float8e8m0_is_refused_in_preflight_naming_why(tmp_path):
     (tmp_path / "pre").mkdir()
     with pytest.raises(EdgepackError, match="float8_e8m0fnu .*conversion to it is not implemented"):
         preflight(tmp_path / "e8m0.onnx", {}, tmp_path / "pre", {})
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_both_servers_refuse_carried_types_in_the_same_line(bundles):
+    import sys
+
+    bundle = bundles["float8"]
+    python = subprocess.run([sys.executable, str(bundle / "runtime" / "edgepack_serve.py"), "--port", "0"],
+                            capture_output=True, text=True, check=False, timeout=120)
+    native = subprocess.run([str(bundle / "runtime" / "edgepack-run"), "serve", "--port", "0"], env={},
+                            capture_output=True, text=True, check=False, timeout=120)
+    assert python.returncode == native.returncode == 1
+    line = ("error: the server does not carry float8_e4m3fn, float8_e5m2 tensors yet (w, y8, q); run the bundle with `run`, "
+            "or cast them to float32 in the model")
+    assert python.stderr.strip() == native.stderr.strip() == line
