@@ -10,12 +10,13 @@ Only the conversions need rewriting, as ONNX subgraphs of ops TVM imports correc
   power-of-two thresholds, the magnitude is rounded to a multiple of the binade's quantum with Round (half to
   even), and `binade * 2**mantissa_bits + rounded / quantum` is then the bit pattern of the magnitude; overflow
   saturates or becomes inf/NaN as the `saturate` attribute says, the sign bit follows the fn/fnuz convention;
+- float -> float8e8m0 (Cast): the ladder gives the exponent, `round_mode` whether to raise it by one;
 - float/int -> int4/int2 (Cast): truncation and wrapping, as ONNX's reference (ml_dtypes) converts;
   QuantizeLinear to int4/int2 quantizes to int8/uint8 and clips to the narrow range.
 
 Everything else that touches such a value must only move it (Identity, Reshape, ...); other nodes are refused in
-one line naming the type. Conversions to float8e8m0 and from float64 straight to an 8-bit float (which would
-round twice) are refused likewise."""
+one line naming the type. Conversions from float64 straight to float8 or float4 (which would round twice) are
+refused likewise."""
 
 from __future__ import annotations
 
@@ -40,7 +41,6 @@ class LowFloat:
     nan_code: int  # the bit pattern written for NaN
     overflow_code: int | None  # magnitude bits for overflow without saturation (inf or NaN; None: always saturates)
     unsigned_zero: bool  # fnuz: no negative zero (0x80 is NaN)
-    encodable: bool = True
 
     @property
     def container(self) -> int:
@@ -79,7 +79,7 @@ LOW_TYPES = {
     21: LowInt("uint4", 4, False),
     22: LowInt("int4", 4, True),
     23: LowFloat("float4_e2m1fn", 1, 1, 0x7, 0x8, 0x8, None, False),  # no NaN: ml_dtypes (ONNX's reference) writes -0
-    24: LowFloat("float8_e8m0fnu", 0, 127, 0xFE, 0, 0xFF, 0xFF, True, encodable=False),
+    24: LowFloat("float8_e8m0fnu", 0, 127, 0xFE, 0, 0xFF, 0xFF, True),  # encoded by encode_e8m0
     25: LowInt("uint2", 2, False),
     26: LowInt("int2", 2, True),
 }
@@ -154,6 +154,35 @@ def encode_float(b: _Builder, x: str, low: LowFloat, saturate: bool, output: str
     return b.op("Cast", [bits], output, to=_UINT8)
 
 
+def encode_e8m0(b: _Builder, x: str, saturate: bool, round_mode: str, output: str | None = None) -> str:
+    """uint8 bits of float32 `x` as float8e8m0 (a power of two), as ONNX's reference converts: the exponent of |x|
+    (0 below the smallest normal float32), raised by one when `round_mode` says (up: |x| is no power of two;
+    nearest: |x| >= 1.5 times it, or above 2**-127 below the normals), never past 254 when saturating; inf and
+    NaN give 255."""
+    magnitude = b.op("Abs", [x])
+    powers = np.array([2.0 ** (k - 127) for k in range(1, 255)], np.float32)
+    column = b.op("Unsqueeze", [magnitude, b.const([-1], np.int64)])
+    exponent = b.op("ReduceSum", [b.op("Cast", [b.op("GreaterOrEqual", [column, b.const(powers)])], to=_FLOAT),
+                                  b.const([-1], np.int64)], keepdims=0)
+    power = b.op("Gather", [b.const(np.concatenate([[0.0], powers]).astype(np.float32)), b.op("Cast", [exponent], to=_INT64)], axis=0)
+    if round_mode == "up":
+        raise_by_one = b.op("Not", [b.op("Equal", [magnitude, power])])
+    elif round_mode == "nearest":
+        below_normals = b.op("Equal", [exponent, b.const(0.0)])
+        raise_by_one = b.op("Or", [b.op("And", [below_normals, b.op("Greater", [magnitude, b.const(2.0 ** -127)])]),
+                                   b.op("And", [b.op("Not", [below_normals]),
+                                                b.op("GreaterOrEqual", [magnitude, b.op("Mul", [power, b.const(1.5)])])])])
+    elif round_mode != "down":
+        raise EdgepackError(f"Cast to float8_e8m0fnu has round_mode '{round_mode}'", "use up, down or nearest")
+    code = exponent
+    if round_mode != "down":
+        if saturate:
+            raise_by_one = b.op("And", [raise_by_one, b.op("Less", [exponent, b.const(254.0)])])
+        code = b.op("Add", [exponent, b.op("Cast", [raise_by_one], to=_FLOAT)])
+    special = b.op("Or", [b.op("IsNaN", [x]), b.op("IsInf", [x])])
+    return b.op("Cast", [b.op("Where", [special, b.const(255.0), code])], output, to=_UINT8)
+
+
 def encode_int(b: _Builder, x: str, source: int, low: LowInt, output: str | None = None) -> str:
     """Container values of `x` cast to `low`: truncated toward zero, then wrapped to `low.bits` bits."""
     value = x if source == _INT32 else b.op("Cast", [x], to=_INT32)
@@ -174,7 +203,7 @@ def _to_float32(b: _Builder, name: str, elem_type: int, what: str, target) -> st
     return name if elem_type == _FLOAT else b.op("Cast", [name], to=_FLOAT)
 
 
-def _cast(node, b: _Builder, source: int, to: int, saturate: bool) -> None:
+def _cast(node, b: _Builder, source: int, to: int, saturate: bool, round_mode: str = "up") -> None:
     x, y = node.input[0], node.output[0]
     what = f"{node.op_type} '{node.name or y}'"
     target = LOW_TYPES.get(to)
@@ -185,9 +214,11 @@ def _cast(node, b: _Builder, source: int, to: int, saturate: bool) -> None:
         else:
             b.op("Cast", [decode(b, x, low)], y, to=to)
         return
+    if target.name == "float8_e8m0fnu":  # ONNX's reference reads float32 first (from float64 too)
+        x32 = decode(b, x, LOW_TYPES[source]) if source in LOW_TYPES else x if source == _FLOAT else b.op("Cast", [x], to=_FLOAT)
+        encode_e8m0(b, x32, saturate, round_mode, y)
+        return
     if isinstance(target, LowFloat):
-        if not target.encodable:
-            _refuse(what, target, "the conversion to it is not implemented")
         encode_float(b, _to_float32(b, x, source, what, target), target, saturate, y)
         return
     if source in LOW_TYPES and isinstance(LOW_TYPES[source], LowInt):
@@ -229,8 +260,8 @@ def _quantize(node, b: _Builder, types: dict[str, int], rank_of) -> None:
         dtype = np.int8 if target.signed else np.uint8
         b.op("Clip", [quantized, b.const(target.range[0], dtype), b.const(target.range[1], dtype)], node.output[0])
         return
-    if not target.encodable:
-        _refuse(what, target, "the conversion to it is not implemented")
+    if target.name == "float8_e8m0fnu":  # not a QuantizeLinear type in ONNX
+        _refuse(what, target, "ONNX does not quantize to it")
     x_type, x_rank = types.get(node.input[0]), rank_of(node.input[0])
     if x_type is None or x_rank is None:
         _refuse(what, target, "the input's type or rank is unknown")
@@ -337,7 +368,8 @@ def carry_low_precision(model) -> dict[str, int]:
             if source == to:
                 b.op("Identity", [node.input[0]], node.output[0])
             else:
-                _cast(node, b, source, to, bool(attributes.get("saturate", 1)))
+                round_mode = attributes.get("round_mode", b"up")
+                _cast(node, b, source, to, bool(attributes.get("saturate", 1)), round_mode.decode() if isinstance(round_mode, bytes) else round_mode)
         elif node.op_type == "QuantizeLinear" and types.get(node.output[0]) in LOW_TYPES:
             _quantize(node, b, types, rank_of)
         elif node.op_type == "DequantizeLinear" and types.get(node.input[0]) in LOW_TYPES:

@@ -106,20 +106,20 @@ def test_native_loader_verifies_and_writes_containers(bundles, tmp_path):
     assert wrong.returncode == 1 and "a uint4 tensor holds values outside 0..15" in wrong.stderr
 
 
-def test_conversion_to_float8e8m0_is_refused_in_preflight_naming_why(tmp_path):
+def test_float64_to_float8_is_refused_in_preflight_naming_why(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
     from edgepack.errors import EdgepackError
     from edgepack.frontends.preflight import preflight
 
-    graph = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT8E8M0)], "e8m0",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT8E8M0, [4])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 24)]), str(tmp_path / "e8m0.onnx"))
+    graph = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT8E4M3FN)], "f64",
+                              [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT8E4M3FN, [4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(tmp_path / "f64.onnx"))
     (tmp_path / "pre").mkdir()
-    with pytest.raises(EdgepackError, match="float8_e8m0fnu .*conversion to it is not implemented"):
-        preflight(tmp_path / "e8m0.onnx", {}, tmp_path / "pre", {})
+    with pytest.raises(EdgepackError, match="Cast 'y' on float8_e4m3fn .from float64 it would round twice"):
+        preflight(tmp_path / "f64.onnx", {}, tmp_path / "pre", {})
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")

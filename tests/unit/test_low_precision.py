@@ -14,9 +14,10 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402
 from onnx.reference.ops.op_cast import cast_to  # noqa: E402
 
-from edgepack.frontends.low_precision import LOW_TYPES, LowFloat, _Builder, decode, encode_float, encode_int  # noqa: E402
+from edgepack.frontends.low_precision import LOW_TYPES, LowFloat, _Builder, decode, encode_e8m0, encode_float, encode_int  # noqa: E402
+from onnx.numpy_helper import to_float8e8m0  # noqa: E402
 
-FLOATS = {code: low for code, low in LOW_TYPES.items() if isinstance(low, LowFloat) and low.encodable}
+FLOATS = {code: low for code, low in LOW_TYPES.items() if isinstance(low, LowFloat) and low.name != "float8_e8m0fnu"}
 INTS = {code: low for code, low in LOW_TYPES.items() if not isinstance(low, LowFloat)}
 
 
@@ -83,3 +84,18 @@ def test_float_to_int4_and_int2_truncates_and_wraps_as_onnx_reference(code):
     got = _run(lambda b, name: encode_int(b, name, TensorProto.FLOAT, low, "y"), x, low.container)
     want = cast_to(x, code, True).astype(np.int8 if low.signed else np.uint8)
     assert np.array_equal(got, want), [(float(v), int(g), int(w)) for v, g, w in zip(x, got, want) if g != w][:8]
+
+
+@pytest.mark.parametrize("saturate", [True, False])
+@pytest.mark.parametrize("round_mode", ["up", "down", "nearest"])
+def test_float_to_float8e8m0_bits_match_onnx_reference(round_mode, saturate):
+    powers = 2.0 ** np.arange(-149, 128, dtype=np.float64)
+    values = np.concatenate([powers, powers * 1.5, powers * 1.25, powers * 1.75, [0.0, 3e38, 3.4e38, 1e-40, 2.0 ** -127 * 1.0000001]])
+    magnitudes = np.concatenate([values.astype(np.float32), np.nextafter(values.astype(np.float32), np.float32(np.inf)),
+                                 np.nextafter(values.astype(np.float32), np.float32(0))])
+    x = np.concatenate([magnitudes, -magnitudes, np.array([np.nan, np.inf, -np.inf, -0.0], np.float32)]).astype(np.float32)
+    x = x[np.isfinite(x) | np.isnan(x) | np.isinf(x)]
+    got = _run(lambda b, name: encode_e8m0(b, name, saturate, round_mode, "y"), x, TensorProto.UINT8)
+    want = to_float8e8m0(x, saturate, round_mode).view(np.uint8)
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, [(float(x[i]), int(got[i]), int(want[i])) for i in bad[:8]]
