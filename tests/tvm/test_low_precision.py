@@ -106,6 +106,23 @@ def test_native_loader_verifies_and_writes_containers(bundles, tmp_path):
     assert wrong.returncode == 1 and "a uint4 tensor holds values outside 0..15" in wrong.stderr
 
 
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_edgepack_run_and_the_native_loader_write_the_same_container_files(bundles, tmp_path, edgepack_cli):
+    bundle = bundles["int4"]
+    np.save(tmp_path / "x.npy", INT4_SWEEP)
+    np.save(tmp_path / "u.npy", U4.astype(np.uint8))
+    inputs = ["--input", tmp_path / "x.npy", "--input", tmp_path / "u.npy"]
+    python = edgepack_cli("run", bundle, *inputs, "--output-dir", tmp_path / "p")
+    native = subprocess.run([str(bundle / "runtime" / "edgepack-run"), "run", *map(str, inputs), "--output-dir", str(tmp_path / "n")],
+                            env={}, capture_output=True, text=True, check=False)
+    assert python.returncode == native.returncode == 0, python.stderr + native.stderr
+    for index in range(3):
+        got, want = np.load(tmp_path / "p" / f"output_{index}.npy"), np.load(tmp_path / "n" / f"output_{index}.npy")
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert np.load(tmp_path / "p" / "output_0.npy").dtype == np.int8  # int4 values, one per byte
+    _same_bits(np.load(tmp_path / "p" / "output_0.npy").astype(ml_dtypes.int4), _int4_reference(INT4_SWEEP, U4)[0])
+
+
 def test_float64_to_float8_is_refused_in_preflight_naming_why(tmp_path):
     import onnx
     from onnx import TensorProto, helper
