@@ -154,7 +154,8 @@ Array ParseNpy(const std::string& bytes, const std::string& what) {
   if (array.dtype == nullptr) {
     Fail(kExitUser, "'" + what + "' is not a readable .npy file (unsupported dtype '" + header.descr + "')",
          std::string("save it as little-endian ") + kDtypeList +
-             " (bfloat16: its raw bits, numpy.save(path, a.view(numpy.uint16)))");
+             " (bfloat16: its raw bits, numpy.save(path, a.view(numpy.uint16)); float8: a.view(numpy.uint8); "
+             "int4: a.astype(numpy.int8))");
   }
   if (header.fortran) {
     Fail(kExitUser, "'" + what + "' is stored in Fortran order",

@@ -152,3 +152,18 @@ def test_both_servers_refuse_carried_types_in_the_same_line(bundles):
     line = ("error: the server does not carry float8_e4m3fn, float8_e5m2 tensors yet (w, y8, q); run the bundle with `run`, "
             "or cast them to float32 in the model")
     assert python.stderr.strip() == native.stderr.strip() == line
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_both_loaders_refuse_an_ml_dtypes_float8_npy_in_the_same_line(bundles, tmp_path, edgepack_cli):
+    """np.save of an ml_dtypes float8 array writes descr '<f1', which no loader reads: both name the fix."""
+    bundle = bundles["float8"]
+    np.save(tmp_path / "x.npy", FLOAT8_SWEEP)
+    np.save(tmp_path / "w.npy", W8)
+    inputs = ["--input", tmp_path / "x.npy", "--input", tmp_path / "w.npy"]
+    python = edgepack_cli("run", bundle, *inputs, "--output-dir", tmp_path / "p")
+    native = subprocess.run([str(bundle / "runtime" / "edgepack-run"), "run", *map(str, inputs), "--output-dir", str(tmp_path / "n")],
+                            env={}, capture_output=True, text=True, check=False)
+    assert python.returncode == native.returncode == 1
+    assert "float8: a.view(numpy.uint8)" in python.stderr
+    assert python.stderr.strip().splitlines()[-1].split("(unsupported dtype")[1] == native.stderr.strip().splitlines()[-1].split("(unsupported dtype")[1]
