@@ -311,3 +311,49 @@ def bfloat16_onnx(path: Path) -> Path:
                                numpy_helper.from_array(np.array(0.25, np.float32), "b")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
+
+
+FLOAT8_SWEEP = np.array([0.0, -0.0, 1e-3, 2.0 ** -9, 2.0 ** -10, 3 * 2.0 ** -10, 448.0, 464.0, 470.0, 1e6, np.inf, -np.inf, np.nan,
+                         0.3, -17.3, 240.0, 1.0625, 1.1875, -1e-9, 57344.0], np.float32)
+
+
+def float8_onnx(path: Path) -> Path:
+    """x: float32[20], w: float8e4m3fn[4] -> (Cast(x) to float8e4m3fn (saturating), QuantizeLinear(x, 2, float8e5m2 0,
+    saturate=0): float8e5m2, float32(w))."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Cast", ["x"], ["y8"], to=TensorProto.FLOAT8E4M3FN),
+             helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"], saturate=0),
+             helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT)]
+    zero = helper.make_tensor("zero", TensorProto.FLOAT8E5M2, [], [0.0])
+    graph = helper.make_graph(nodes, "f8", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [len(FLOAT8_SWEEP)]),
+                                            helper.make_tensor_value_info("w", TensorProto.FLOAT8E4M3FN, [4])],
+                              [helper.make_tensor_value_info("y8", TensorProto.FLOAT8E4M3FN, [len(FLOAT8_SWEEP)]),
+                               helper.make_tensor_value_info("q", TensorProto.FLOAT8E5M2, [len(FLOAT8_SWEEP)]),
+                               helper.make_tensor_value_info("wf", TensorProto.FLOAT, [4])],
+                              [numpy_helper.from_array(np.array(2.0, np.float32), "scale"), zero])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), str(path))
+    return path
+
+
+INT4_SWEEP = np.array([-9.0, -8.5, -4.25, -3.0, -0.5, 0.0, 0.25, 0.75, 1.5, 2.5, 3.5, 7.0, 7.9, 20.0], np.float32)
+
+
+def int4_onnx(path: Path) -> Path:
+    """x: float32[14], u: uint4[4] -> (QuantizeLinear(x, 0.5, int4 1): int4, its DequantizeLinear, float32(u))."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["dq"]),
+             helper.make_node("Cast", ["u"], ["uf"], to=TensorProto.FLOAT)]
+    zero = helper.make_tensor("zero", TensorProto.INT4, [], [1])
+    graph = helper.make_graph(nodes, "i4", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [len(INT4_SWEEP)]),
+                                            helper.make_tensor_value_info("u", TensorProto.UINT4, [4])],
+                              [helper.make_tensor_value_info("q", TensorProto.INT4, [len(INT4_SWEEP)]),
+                               helper.make_tensor_value_info("dq", TensorProto.FLOAT, [len(INT4_SWEEP)]),
+                               helper.make_tensor_value_info("uf", TensorProto.FLOAT, [4])],
+                              [numpy_helper.from_array(np.array(0.5, np.float32), "scale"), zero])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), str(path))
+    return path

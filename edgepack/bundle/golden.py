@@ -11,7 +11,7 @@ import numpy as np
 from edgepack.artifacts import OnnxModel
 from edgepack.errors import EdgepackError, first_line
 from edgepack.measure.reference import run_reference
-from edgepack.runtime.bundle_format import check_inputs, from_bits, to_bits
+from edgepack.runtime.bundle_format import check_inputs, from_bits, to_bits, to_container
 from edgepack.frontends.signature import random_inputs
 
 
@@ -115,7 +115,11 @@ def make_golden(model: OnnxModel, config: GoldenConfig, input_cases: list[list[n
     if not input_cases:
         input_cases = [random_inputs([spec.at(sizes) for spec in model.inputs], config.seed + index)
                        for index, sizes in enumerate(golden_sizes(model.inputs, config.cases))]
-    runs = [run_reference(model.path, model.inputs, case, fuse=not config.unfused) for case in input_cases]
+    # the pre-flighted model takes and returns float8, int4... in their containers (frontends/low_precision.py)
+    runs = [run_reference(model.path, model.inputs, [to_container(np.asarray(a)) for a in case], fuse=not config.unfused)
+            for case in input_cases]
+    runs = [([from_bits(out, spec.dtype) for out, spec in zip(outputs, model.outputs)] + outputs[len(model.outputs):], engine)
+            for outputs, engine in runs]
     engines = sorted({engine for _, engine in runs})
     return GoldenVectors(tuple(tuple(case) for case in input_cases), tuple(tuple(outputs) for outputs, _ in runs),
                          config.tolerance, config.rtol, origin, "+".join(engines), data if input_cases else "")

@@ -22,6 +22,7 @@ from edgepack.compiler.schedules import vector_lanes
 from edgepack.compiler.weight_layout import pretranspose_weights
 from edgepack.errors import EdgepackError, first_line
 from edgepack.frontends.preflight import symbolic_shapes
+from edgepack.runtime.bundle_format import container_dtype
 from edgepack.targets import TargetSpec
 
 __all__ = ["CompileConfig", "check_toolchain", "compile_model", "import_relax", "lower_to_tir", "schedule_kernels",
@@ -55,7 +56,7 @@ def import_relax(model: OnnxModel, integer_ops: bool = True, report=None, conv_b
             shuffle_report.update(shuffles.to_json())
     try:
         module = from_onnx(graph, shape_dict=symbolic_shapes(model.inputs),
-                           dtype_dict={s.name: s.dtype for s in model.inputs}, keep_params_in_input=True)
+                           dtype_dict={s.name: container_dtype(s.dtype) for s in model.inputs}, keep_params_in_input=True)
     except Exception as exc:  # the frontend raises many types for ops it cannot convert
         raise EdgepackError(f"TVM cannot import the model: {first_line(exc)}", "simplify or re-export the model") from None
     module, params = relax.frontend.detach_params(module)

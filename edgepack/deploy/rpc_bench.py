@@ -95,14 +95,15 @@ def bench_rpc(bundle_dir: Path, config: RpcBenchConfig, arrays: list[np.ndarray]
         vm = VirtualMachine(remote.load_module(library.name), device)
         weights = tvm.runtime.load_param_dict((bundle_dir / manifest["params"]["file"]).read_bytes())
         params = [tvm.runtime.tensor(weights[name].numpy(), device) for name in manifest["params"]["names"]]
-        vm.set_input("main", *[tvm.runtime.tensor(np.asarray(a, order="C"), device) for a in inputs], *params)
+        vm.set_input("main", *[tvm.runtime.tensor(bundle_format.to_container(np.asarray(a, order="C")), device) for a in inputs],
+                     *params)  # float8, int4...: their containers
         for _ in range(config.warmup):
             vm.invoke_stateful("main")
         timer = vm.time_evaluator("invoke_stateful", device, number=config.number, repeat=config.repeat)
         timing = timer("main")
         outputs = vm.get_outputs("main")
         outputs = [outputs] if hasattr(outputs, "numpy") else list(outputs)
-        outputs = [tensor.numpy() for tensor in outputs]
+        outputs = [bundle_format.from_bits(tensor.numpy(), entry["dtype"]) for tensor, entry in zip(outputs, manifest["outputs"])]
         threads = _remote_threads(remote)
     except EdgepackError:
         raise

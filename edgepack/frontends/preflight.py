@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from edgepack.frontends.build_time import bind_inputs, refuse_runtime_operands
 from edgepack.frontends.expand import expand_functions
 from edgepack.frontends.fold import FoldReport, fold_shape_computations
 from edgepack.frontends.legalize import legalize
+from edgepack.frontends.low_precision import carried_dtypes, carry_low_precision
 from edgepack.frontends.lower import add_default_attributes, lower, lowerable
 from edgepack.frontends.signature import check_tensor_size, numpy_dtype, with_dim_ranges
 
@@ -345,13 +346,14 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path,
     if lowered:  # the new nodes' shapes, and what they let fold
         model, more = _infer_and_fold(model, path)
         folded = FoldReport(folded.folded_nodes + more.folded_nodes, folded.constant_initializers + more.constant_initializers)
-    legalized = legalize(model)
+    carried = carried_dtypes(model)  # the signature keeps these types; the model takes their containers
+    legalized = {**carry_low_precision(model), **legalize(model)}
     report = op_report(model)
     if report.unsupported:
         ops = [f"{op} ({not_lowered[op]})" if op in not_lowered else op for op in report.unsupported]
         raise EdgepackError(f"TVM's ONNX frontend does not support these ops: {', '.join(ops)}",
                             "replace them in the model (or export with another opset) before building")
-    outputs = output_specs(model, inputs)
+    outputs = [replace(spec, dtype=carried.get(spec.name, spec.dtype)) for spec in output_specs(model, inputs)]
     static_path = Path(workdir) / "model.onnx"
     onnx.save(model, str(static_path))
     record = StageRecord("preflight", {"input_overrides": {n: s.to_json() for n, s in overrides.items()}},

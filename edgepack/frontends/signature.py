@@ -8,12 +8,13 @@ from edgepack.errors import EdgepackError
 from edgepack.runtime.bundle_format import TensorSpec, np_dtype
 
 SUPPORTED_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16",
-                    "uint8", "bool")
+                    "uint8", "bool", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float4_e2m1fn",
+                    "float8_e8m0fnu", "int4", "uint4", "int2", "uint2")
 _ONNX_TO_NUMPY = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
-                  10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16"}
-# TVM 0.27's CPU casts to and from these are wrong on zeros, subnormals, overflow and NaN (measured against
-# ml_dtypes; docs/coverage.md), so they stay refused with that reason
-_WRONG_IN_TVM = {17: "float8e4m3fn", 18: "float8e4m3fnuz", 19: "float8e5m2", 20: "float8e5m2fnuz"}
+                  10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16",
+                  # carried in byte containers (frontends/low_precision.py); ml_dtypes' names
+                  17: "float8_e4m3fn", 18: "float8_e4m3fnuz", 19: "float8_e5m2", 20: "float8_e5m2fnuz", 21: "uint4", 22: "int4",
+                  23: "float4_e2m1fn", 24: "float8_e8m0fnu", 25: "uint2", 26: "int2"}
 _FIX = "write it as name:1x3x224x224:float32"
 
 
@@ -89,10 +90,6 @@ def parse_input_specs(texts: list[str]) -> dict[str, TensorSpec]:
 
 def numpy_dtype(onnx_elem_type: int, where: str) -> str:
     """The numpy dtype name of an ONNX tensor element type."""
-    if onnx_elem_type in _WRONG_IN_TVM:
-        raise EdgepackError(f"{where} has element type {_WRONG_IN_TVM[onnx_elem_type]} (ONNX type {onnx_elem_type}), which TVM 0.27 "
-                            "casts wrongly (zeros, subnormals, overflow)", f"cast it to float16 or bfloat16 in the model, or use one of "
-                            f"{', '.join(SUPPORTED_DTYPES)}")
     if onnx_elem_type not in _ONNX_TO_NUMPY:
         from onnx import TensorProto
 
@@ -124,7 +121,7 @@ def random_inputs(specs: list[TensorSpec] | tuple[TensorSpec, ...], seed: int) -
     for spec in specs:
         check_tensor_size(spec)
         dtype = np_dtype(spec.dtype)
-        if dtype.kind == "f" or spec.dtype == "bfloat16":
+        if dtype.kind == "f" or spec.dtype == "bfloat16" or spec.dtype.startswith("float"):
             arrays.append(rng.standard_normal(spec.shape).astype(dtype))
         elif dtype.kind == "b":
             arrays.append(rng.integers(0, 2, spec.shape).astype(bool))

@@ -8,7 +8,9 @@ namespace {
 // The dtypes a manifest may name (as runtime/edgepack_format.py's _DTYPES).
 const char* const kManifestDtypes[] = {"float32", "float64", "float16", "int64",  "int32",  "int16",
                                        "int8",    "uint64",  "uint32",  "uint16", "uint8",  "bool",
-                                       "bfloat16"};
+                                       "bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
+                                       "float8_e5m2fnuz", "float4_e2m1fn", "float8_e8m0fnu", "int4", "uint4", "int2",
+                                       "uint2"};
 
 // Refuses a path in `files` that leaves the bundle or names the manifest or its signature.
 void CheckFilePath(const std::string& rel) {

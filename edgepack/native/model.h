@@ -251,7 +251,7 @@ void InitializeVm(const ffi::Function& vm_initialization) {
 
 ffi::Tensor ToTensor(const Array& array) {
   static ffi::Function alloc = Global("runtime.TVMTensorAllocWithScope");
-  ffi::Tensor tensor = alloc(ffi::Shape(array.shape), ffi::StringToDLDataType(array.dtype->name),
+  ffi::Tensor tensor = alloc(ffi::Shape(array.shape), ffi::StringToDLDataType(TvmName(array.dtype)),
                              DLDevice{kDLCPU, 0}, ffi::Optional<ffi::String>())
                            .cast<ffi::Tensor>();
   std::memcpy(tensor.data_ptr(), array.data.data(), array.data.size());
@@ -353,7 +353,7 @@ class Model {
 std::vector<ffi::Tensor> ToTensors(const std::vector<Array>& arrays) {
   std::vector<ffi::Tensor> tensors;
   for (const Array& array : arrays) {
-    tensors.push_back(OnGpu() ? DeviceTensor(ffi::Shape(array.shape), ffi::StringToDLDataType(array.dtype->name),
+    tensors.push_back(OnGpu() ? DeviceTensor(ffi::Shape(array.shape), ffi::StringToDLDataType(TvmName(array.dtype)),
                                              array.data.data(), array.data.size())
                               : ToTensor(array));
   }

@@ -11,6 +11,7 @@ struct Dtype {
   const char* name;   // numpy / TVM name
   const char* descr;  // .npy descr; descr[1] is the kind: f, i, u or b
   int size;
+  const char* container = nullptr;  // float8, int4...: the TVM dtype the model takes them in (and .npy files hold)
 };
 const Dtype kDtypes[] = {{"float32", "<f4", 4}, {"float64", "<f8", 8}, {"float16", "<f2", 2},
                          {"int64", "<i8", 8},   {"int32", "<i4", 4},   {"int8", "|i1", 1},
@@ -18,7 +19,13 @@ const Dtype kDtypes[] = {{"float32", "<f4", 4}, {"float64", "<f8", 8}, {"float16
                          {"uint16", "<u2", 2},  {"uint32", "<u4", 4},  {"uint64", "<u8", 8},
                          // .npy files carry bfloat16 as its raw bits ("<u2", read as uint16 first:
                          // AsSpecDtype gives them the manifest's dtype)
-                         {"bfloat16", "<u2", 2}};
+                         {"bfloat16", "<u2", 2},
+                         // carried in bytes (frontends/low_precision.py): floats as raw bits, integers by value
+                         {"float8_e4m3fn", "|u1", 1, "uint8"},  {"float8_e4m3fnuz", "|u1", 1, "uint8"},
+                         {"float8_e5m2", "|u1", 1, "uint8"},    {"float8_e5m2fnuz", "|u1", 1, "uint8"},
+                         {"float4_e2m1fn", "|u1", 1, "uint8"},  {"float8_e8m0fnu", "|u1", 1, "uint8"},
+                         {"int4", "|i1", 1, "int8"},            {"uint4", "|u1", 1, "uint8"},
+                         {"int2", "|i1", 1, "int8"},            {"uint2", "|u1", 1, "uint8"}};
 const char kDtypeList[] =
     "float32, float64, float16, int64, int32, int16, int8, uint64, uint32, uint16, uint8, bool";
 
@@ -147,7 +154,8 @@ Array ParseNpy(const std::string& bytes, const std::string& what) {
   if (array.dtype == nullptr) {
     Fail(kExitUser, "'" + what + "' is not a readable .npy file (unsupported dtype '" + header.descr + "')",
          std::string("save it as little-endian ") + kDtypeList +
-             " (bfloat16: its raw bits, numpy.save(path, a.view(numpy.uint16)))");
+             " (bfloat16: its raw bits, numpy.save(path, a.view(numpy.uint16)); float8: a.view(numpy.uint8); "
+             "int4: a.astype(numpy.int8))");
   }
   if (header.fortran) {
     Fail(kExitUser, "'" + what + "' is stored in Fortran order",
@@ -242,9 +250,54 @@ double HalfToDouble(uint16_t h) {
 
 bool IsBfloat16(const Dtype* dtype) { return std::string(dtype->name) == "bfloat16"; }
 
-// `array` (raw bits read from a .npy) given the manifest's dtype: uint16 bits of a bfloat16 tensor.
+// The TVM dtype of an array's bytes: a carried type's container, else its own name.
+const char* TvmName(const Dtype* dtype) { return dtype->container ? dtype->container : dtype->name; }
+
+// `array` (raw bits or values read from a .npy, or returned by the model) given the manifest's dtype: uint16
+// bits of a bfloat16 tensor, the container of a carried type (int4...: values outside its range are refused).
 void AsSpecDtype(Array& array, const std::string& dtype) {
-  if (dtype == "bfloat16" && std::string(array.dtype->name) == "uint16") array.dtype = DtypeByName(dtype);
+  const Dtype* spec = DtypeByName(dtype);
+  if (spec == nullptr || spec == array.dtype) return;
+  std::string holds(array.dtype->name);
+  if (dtype == "bfloat16" && holds == "uint16") array.dtype = spec;
+  if (spec->container == nullptr || holds != spec->container) return;
+  int bits = dtype == "int4" || dtype == "uint4" ? 4 : dtype == "int2" || dtype == "uint2" ? 2 : 0;
+  if (bits > 0) {
+    bool is_signed = dtype[0] == 'i';
+    int low = is_signed ? -(1 << (bits - 1)) : 0, high = is_signed ? (1 << (bits - 1)) - 1 : (1 << bits) - 1;
+    for (char byte : array.data) {
+      int value = is_signed ? int(int8_t(byte)) : int(uint8_t(byte));
+      if (value < low || value > high) {
+        Fail(kExitUser, "a " + dtype + " tensor holds values outside " + std::to_string(low) + ".." + std::to_string(high),
+             "store " + dtype + " values one per byte as " + spec->container + ", within that range");
+      }
+    }
+  }
+  array.dtype = spec;
+}
+
+// The value of a float carried as raw bits (ml_dtypes' float8 and float4 encodings).
+double MinifloatToDouble(const std::string& name, uint8_t bits) {
+  if (name == "float8_e8m0fnu") return bits == 0xFF ? NAN : std::ldexp(1.0, int(bits) - 127);
+  bool e4m3 = name.rfind("float8_e4m3", 0) == 0, fnuz = name.size() > 4 && name.substr(name.size() - 4) == "fnuz";
+  bool e2m1 = name == "float4_e2m1fn";
+  int mantissa_bits = e2m1 ? 1 : e4m3 ? 3 : 2, exponent_bits = e2m1 ? 2 : e4m3 ? 4 : 5;
+  int bias = e2m1 ? 1 : (e4m3 ? 7 : 15) + (fnuz ? 1 : 0);
+  int sign_shift = mantissa_bits + exponent_bits, top = (1 << exponent_bits) - 1;
+  if (fnuz && bits == 0x80) return NAN;
+  int exponent = (bits >> mantissa_bits) & top, mantissa = bits & ((1 << mantissa_bits) - 1);
+  bool negative = (bits >> sign_shift) & 1;
+  double value;
+  if (!fnuz && !e2m1 && e4m3 && exponent == top && mantissa == (1 << mantissa_bits) - 1) return NAN;
+  if (!fnuz && !e2m1 && !e4m3 && exponent == top) {
+    if (mantissa) return NAN;
+    value = INFINITY;
+  } else if (exponent == 0) {
+    value = std::ldexp(mantissa, 1 - bias - mantissa_bits);
+  } else {
+    value = std::ldexp(mantissa | (1 << mantissa_bits), exponent - bias - mantissa_bits);
+  }
+  return negative ? -value : value;
 }
 
 double ElementAt(const Array& array, int64_t i) {
@@ -259,6 +312,7 @@ double ElementAt(const Array& array, int64_t i) {
     std::memcpy(&value, &bits, sizeof(value));
     return value;
   }
+  if (array.dtype->container && array.dtype->name[0] == 'f') return MinifloatToDouble(array.dtype->name, load(uint8_t()));
   switch (array.dtype->descr[1]) {
     case 'f':
       return array.dtype->size == 2   ? HalfToDouble(load(uint16_t()))

@@ -390,14 +390,20 @@ bool IsInferencePath(const std::string& path, const std::string& model) {
 }
 
 int Serve(const ServeOptions& opt, const std::string& bundle, const Manifest& m) {
-  std::string unserved;  // as the Python server
+  std::string unserved;  // as the Python server: bfloat16 and the types carried in bytes
+  std::vector<std::string> types;
   for (const auto* specs : {&m.inputs, &m.outputs}) {
     for (const TensorSpec& spec : *specs) {
-      if (spec.dtype == "bfloat16") unserved += (unserved.empty() ? "" : ", ") + spec.name;
+      const Dtype* dtype = DtypeByName(spec.dtype);
+      if (dtype == nullptr || (spec.dtype != "bfloat16" && dtype->container == nullptr)) continue;
+      unserved += (unserved.empty() ? "" : ", ") + spec.name;
+      if (std::find(types.begin(), types.end(), spec.dtype) == types.end()) types.push_back(spec.dtype);
     }
   }
   if (!unserved.empty()) {
-    Fail(kExitUser, "the server does not carry bfloat16 tensors yet (" + unserved + ")",
+    std::string names;
+    for (const std::string& type : types) names += (names.empty() ? "" : ", ") + type;
+    Fail(kExitUser, "the server does not carry " + names + " tensors yet (" + unserved + ")",
          "run the bundle with `run`, or cast them to float32 in the model");
   }
   sigset_t stop_signals;

@@ -102,6 +102,8 @@ class TensorSpec:
 
     def to_json(self) -> dict:
         entry = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.dtype in CARRIED:  # what the model takes and the .npy files hold (informational: the dtype implies it)
+            entry["container"] = CARRIED[self.dtype]
         if any(d is not None for d in self.dims):
             entry["dims"] = list(self.dims)
         return entry
@@ -228,15 +230,21 @@ def parse_manifest(data: bytes, path: Path | str = MANIFEST) -> dict:
 
 # Element types numpy lacks (ml_dtypes, installed with TVM): .npy files hold their raw bits as the unsigned
 # integer of the same width, and the manifest's dtype says how to read them (docs/bundle-format.md).
-RAW_BITS = {"bfloat16": "uint16"}
+RAW_BITS = {"bfloat16": "uint16", "float8_e4m3fn": "uint8", "float8_e4m3fnuz": "uint8", "float8_e5m2": "uint8",
+            "float8_e5m2fnuz": "uint8", "float4_e2m1fn": "uint8", "float8_e8m0fnu": "uint8"}
+# Integers narrower than a byte: .npy files hold their values, one per byte, in this type.
+BY_VALUE = {"int4": "int8", "uint4": "uint8", "int2": "int8", "uint2": "uint8"}
+# Types the compiled model itself sees as their container (TVM has none of them, or casts them wrongly):
+# every RAW_BITS type but bfloat16, which TVM carries, and every BY_VALUE type.
+CARRIED = {**{name: bits for name, bits in RAW_BITS.items() if name != "bfloat16"}, **BY_VALUE}
 
 _DTYPES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8", "bool",
-           *RAW_BITS)
+           *RAW_BITS, *BY_VALUE)
 
 
 def np_dtype(name: str) -> np.dtype:
-    """The numpy dtype of a manifest dtype name (bfloat16: ml_dtypes')."""
-    if name in RAW_BITS:
+    """The numpy dtype of a manifest dtype name (bfloat16, float8, int4...: ml_dtypes')."""
+    if name in RAW_BITS or name in BY_VALUE:
         try:
             import ml_dtypes  # a dependency of apache-tvm; TVM's runtime imports it too
         except ImportError:
@@ -245,17 +253,39 @@ def np_dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
+def container_dtype(name: str) -> str:
+    """The dtype the compiled model takes or returns for a manifest dtype (CARRIED: its container)."""
+    return CARRIED.get(name, name)
+
+
 def from_bits(array: np.ndarray, dtype: str) -> np.ndarray:
-    """`array` viewed as the manifest's `dtype` when it holds that type's raw bits (RAW_BITS); else as is."""
+    """`array` as the manifest's `dtype` when it holds that type's raw bits (RAW_BITS) or narrow values (BY_VALUE);
+    else as is. Values outside a BY_VALUE type's range are refused."""
     if dtype in RAW_BITS and array.dtype == np.dtype(RAW_BITS[dtype]):
         return array.view(np_dtype(dtype))
+    if dtype in BY_VALUE and array.dtype == np.dtype(BY_VALUE[dtype]):
+        import ml_dtypes
+
+        info = ml_dtypes.iinfo(np_dtype(dtype))
+        if array.size and (array.min() < int(info.min) or array.max() > int(info.max)):
+            raise BundleError(f"a {dtype} tensor holds values outside {int(info.min)}..{int(info.max)}",
+                              f"store {dtype} values one per byte as {BY_VALUE[dtype]}, within that range")
+        return array.astype(np_dtype(dtype))
     return array
 
 
 def to_bits(array: np.ndarray) -> np.ndarray:
-    """`array` as .npy files carry it: a RAW_BITS type viewed as its raw bits; else as is."""
-    bits = RAW_BITS.get(array.dtype.name)
-    return array.view(bits) if bits is not None and array.dtype.kind == "V" else array
+    """`array` as .npy files carry it: a RAW_BITS type viewed as its raw bits, a BY_VALUE type as its values; else as is."""
+    if (bits := RAW_BITS.get(array.dtype.name)) is not None:
+        return array.view(bits)
+    if (values := BY_VALUE.get(array.dtype.name)) is not None:
+        return array.astype(values)
+    return array
+
+
+def to_container(array: np.ndarray) -> np.ndarray:
+    """`array` as the compiled model takes it: a CARRIED type as its container (bits or values); else as is."""
+    return to_bits(array) if array.dtype.name in CARRIED else array
 
 
 
@@ -935,7 +965,8 @@ def parse_npy(data: bytes, what: str) -> np.ndarray:
     if descr not in NPY_DESCRS:
         raise BundleError(f"'{what}' is not a readable .npy file (unsupported dtype '{descr}')",
                           "save it as little-endian " + ", ".join(dict.fromkeys(NPY_DESCRS.values()))
-                          + " (bfloat16: its raw bits, numpy.save(path, a.view(numpy.uint16)))")
+                          + " (bfloat16: its raw bits, numpy.save(path, a.view(numpy.uint16)); float8: a.view(numpy.uint8); "
+                          "int4: a.astype(numpy.int8))")
     if fortran:
         raise BundleError(f"'{what}' is stored in Fortran order",
                           "save a C-ordered array: numpy.save(path, numpy.ascontiguousarray(a))")

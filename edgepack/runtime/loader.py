@@ -29,15 +29,15 @@ import numpy as np
 
 try:  # in the package: the format module beside this one
     from .bundle_format import (
-        BundleError, IntegrityError, KEYRING_ENV, MANIFEST, TensorSpec, VerificationError, check_compatibility, check_cuda,
-        check_files, check_inputs, check_manifest_fields, compare, decode_params, first_line, from_bits, load_npy,
+        BundleError, CARRIED, IntegrityError, KEYRING_ENV, MANIFEST, TensorSpec, VerificationError, check_compatibility, check_cuda,
+        check_files, check_inputs, check_manifest_fields, compare, decode_params, first_line, from_bits, load_npy, to_container,
         parse_npy, private_copy, read_checked, read_trusted_manifest, save_npy,
     )
 except ImportError:  # inside a bundle: runtime/edgepack_format.py sits beside this file
     sys.dont_write_bytecode = True  # no runtime/__pycache__/: a bundle holds exactly the files its manifest lists
     from edgepack_format import (  # type: ignore[no-redef]
-        BundleError, IntegrityError, KEYRING_ENV, MANIFEST, TensorSpec, VerificationError, check_compatibility, check_cuda,
-        check_files, check_inputs, check_manifest_fields, compare, decode_params, first_line, from_bits, load_npy,
+        BundleError, CARRIED, IntegrityError, KEYRING_ENV, MANIFEST, TensorSpec, VerificationError, check_compatibility, check_cuda,
+        check_files, check_inputs, check_manifest_fields, compare, decode_params, first_line, from_bits, load_npy, to_container,
         parse_npy, private_copy, read_checked, read_trusted_manifest, save_npy,
     )
 
@@ -121,7 +121,12 @@ class LoadedBundle:
             arrays = [arrays[spec.name] for spec in self.inputs]
         arrays = self.typed(arrays)
         check_inputs(self.inputs, arrays)
-        return [out.numpy() for out in self.invoke(self.to_device(arrays))]
+        outputs = [out.numpy() for out in self.invoke(self.to_device(arrays))]
+        return [from_bits(out, spec.dtype) for out, spec in zip(outputs, self.outputs)] + outputs[len(self.outputs):]
+
+    def ml_dtypes_tensors(self) -> list[TensorSpec]:
+        """Inputs and outputs of types numpy lacks (bfloat16, and the float8/int4... types carried in bytes: CARRIED)."""
+        return [spec for spec in [*self.inputs, *self.outputs] if spec.dtype == "bfloat16" or spec.dtype in CARRIED]
 
     def typed(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Numpy inputs, those holding a bfloat16 input's raw bits (uint16, as .npy files carry it) viewed as bfloat16."""
@@ -134,7 +139,8 @@ class LoadedBundle:
         """Copy checked numpy inputs into TVM tensors, ready for `invoke`."""
         import tvm
 
-        return [tvm.runtime.tensor(np.asarray(array, order="C"), self.device or tvm.cpu()) for array in arrays]
+        # float8, int4...: their containers, as the model takes them
+        return [tvm.runtime.tensor(to_container(np.asarray(array, order="C")), self.device or tvm.cpu()) for array in arrays]
 
     def invoke(self, tensors: list) -> list:
         """Call `main` on TVM tensors; returns the output tensors (no copies back to numpy)."""

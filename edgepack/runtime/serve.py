@@ -959,8 +959,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not 0 <= args.batch_window_ms <= 1000:
             raise loader.BundleError(f"--batch-window-ms {args.batch_window_ms:g} is outside 0..1000", "pass a few milliseconds, or 0 to turn batching off")
         bundle = loader.load(bundle_dir, args.keyring or os.environ.get(loader.KEYRING_ENV) or None)
-        if unserved := [spec.name for spec in [*bundle.inputs, *bundle.outputs] if spec.dtype == "bfloat16"]:  # as the native server
-            raise loader.BundleError(f"the server does not carry bfloat16 tensors yet ({', '.join(unserved)})",
+        if unserved := bundle.ml_dtypes_tensors():  # as the native server
+            raise loader.BundleError(f"the server does not carry {', '.join(dict.fromkeys(s.dtype for s in unserved))} tensors yet "
+                                     f"({', '.join(s.name for s in unserved)})",
                                      "run the bundle with `run`, or cast them to float32 in the model")
         if args.verify and not bundle.verify()["passed"]:
             raise loader.VerificationError("outputs differ from the golden vectors beyond tolerance", "do not serve this bundle; rebuild it")

@@ -95,22 +95,6 @@ def test_edgepack_run_cli_takes_raw_bits_and_writes_raw_bits(bundle, tmp_path, e
     np.testing.assert_array_equal(z, _reference(X)[1].view(np.uint16))
 
 
-def test_float8_is_refused_in_preflight_naming_why(tmp_path):
-    import onnx
-    from onnx import TensorProto, helper
-
-    from edgepack.errors import EdgepackError
-    from edgepack.frontends.preflight import preflight
-
-    graph = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)], "f8",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT8E4M3FN, [4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), str(tmp_path / "f8.onnx"))
-    (tmp_path / "pre").mkdir()
-    with pytest.raises(EdgepackError, match="float8e4m3fn .*TVM 0.27 casts wrongly"):
-        preflight(tmp_path / "f8.onnx", {}, tmp_path / "pre", {})
-
-
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 def test_both_loaders_refuse_an_ml_dtypes_npy_alike(bundle, tmp_path, edgepack_cli):
     """np.save of an ml_dtypes array writes descr '<V2', which names no type: both loaders refuse it, exit 1."""
