@@ -1,7 +1,7 @@
 """The float8/float4/int4 conversions pre-flight writes as ONNX subgraphs, bit-exact against ONNX's reference
 (ml_dtypes) on a sweep of values: zeros, -0, subnormals, the largest values, overflow, inf, NaN and ties.
 
-The subgraphs run in ONNX Runtime here (no TVM build); tests/tvm/test_low_precision.py runs them compiled."""
+The subgraphs run in ONNX Runtime here (no TVM build); tests/tvm/test_low_precision_bundles.py runs them compiled."""
 
 from __future__ import annotations
 
