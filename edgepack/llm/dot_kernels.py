@@ -10,9 +10,9 @@ Q8_0/Q4_0 path computes them: the activation row is quantized once per matmul, t
   unsigned by flipping their sign bit (w + 128, one XOR per 64 bytes). The offset's contribution,
   offset · Σ xq, is subtracted through the group's correction, computed once per activation row, so the
   int32 sum equals Σ w · xq exactly.
-- A 64-byte load holds 4 stored bytes of 16 rows, row-minor (`[byte, row]`); one byte shuffle (`vpermb`
-  with AVX512-VBMI, else two instructions) makes it row-major (`[row, byte]`), the 4 bytes per int32 lane
-  that `vpdpbusd` reads. int4: byte j holds inputs 2j (low nibble) and 2j+1 (high), so a load's low nibbles
+- A 64-byte load holds 4 stored bytes of 16 rows, row-minor (`[byte, row]`); two shuffles (`vpermd` across
+  128-bit lanes, `vpshufb` within them) make it row-major (`[row, byte]`), the 4 bytes per int32 lane that
+  `vpdpbusd` reads. int4: byte j holds inputs 2j (low nibble) and 2j+1 (high), so a load's low nibbles
   are inputs k, k+2, k+4, k+6 and its high nibbles k+1, k+3, ...: the quantizer stores each 8 inputs in that
   order (evens, then odds) so both 4-byte activation words are contiguous.
 """
@@ -24,11 +24,6 @@ from edgepack.llm.weights import QuantScheme, tile_rows
 
 LANES = 16  # vpdpbusd.512: 16 int32 lanes, the AVX-512 interleave of block_matrix
 BYTES_PER_LOAD = 4  # stored bytes per row in one 64-byte load
-
-
-def inputs_per_load(scheme: QuantScheme) -> int:
-    """Inputs one 64-byte load covers per row: 8 at int4 (two nibbles a byte), 4 at int8."""
-    return BYTES_PER_LOAD * (2 if scheme.bits == 4 else 1)
 
 
 def unsupported(columns: int, scheme: QuantScheme, lanes: int, feature: str | None) -> str | None:
