@@ -64,19 +64,21 @@ def quantize_rows_function(rows: int, columns: int, scheme: QuantScheme):
             for i, g in T.grid(rows, groups):
                 peak = T.alloc_buffer((1,), "float32", scope="local")
                 total = T.alloc_buffer((1,), "int32", scope="local")
+                inverse = T.alloc_buffer((1,), "float32", scope="local")
                 peak[0] = T.float32(0)
                 for k in range(group):
                     peak[0] = T.max(peak[0], T.fabs(x[i, g * group + k]))
                 x_scale[i, g] = peak[0] / T.float32(127)
+                inverse[0] = T.Select(peak[0] > T.float32(0), T.float32(127) / peak[0], T.float32(0))
                 total[0] = 0
                 for k in range(group):
                     if int4:  # a Python bool: TVMScript keeps one branch
                         xq[i, g * group + k // 8 * 8 + k % 2 * 4 + k % 8 // 2] = T.Cast("int8", T.round(
-                            x[i, g * group + k] * T.Select(peak[0] > T.float32(0), T.float32(127) / peak[0], T.float32(0))))
+                            x[i, g * group + k] * inverse[0]))
                         total[0] = total[0] + T.Cast("int32", xq[i, g * group + k // 8 * 8 + k % 2 * 4 + k % 8 // 2])
                     else:
                         xq[i, g * group + k] = T.Cast("int8", T.round(
-                            x[i, g * group + k] * T.Select(peak[0] > T.float32(0), T.float32(127) / peak[0], T.float32(0))))
+                            x[i, g * group + k] * inverse[0]))
                         total[0] = total[0] + T.Cast("int32", xq[i, g * group + k])
                 correction[i, g] = total[0] * -offset
 
