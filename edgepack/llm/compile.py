@@ -78,4 +78,4 @@ def _integer_dot(plan: ModelPlan, target: TargetSpec) -> tuple[ModelPlan, dict]:
     if why is not None:
         return replace(plan, integer_dot=False), {"used": False, "why": why}
     return plan, {"used": True, "feature": "avx512_vnni", "activations": f"int8, one scale per {plan.scheme.group} inputs",
-                  "functions": "decode, and prefill's output head (single-row matmuls)"}
+                  "functions": "decode (static single-row matmuls)"}

@@ -23,8 +23,8 @@ from edgepack.llm.weights import QuantScheme, matrix_names
 @dataclass(frozen=True)
 class ModelPlan:
     """What the module is built from: architecture, cache bound, weight precision, the target's fp32 vector
-    lanes (the interleave of quantized weights, `weights.block_matrix`) and whether single-row quantized matmuls
-    quantize their input row to int8 and run integer dot products (`dot_kernels`; decode and prefill's output head)."""
+    lanes (the interleave of quantized weights, `weights.block_matrix`) and whether static single-row quantized
+    matmuls (decode's) quantize their input row to int8 and run integer dot products (`dot_kernels`)."""
 
     config: LlmConfig
     max_seq_len: int
