@@ -263,6 +263,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="generations per engine process (the fastest counts)")
     parser.add_argument("--rounds", type=int, default=3, help="processes per engine, edgepack and llama.cpp alternating")
     parser.add_argument("--target", default="x86_64", help="edgepack's target (x86_64-v4: AVX-512, as llama.cpp's native build)")
+    parser.add_argument("--weights", default="fp32,int8,int4", help="comma-separated rows: fp32, int8, int4")
+    parser.add_argument("--fp32-activations", action="store_true",
+                        help="quantized rows: decode keeps fp32 activations (no int8 dot products on AVX512-VNNI targets)")
     parser.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp (llama-cpp-python not installed)")
     parser.add_argument("--no-onnxruntime", action="store_true", help="skip ONNX Runtime (fp32 only)")
     parser.add_argument("--json", type=Path)
@@ -279,10 +282,10 @@ def main() -> None:
         model_dir = make_model(Path(work) / "model", args.hidden, args.layers, args.vocab)
         config = read_config(model_dir)
         max_seq = args.prompt + args.new_tokens
-        for bits in (None, 8, 4):
+        for bits in [{"fp32": None, "int8": 8, "int4": 4}[name] for name in args.weights.split(",")]:
             weights = f"int{bits}" if bits else "fp32"
             plan = plan_llm_build(model_dir, args.target, Path(work) / "dist", name=f"bench-{weights}",
-                                  max_seq_len=max_seq, quantize=weights if bits else None)
+                                  max_seq_len=max_seq, quantize=weights if bits else None, int8_activations=not args.fp32_activations)
             bundle, _ = run_llm_build(plan)
             gguf = None if args.no_llama_cpp else write_gguf(model_dir, config, Path(work) / f"model-{weights}.gguf", bits)
             ours_rounds, cpp_rounds = [], []
@@ -296,7 +299,8 @@ def main() -> None:
             ours["profile"] = in_child(profile_decode, bundle.path, prompt, 8, threads)["kernels_us"]
             theirs = in_child(time_torch, model_dir, prompt, args.new_tokens, args.runs, threads, bits)
             limit = bandwidth * 1e9 / ours["bytes_read_per_token"]  # copy traffic (read + write) per second
-            row = {"weights": weights, "edgepack": ours, "torch": theirs,
+            row = {"weights": weights, "decode_activations": bundle.manifest["generator"].get("decode_activations", "float32"),
+                   "edgepack": ours, "torch": theirs,
                    "same_greedy_tokens": ours["tokens"] == theirs["tokens"],
                    "decode_vs_torch": ours["decode_tok_s"] / theirs["decode_tok_s"],
                    "prefill_vs_torch": ours["prefill_tok_s"] / theirs["prefill_tok_s"],

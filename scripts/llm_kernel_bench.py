@@ -2,7 +2,9 @@
 builds them now (weights interleaved by vector lanes, `kernels.quantized_linear_function`) and as it built them
 before (a tensor expression dequantizing one scalar weight at a time inside the reduction, heuristic schedule),
 on the matrix shapes of scripts/llm_bench.py's model. CPU time of one thread (TVM_NUM_THREADS=1), best of 5:
-on a shared machine CPU time is disturbed far less than wall time.
+on a shared machine CPU time is disturbed far less than wall time. On a target with AVX512-VNNI also the
+integer kernels decode uses there (`llm.dot_kernels`: the row quantized to int8, then `vpdpbusd`), both kernels
+timed together ("int8 dot", "int4 dot").
 
     TVM_NUM_THREADS=1 .venv/bin/python scripts/llm_kernel_bench.py [--target x86_64] [--json out.json]
 """
@@ -68,8 +70,13 @@ def main() -> None:
     from edgepack.llm.weights import QuantScheme, block_matrix, dequantize_matrix, quantize_matrix
     from edgepack.targets import load_target
 
-    target = load_target(args.target).tvm_target()
+    from edgepack.compiler.int8_dot import dot_feature
+    from edgepack.llm.dot_kernels import integer_linear_function, quantize_rows_function, unsupported
+
+    spec = load_target(args.target)
+    target = spec.tvm_target()
     lanes = vector_lanes(target)
+    dot = unsupported(512, QuantScheme(4, 32), lanes, dot_feature(spec)) is None
 
     def build(function):
         return tvm.compile(function.with_attr("global_symbol", "main"), target=target)
@@ -95,12 +102,27 @@ def main() -> None:
             now = build(quantized_linear_function(columns, out, scheme, lanes))
             row[f"int{bits}_us"] = cpu_microseconds(now, [tvm.runtime.tensor(x_np), *blocked, y])
             np.testing.assert_allclose(y.numpy(), expected, rtol=1e-4, atol=1e-3)
+            if dot:
+                groups = columns // scheme.group_for(columns)
+                quantized = [tvm.runtime.tensor(np.zeros(shape, dtype)) for shape, dtype in
+                             (((1, columns), np.int8), ((1, groups), np.float32), ((1, groups), np.int32))]
+                quantizer = build(quantize_rows_function(1, columns, scheme))
+                integer = build(integer_linear_function(1, columns, out, scheme))
+
+                def both(x, q, scale, y):
+                    quantizer(x, *quantized)
+                    integer(*quantized, q, scale, y)
+
+                row[f"int{bits}_dot_us"] = cpu_microseconds(both, [tvm.runtime.tensor(x_np), *blocked, y])
+                error = np.abs(y.numpy() - expected).max() / np.abs(expected).max()  # activation quantization's
+                assert error < 0.05, error
+                row[f"int{bits}_dot_error"] = float(error)
         rows.append(row)
-    print(f"{'matrix':8} {'in x out':>10} {'fp32 us':>8} {'int8 before':>11} {'int8 now':>8} {'int4 before':>11} {'int4 now':>8}")
+    keys = ["fp32_us", "int8_before_us", "int8_us", "int4_before_us", "int4_us"] + (["int8_dot_us", "int4_dot_us"] if dot else [])
+    print(f"{'matrix':8} {'in x out':>10} " + " ".join(f"{key.removesuffix('_us'):>11}" for key in keys))
     for r in rows:
-        print(f"{r['matrix']:8} {r['in']:>4} x {r['out']:<4} {r['fp32_us']:8.0f} {r['int8_before_us']:11.0f} {r['int8_us']:8.0f} "
-              f"{r['int4_before_us']:11.0f} {r['int4_us']:8.0f}")
-    totals = {key: sum(r[key] for r in rows) for key in ("fp32_us", "int8_before_us", "int8_us", "int4_before_us", "int4_us")}
+        print(f"{r['matrix']:8} {r['in']:>4} x {r['out']:<4} " + " ".join(f"{r[key]:11.0f}" for key in keys))
+    totals = {key: sum(r[key] for r in rows) for key in keys}
     print("sum      " + " ".join(f"{key} {value:.0f}" for key, value in totals.items()))
     print(f"target {args.target} ({lanes} lanes), threads {os.environ.get('TVM_NUM_THREADS', 'all')}, load average {os.getloadavg()[0]:.1f}")
     if args.json:

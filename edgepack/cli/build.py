@@ -57,6 +57,7 @@ def build_command(
     lr: float = typer.Option(1e-3, "--lr", help="with --train: fine-tuning learning rate", rich_help_panel="Pruning"),
     max_seq_len: int = typer.Option(256, "--max-seq-len", help="language models: KV-cache positions (prompt + new tokens)", rich_help_panel="Language models"),
     group_size: int = typer.Option(32, "--group-size", help="language models with --quantize int8|int4: inputs per weight scale", rich_help_panel="Language models"),
+    int8_activations: bool = typer.Option(True, "--int8-activations/--fp32-activations", help="language models with --quantize on AVX512-VNNI: decode quantizes its activations to int8 per group and runs integer dot products (as llama.cpp), else fp32", rich_help_panel="Language models"),
 ) -> None:
     """Compile MODEL for a target and write a self-contained, verified bundle.
 
@@ -74,7 +75,7 @@ def build_command(
             raise EdgepackError(f"{', '.join(given)} do(es) not apply to language-model builds ('{model}' holds config.json)",
                                 "drop it; language models take --max-seq-len, --quantize int8|int4, --group-size (docs/llm.md)")
         _build_llm(model, target, out_dir, name, version, force, sign, dry_run, as_json, max_seq_len,
-                   quantize.value if quantize else None, group_size)
+                   quantize.value if quantize else None, group_size, int8_activations)
         return
     from edgepack.build import EvaluationConfig, plan_build, run_build
     from edgepack.compiler.compile import CompileConfig
@@ -123,12 +124,13 @@ def build_command(
     print_summary(result.bundle.path, result.bundle.manifest)
 
 
-def _build_llm(model, target, out_dir, name, version, force, sign, dry_run, as_json, max_seq_len, quantize, group_size) -> None:
+def _build_llm(model, target, out_dir, name, version, force, sign, dry_run, as_json, max_seq_len, quantize, group_size,
+               int8_activations) -> None:
     """`edgepack build MODEL_DIR`: a language-model bundle (edgepack.llm)."""
     from edgepack.llm.build import plan_llm_build, run_llm_build
 
     plan = plan_llm_build(model, target, out_dir, name=name, version=version, max_seq_len=max_seq_len, quantize=quantize,
-                          group_size=group_size, force=force, sign=sign)
+                          group_size=group_size, force=force, sign=sign, int8_activations=int8_activations)
     if dry_run:
         for line in plan.describe():
             out.print(line, highlight=False, soft_wrap=True)

@@ -12,6 +12,7 @@ from typing import Callable
 from edgepack.artifacts import StageRecord
 from edgepack.bundle.package import PackageConfig, bundle_path, check_destination
 from edgepack.compiler.compile import check_toolchain
+from edgepack.compiler.int8_dot import dot_feature
 from edgepack.errors import EdgepackError
 from edgepack.llm.compile import compile_llm
 from edgepack.llm.config import LlmConfig, read_config
@@ -40,6 +41,7 @@ class LlmBuildPlan:
     package: PackageConfig
     max_seq_len: int
     scheme: QuantScheme | None
+    int8_activations: bool = True  # quantized weights on AVX512-VNNI: decode quantizes its input rows (dot_kernels)
 
     def describe(self) -> list[str]:
         """Lines for `--dry-run`."""
@@ -48,8 +50,17 @@ class LlmBuildPlan:
                 f"target:  {self.target.name} ({self.target.description})",
                 f"bundle:  {bundle_path(self.package, self.target.name)}",
                 f"weights: {self.scheme.name + f' group {self.scheme.group}' if self.scheme else 'fp32'}",
+                f"decode:  {self.decode_arithmetic()}",
                 f"cache:   {self.max_seq_len} positions (contiguous, {self.cache_bytes()} bytes)",
                 "stages:  read → quantize → compile → golden → package → verify"]
+
+    def decode_arithmetic(self) -> str:
+        """How decode's quantized matmuls compute, as `--dry-run` says it."""
+        if self.scheme is None:
+            return "fp32"
+        if self.int8_activations and dot_feature(self.target) == "avx512_vnni":
+            return f"int8 activations x {self.scheme.name} weights, integer dot products (vpdpbusd)"
+        return f"fp32 activations x {self.scheme.name} weights unpacked to fp32"
 
     def cache_bytes(self) -> int:
         c = self.config
@@ -58,7 +69,7 @@ class LlmBuildPlan:
 
 def plan_llm_build(model_dir: str | Path, target: str, out_dir: Path, *, name: str | None = None, version: str | None = None,
                    max_seq_len: int = DEFAULT_MAX_SEQ_LEN, quantize: str | None = None, group_size: int = 32,
-                   force: bool = False, sign: Path | None = None) -> LlmBuildPlan:
+                   force: bool = False, sign: Path | None = None, int8_activations: bool = True) -> LlmBuildPlan:
     """Read config.json, check the weights file, target, toolchain, cache bound and destination before any work."""
     model_dir = Path(model_dir)
     config = read_config(model_dir)
@@ -83,7 +94,7 @@ def plan_llm_build(model_dir: str | Path, target: str, out_dir: Path, *, name: s
 
         load_private_key(sign)
     check_destination(package, spec.name)
-    return LlmBuildPlan(model_dir, config, spec, package, max_seq_len, schemes[quantize])
+    return LlmBuildPlan(model_dir, config, spec, package, max_seq_len, schemes[quantize], int8_activations)
 
 
 def run_llm_build(plan: LlmBuildPlan, progress: Callable[[str], None] = lambda stage: None):
@@ -103,7 +114,7 @@ def run_llm_build(plan: LlmBuildPlan, progress: Callable[[str], None] = lambda s
             "matrices": "embedding, attention, MLP and output head; norms and biases stay fp32"}))
     with tempfile.TemporaryDirectory(prefix="edgepack-llm-") as workdir:
         progress("compile")
-        model_plan = ModelPlan(c, plan.max_seq_len, plan.scheme)
+        model_plan = ModelPlan(c, plan.max_seq_len, plan.scheme, integer_dot=plan.int8_activations)
         library, params, names, report = compile_llm(model_plan, weights, plan.target, Path(workdir))
         records.append(StageRecord("compile", {"max_seq_len": plan.max_seq_len, "tvm_target": dict(plan.target.tvm)}, report))
         progress("golden")
@@ -113,6 +124,7 @@ def run_llm_build(plan: LlmBuildPlan, progress: Callable[[str], None] = lambda s
                                                                  "dtype": "float32", "bytes": plan.cache_bytes()},
                      "weights": plan.scheme.name if plan.scheme else "float32",
                      "group_size": plan.scheme.group if plan.scheme else None,
+                     "decode_activations": "int8" if report["integer_dot"]["used"] else "float32",
                      "eos_token_ids": list(c.eos_token_ids), "bos_token_id": c.bos_token_id,
                      "functions": {"prefill": "prefill", "decode": "decode", "create_cache": "create_cache", "logits": "main"}}
         tokenizer = plan.model_dir / "tokenizer.json"

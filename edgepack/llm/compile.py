@@ -33,6 +33,7 @@ def compile_llm(plan: ModelPlan, weights: dict[str, np.ndarray], target: TargetS
     started = time.perf_counter()
     tvm_target = target.tvm_target()
     plan = replace(plan, lanes=vector_lanes(tvm_target))
+    plan, integer_dot = _integer_dot(plan, target)
     weights = block_weights(weights, plan.config, plan.scheme, plan.lanes)
     names = [name for name, _, _ in weight_shapes(plan, weights)]
     schedule = ScheduleReport()
@@ -61,5 +62,20 @@ def compile_llm(plan: ModelPlan, weights: dict[str, np.ndarray], target: TargetS
         "params_file": params.name,
         "n_params": len(names),
         "kernels": schedule.to_json(),
+        "integer_dot": integer_dot,
     }
     return library, params, names, report
+
+
+def _integer_dot(plan: ModelPlan, target: TargetSpec) -> tuple[ModelPlan, dict]:
+    """The plan with `integer_dot` kept only where the target and weights allow it, and the report's entry."""
+    from edgepack.compiler.int8_dot import dot_feature
+    from edgepack.llm.dot_kernels import unsupported
+
+    if not plan.integer_dot or plan.scheme is None:
+        return replace(plan, integer_dot=False), {"used": False, "why": "not asked for" if plan.scheme else "fp32 weights"}
+    why = unsupported(plan.config.hidden_size, plan.scheme, plan.lanes, dot_feature(target))
+    if why is not None:
+        return replace(plan, integer_dot=False), {"used": False, "why": why}
+    return plan, {"used": True, "feature": "avx512_vnni", "activations": f"int8, one scale per {plan.scheme.group} inputs",
+                  "functions": "decode (static single-row matmuls)"}

@@ -15,20 +15,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgepack.llm import kernels
+from edgepack.llm import dot_kernels, kernels
 from edgepack.llm.config import LlmConfig
 from edgepack.llm.weights import QuantScheme, matrix_names
 
 
 @dataclass(frozen=True)
 class ModelPlan:
-    """What the module is built from: architecture, cache bound, weight precision and the target's fp32 vector
-    lanes (the interleave of quantized weights, `weights.block_matrix`)."""
+    """What the module is built from: architecture, cache bound, weight precision, the target's fp32 vector
+    lanes (the interleave of quantized weights, `weights.block_matrix`) and whether static single-row quantized
+    matmuls (decode's) quantize their input row to int8 and run integer dot products (`dot_kernels`)."""
 
     config: LlmConfig
     max_seq_len: int
     scheme: QuantScheme | None = None
     lanes: int = 8
+    integer_dot: bool = False
 
     @property
     def cache_shape(self) -> tuple[int, ...]:
@@ -62,6 +64,8 @@ class _Builder:
         q, scale = self.matrix(name)
         if scale is None:
             y = self.bb.emit_te(lambda x, w: kernels.linear(x, w, out_features), x, q, primfunc_name_hint="linear_fp32")
+        elif self.integer_dot(x):
+            y = self.integer_linear(x, q, scale, out_features)
         else:
             rows, columns = x.ty.shape.values
             function = kernels.quantized_linear_function(int(columns), out_features, self.plan.scheme, self.plan.lanes)
@@ -70,6 +74,29 @@ class _Builder:
         if bias is not None and bias in self.params:
             y = self.bb.emit(relax.op.add(y, self.w(bias)))
         return y
+
+    def integer_dot(self, x) -> bool:
+        """Whether x [rows, in] goes through the integer kernels: the plan asks for them and x is one static row."""
+        from tvm import tirx as tir
+
+        rows, columns = x.ty.shape.values
+        return self.plan.integer_dot and isinstance(rows, tir.IntImm) and int(rows) == 1 and dot_kernels.unsupported(
+            int(columns), self.plan.scheme, self.plan.lanes, "avx512_vnni") is None
+
+    def integer_linear(self, x, q, scale, out_features: int):
+        """x quantized to int8 per weight group (`dot_kernels.quantize_rows_function`), then the vpdpbusd kernel."""
+        from tvm import relax
+
+        scheme, (rows, columns) = self.plan.scheme, (int(v) for v in x.ty.shape.values)
+        groups = columns // scheme.group_for(columns)
+        quantize = self.bb.add_func(dot_kernels.quantize_rows_function(rows, columns, scheme), f"quantize_rows_{scheme.name}")
+        parts = self.bb.emit(relax.call_tir(quantize, [x], [relax.TensorType((rows, columns), "int8"),
+                                                             relax.TensorType((rows, groups), "float32"),
+                                                             relax.TensorType((rows, groups), "int32")]))
+        linear = self.bb.add_func(dot_kernels.integer_linear_function(rows, columns, out_features, scheme),
+                                  f"linear_{scheme.name}_dot")
+        inputs = [self.bb.emit(relax.TupleGetItem(parts, i)) for i in range(3)]
+        return self.bb.emit(relax.call_tir(linear, [*inputs, q, scale], relax.TensorType((rows, out_features), "float32")))
 
     def norm(self, x, prefix: str):
         from tvm import relax

@@ -81,3 +81,21 @@ def test_build_refuses_options_that_do_not_apply_to_language_models(tmp_path):
                              "--tune", "4"], capture_output=True, text=True, check=False)
     assert result.returncode == 1 and result.stderr.startswith("error: --tune do(es) not apply to language-model builds")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag,target,expected", [
+    ([], "x86_64-vnni", "decode:  int8 activations x int4 weights, integer dot products (vpdpbusd)"),
+    (["--fp32-activations"], "x86_64-vnni", "decode:  fp32 activations x int4 weights unpacked to fp32"),
+    ([], "x86_64", "decode:  fp32 activations x int4 weights unpacked to fp32"),  # no avx512_vnni in its cpu_features
+])
+def test_dry_run_says_how_decode_computes(tmp_path, flag, target, expected):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({
+        "model_type": "gpt2", "n_embd": 8, "n_head": 2, "n_layer": 1, "vocab_size": 10, "n_positions": 16}))
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"")
+    result = subprocess.run([sys.executable, "-m", "edgepack.cli", "build", str(tmp_path / "m"), "-o", str(tmp_path / "out"),
+                             "--target", target, "--quantize", "int4", "--max-seq-len", "8", "--dry-run", *flag],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout.splitlines()
+    assert not (tmp_path / "out").exists()
