@@ -31,6 +31,7 @@ NOT_IMPORTABLE_ATTRIBUTES = (
     ("QuantizeLinear", "block_size", "nonzero", "blocked quantization is not supported by TVM"),
     ("DequantizeLinear", "block_size", "nonzero", "blocked quantization is not supported by TVM"),
     ("BatchNormalization", "training_mode", (1,), "training mode is not supported by TVM"),
+    ("RoiAlign", "mode", (b"max",), "TVM's max mode differs from ONNX's: max abs err 0.4 on ONNX's own test case"),
 )
 
 
