@@ -26,7 +26,7 @@ from edgepack.runtime.bundle_format import container_dtype
 from edgepack.targets import TargetSpec
 
 __all__ = ["CompileConfig", "check_toolchain", "compile_model", "import_relax", "lower_to_tir", "schedule_kernels",
-           "embed_scalar_params", "LIBRARY_NAME", "PARAMS_NAME"]
+           "embed_scalar_params", "export_shared_library", "LIBRARY_NAME", "PARAMS_NAME"]
 
 LIBRARY_NAME = "model.so"
 #: linker options of the shipped library: no symbol table or debug info (its functions are found through the
@@ -77,6 +77,23 @@ def import_relax(model: OnnxModel, integer_ops: bool = True, report=None, conv_b
     return module, {**params, "main": weights}
 
 
+def export_shared_library(executable, workdir: Path, cxx: str, target: TargetSpec) -> Path:
+    """Link the built executable into workdir/model.so with the target's C++ compiler.
+
+    The packed-imports object is made for the triple `cxx -dumpmachine` names: TVM's default asks the host's g++,
+    which breaks a cross build whose kernels all folded away (no LLVM module to take the triple from)."""
+    from tvm.support import cc
+
+    library = Path(workdir) / LIBRARY_NAME
+    fcompile = cc.cross_compiler(cxx, options=list(LIBRARY_LINK_OPTIONS), get_target_triple=cc.get_target_by_dump_machine(cxx))
+    try:
+        executable.export_library(str(library), fcompile=fcompile)
+    except RuntimeError as exc:  # TVM's cc wrapper raises the linker's output
+        raise EdgepackError(f"linking the model for '{target.name}' with {cxx} failed: {first_line(exc)}",
+                            "report the model and target; check the target's toolchain meanwhile") from None
+    return library
+
+
 def embed_scalar_params(module, params: list) -> tuple[object, list]:
     """One-element params of `main` (a Clip's bounds, a quantizer's scale) become constants of the module.
 
@@ -125,8 +142,7 @@ def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: C
     except Exception as exc:  # TVM raises many types while lowering
         raise EdgepackError(f"TVM failed to compile the model for '{target.name}': {first_line(exc)}",
                             "report the model and target; try another target file meanwhile") from None
-    library = Path(workdir) / LIBRARY_NAME
-    executable.export_library(str(library), cc=cxx, options=LIBRARY_LINK_OPTIONS)
+    library = export_shared_library(executable, Path(workdir), cxx, target)
     kernels.update(backend.check_library(library, target))
     # params.sparse when zeros make it >10% smaller
     param_file, param_encoding = write_params(Path(workdir), tvm.runtime.save_param_dict(dict(zip(names, params.get("main", [])))))

@@ -14,7 +14,6 @@ from edgepack.llm.weights import block_weights
 from edgepack.llm.relax_model import ModelPlan, build_module, weight_shapes
 from edgepack.targets import TargetSpec
 
-LIBRARY_NAME = "model.so"
 PARAMS_NAME = "params.bin"
 
 
@@ -23,7 +22,7 @@ def compile_llm(plan: ModelPlan, weights: dict[str, np.ndarray], target: TargetS
     import tvm
     from tvm import relax
 
-    from edgepack.compiler.compile import LIBRARY_LINK_OPTIONS, check_toolchain, lower_to_tir
+    from edgepack.compiler.compile import check_toolchain, export_shared_library, lower_to_tir
     from edgepack.compiler.schedules import ScheduleReport, cpu_schedule_pass, vector_lanes
 
     if target.device != "cpu":
@@ -51,8 +50,7 @@ def compile_llm(plan: ModelPlan, weights: dict[str, np.ndarray], target: TargetS
     except Exception as exc:  # TVM raises many types while lowering
         raise EdgepackError(f"TVM failed to compile the language model for '{target.name}': {first_line(exc)}",
                             "report the model's config.json and the target") from None
-    library = Path(workdir) / LIBRARY_NAME
-    executable.export_library(str(library), cc=cxx, options=LIBRARY_LINK_OPTIONS)
+    library = export_shared_library(executable, Path(workdir), cxx, target)
     params = Path(workdir) / PARAMS_NAME
     params.write_bytes(tvm.runtime.save_param_dict({name: weights[name] for name in names}))
     report = {

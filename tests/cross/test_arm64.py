@@ -172,3 +172,17 @@ def test_channel_shuffles_absorbed_match_onnxruntime_under_qemu(tmp_path):
     assert report["channel_shuffles"] == {"found": 4, "removed": 4, "gathers": 0, "padded_convs": 5}
     assert manifest["verification"]["passed"] and manifest["verification"]["native_loader"]["emulator"] == "qemu-aarch64"
     assert manifest["verification"]["max_abs_err"] < 1e-4
+
+
+def test_a_model_whose_kernels_all_fold_away_links_for_arm64(tmp_path):
+    """Shape(x): no kernel is left, so TVM exports C source and packs its imports with the triple of the host's g++
+    (the cross link then failed with a traceback); the packed object is now made for the cross compiler's triple."""
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph([helper.make_node("Shape", ["x"], ["y"])], "shape",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, [1])])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "shape.onnx"))
+    bundle = build(str(tmp_path / "shape.onnx"), "arm64", tmp_path / "dist").bundle
+    assert elf_arch(bundle.path / "model.so") == "aarch64"
+    assert bundle.manifest["verification"]["passed"] and bundle.manifest["verification"]["native_loader"]["emulator"] == "qemu-aarch64"
