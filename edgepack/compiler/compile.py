@@ -21,8 +21,7 @@ from edgepack.compiler.relax_params import bind_as_constants, input_count
 from edgepack.compiler.schedules import vector_lanes
 from edgepack.compiler.weight_layout import pretranspose_weights
 from edgepack.errors import EdgepackError, first_line
-from edgepack.frontends.preflight import symbolic_shapes
-from edgepack.runtime.bundle_format import container_dtype
+from edgepack.frontends.preflight import import_with_tvm
 from edgepack.targets import TargetSpec
 
 __all__ = ["CompileConfig", "check_toolchain", "compile_model", "import_relax", "lower_to_tir", "schedule_kernels",
@@ -47,18 +46,13 @@ def import_relax(model: OnnxModel, integer_ops: bool = True, report=None, conv_b
     and compiling both import here."""
     import onnx
     from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
 
     graph = onnx.load(str(model.path))
     if remove_shuffles:
         graph, shuffles = remove_channel_shuffles(graph, conv_block)  # shapes: pre-flight's inference, saved with it
         if shuffle_report is not None and (shuffles.found or shuffles.padded_convs):
             shuffle_report.update(shuffles.to_json())
-    try:
-        module = from_onnx(graph, shape_dict=symbolic_shapes(model.inputs),
-                           dtype_dict={s.name: container_dtype(s.dtype) for s in model.inputs}, keep_params_in_input=True)
-    except Exception as exc:  # the frontend raises many types for ops it cannot convert
-        raise EdgepackError(f"TVM cannot import the model: {first_line(exc)}", "simplify or re-export the model") from None
+    module = import_with_tvm(graph, model.inputs)
     module, params = relax.frontend.detach_params(module)
     upper = {d: b[1] for spec in model.inputs for d, b in zip(spec.dims, spec.bounds) if d is not None}
     if upper:  # memory planned once for the largest sizes, not allocated call by call

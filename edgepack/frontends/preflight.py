@@ -11,7 +11,7 @@ import numpy as np
 
 from edgepack.artifacts import OnnxModel, StageRecord
 from edgepack.errors import EdgepackError, first_line
-from edgepack.runtime.bundle_format import TensorSpec
+from edgepack.runtime.bundle_format import TensorSpec, container_dtype
 from edgepack.frontends.build_time import bind_inputs, refuse_runtime_operands
 from edgepack.frontends.expand import expand_functions
 from edgepack.frontends.fold import FoldReport, fold_shape_computations
@@ -260,17 +260,60 @@ def symbolic_shapes(inputs) -> dict[str, list]:
                         for axis, n in enumerate(spec.shape)] for spec in inputs}
 
 
-def _imported_output_specs(model, inputs: list[TensorSpec], unknown: list[str]) -> list[TensorSpec]:
-    """Output specs from the struct info of TVM's import of `main` (shapes it derives from the fixed inputs)."""
+def import_with_tvm(model, inputs: list[TensorSpec]):
+    """TVM's Relax import of an ONNX model whose inputs are `inputs` (byte containers for the low-precision types).
+
+    The frontend prints the op it failed on to stdout ("Error converting operator X, with inputs: ..."): that line
+    is kept off the user's terminal and its op named in the one-line error instead."""
+    import contextlib
+    import io
+    import re
+
     from tvm.relax.frontend.onnx import from_onnx
 
-    ranges = {d: b for spec in inputs for d, b in zip(spec.dims, spec.bounds) if d is not None}
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            return from_onnx(model, shape_dict=symbolic_shapes(inputs),
+                             dtype_dict={s.name: container_dtype(s.dtype) for s in inputs}, keep_params_in_input=True)
+    except Exception as exc:  # the frontend raises many types for ops it cannot convert
+        problem = first_line(exc)
+        saved_stderr = _stderr_off()  # the traceback's BlockBuilder, freed with it, logs a C++ warning to fd 2
+    _stderr_back(saved_stderr)
+    failed = re.search(r"Error converting operator (\w+)", printed.getvalue())
+    where = f" (at its {failed.group(1)} node)" if failed else ""
+    raise EdgepackError(f"TVM cannot import the model{where}: {problem}", "simplify or re-export the model")
+
+
+def _stderr_off() -> int:
+    """File descriptor 2 pointed at /dev/null; returns a copy of the real one for `_stderr_back`."""
+    import os
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    return saved
+
+
+def _stderr_back(saved: int) -> None:
+    """Collect what a failure left (TVM logs as it is destroyed), then give file descriptor 2 back."""
+    import gc
+    import os
 
     try:
-        module = from_onnx(model, shape_dict=symbolic_shapes(inputs), dtype_dict={s.name: s.dtype for s in inputs},
-                           keep_params_in_input=True)
-    except Exception as exc:  # the frontend raises many types for ops it cannot convert
-        raise EdgepackError(f"TVM cannot import the model: {first_line(exc)}", "simplify or re-export the model") from None
+        gc.collect()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _imported_output_specs(model, inputs: list[TensorSpec], unknown: list[str]) -> list[TensorSpec]:
+    """Output specs from the struct info of TVM's import of `main` (shapes it derives from the fixed inputs)."""
+    ranges = {d: b for spec in inputs for d, b in zip(spec.dims, spec.bounds) if d is not None}
+    module = import_with_tvm(model, inputs)
     info = module["main"].ret_ty
     fields = list(info.fields) if hasattr(info, "fields") else [info]
     specs = []

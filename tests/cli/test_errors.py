@@ -75,6 +75,18 @@ def test_an_unsupported_op(edgepack_cli, tmp_path):
     assert not (tmp_path / "dist").exists()
 
 
+def test_an_op_tvm_fails_to_import_is_named_in_one_line(edgepack_cli, tmp_path):
+    """A file shipped with onnx whose SplitToSequence TVM's frontend cannot convert: the frontend's own print of the
+    node stays off the terminal, and the one error line names the op."""
+    import onnx.backend.test
+
+    model = Path(onnx.backend.test.__file__).parent / "data" / "simple" / "test_sequence_model8" / "model.onnx"
+    result = edgepack_cli("build", str(model), "-o", "dist", cwd=tmp_path)
+    assert error_line(result, 1).startswith("error: TVM cannot import the model (at its SplitToSequence node): ")
+    assert "Error converting operator" not in result.stdout + result.stderr
+    assert not (tmp_path / "dist").exists()
+
+
 def test_an_unknown_target(edgepack_cli, onnx_models, tmp_path):
     result = edgepack_cli("build", onnx_models["mlp"], "--target", "x86-64", "-o", "dist", cwd=tmp_path)
     assert error_line(result, 1) == f"error: unknown target 'x86-64'; did you mean 'x86_64'? valid targets: {TARGETS}"
