@@ -14,7 +14,8 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402
 from onnx.reference.ops.op_cast import cast_to  # noqa: E402
 
-from edgepack.frontends.low_precision import LOW_TYPES, LowFloat, _Builder, decode, encode_e8m0, encode_float, encode_int  # noqa: E402
+from edgepack.frontends.node_builder import NodeBuilder  # noqa: E402
+from edgepack.frontends.low_precision import LOW_TYPES, LowFloat, decode, encode_e8m0, encode_float, encode_int  # noqa: E402
 from onnx.numpy_helper import to_float8e8m0  # noqa: E402
 
 FLOATS = {code: low for code, low in LOW_TYPES.items() if isinstance(low, LowFloat) and low.name != "float8_e8m0fnu"}
@@ -22,7 +23,7 @@ INTS = {code: low for code, low in LOW_TYPES.items() if not isinstance(low, LowF
 
 
 def _run(build, x: np.ndarray, out_type: int) -> np.ndarray:
-    b = _Builder("t")
+    b = NodeBuilder("t", 21)
     build(b, "x")
     graph = helper.make_graph(b.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [len(x)])],
                               [helper.make_tensor_value_info("y", out_type, [len(x)])])
@@ -65,8 +66,8 @@ def test_float_to_low_float_bits_match_onnx_reference(code, saturate):
 def test_low_float_to_float_is_exact_for_every_bit_pattern(code):
     low = LOW_TYPES[code]
     bits = np.arange(len(low.decode_table()), dtype=np.uint8)
-    b = _Builder("t")
-    b.op("Identity", [decode(b, "x", low)], "y")
+    b = NodeBuilder("t", 21)
+    b.op("Identity", decode(b, "x", low), out="y")
     graph = helper.make_graph(b.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [len(bits)])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [len(bits)])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
