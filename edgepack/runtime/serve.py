@@ -386,7 +386,8 @@ def parse_json(body: bytes):
     if _json_depth(body) > MAX_JSON_DEPTH:
         raise RequestError(400, f"the request JSON is nested deeper than {MAX_JSON_DEPTH} levels", "send tensors as nested lists of their rank")
     try:
-        return json.loads(body, parse_constant=_refuse_constant, parse_int=_bounded_int)
+        # decoded strictly, as edgepack-run reads it: json.loads(bytes) would pass encoded surrogates and UTF-16/32
+        return json.loads(body.decode("utf-8"), parse_constant=_refuse_constant, parse_int=_bounded_int)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise RequestError(400, f"the request body is not JSON ({loader.first_line(exc)})", "send a JSON object with \"inputs\"") from None
 

@@ -154,13 +154,16 @@ def test_limits_and_strict_json(kind, serve, bundles):
     assert b" 411 " in _raw(server.port, b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").split(b"\r\n")[0] + b" "
     for body, words in ((b"[" * 5000 + b"]" * 5000, "nested deeper"),
                         (b'{"inputs": {"x": [[' + b"9" * 5000 + b', 1, 2, 3]]}}', "digits"),
-                        (b'{"inputs": {"x": [[NaN, 1, 2, 3]]}}', "not JSON")):
+                        (b'{"inputs": {"x": [[NaN, 1, 2, 3]]}}', "not JSON"),
+                        (b'{"inputs": {"x": [[0, 1, 2, 3]]}, "note": "ascii run \xff"}', "not JSON"),
+                        (b'{"inputs": {"x": [[0, 1, 2, 3]]}, "note": "ascii run \xed\xa0\x80"}', "not JSON")):
         code, answer, _ = _request(url, body)
         assert code == 400 and words in _strict(answer)["error"], (code, answer[:200])
     nan = np.array([[np.nan, 1, 2, 3]], dtype=np.float32)
     code, answer, _ = _request(f"{server.url}/v2/models/tiny/infer", json.dumps(
-        {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0, 1, 2, 3]}]}).encode())
-    assert code == 200
+        {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0, 1, 2, 3]}], "id": "näive ☃ 𝄞"},
+        ensure_ascii=False).encode())
+    assert code == 200 and _strict(answer)["id"] == "näive ☃ 𝄞"  # UTF-8 after runs of ASCII is read whole
     code, answer, _ = _request(f"{server.url}/v2/models/tiny/infer", json.dumps(
         {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1e39, 1, 2, 3]}]}).encode())
     assert code == 200 and set(_strict(answer)["outputs"][0]["data"]) <= {"Infinity", "-Infinity", "NaN"}, answer
