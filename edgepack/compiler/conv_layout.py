@@ -242,7 +242,7 @@ def legalize_blocked_convs(module):
     return mutator.builder_.get()
 
 
-def block_convolutions(module, params: list, n_inputs: int, lanes: int) -> tuple[object, list, dict]:
+def block_convolutions(module, params: list, n_inputs: int, lanes: int, winograd: bool = True) -> tuple[object, list, dict]:
     """All three steps; returns (module, params, report: layout, blocked_convs, blocks = each convolution's block by
     its weight's name, 0 for NCHW, and `skipped`: why none are blocked when it gave up).
 
@@ -279,7 +279,12 @@ def block_convolutions(module, params: list, n_inputs: int, lanes: int) -> tuple
             "(ops between them that only run in NCHW: a squeeze-excite's gate, the ONNX importer's Clip), kept NCHW")}
     packed, packed_params, _ = pack_weights(plan.module, params, n_inputs)
     blocks = {_weight_name(call, i): _block_of(call) for i, call in enumerate(_conv_calls(packed))}
-    report = {"layout": f"NCHW{plan.block}c", "blocked_convs": plan.blocked, "blocks": blocks}
+    tiles: dict = {}
+    if winograd:  # 3x3 stride-1 convolutions of the shapes where Winograd wins (edgepack.compiler.winograd)
+        from edgepack.compiler.winograd import use_winograd
+
+        packed, packed_params, tiles = use_winograd(packed, packed_params, n_inputs)
+    report = {"layout": f"NCHW{plan.block}c", "blocked_convs": plan.blocked, "blocks": blocks, "winograd_convs": len(tiles)}
     return legalize_blocked_convs(packed), packed_params, report
 
 
