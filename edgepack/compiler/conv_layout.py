@@ -15,7 +15,8 @@ rewritten to ops the layout pass sees through (edgepack.compiler.clip_ops: ReLU6
    at the edges of blocked regions instead of around every convolution;
 2. `layout_transform`/`reshape`/`permute_dims` chains that start at a weight are evaluated once here and
    stored in params.bin in the packed layout (the weight stays a runtime parameter, dtype unchanged);
-3. blocked `conv2d` calls, which TOPI cannot legalize, become a TE compute of their own.
+3. blocked `conv2d` calls, which TOPI cannot legalize, become a TE compute of their own; the 3x3 stride-1 ones of the
+   shapes where it wins become Winograd kernels instead (edgepack.compiler.winograd, their weights transformed here).
 """
 
 from __future__ import annotations
@@ -244,7 +245,8 @@ def legalize_blocked_convs(module):
 
 def block_convolutions(module, params: list, n_inputs: int, lanes: int, winograd: bool = True) -> tuple[object, list, dict]:
     """All three steps; returns (module, params, report: layout, blocked_convs, blocks = each convolution's block by
-    its weight's name, 0 for NCHW, and `skipped`: why none are blocked when it gave up).
+    its weight's name, 0 for NCHW, winograd_convs (none without `winograd`), and `skipped`: why none are blocked when it
+    gave up).
 
     On AVX-512 the block is 16 or 8 (block_sizes), one for the whole model: the one that blocks the most
     convolutions net of the activation transforms it adds (choose_plan; MobileNetV2 with its 24-channel convolutions
