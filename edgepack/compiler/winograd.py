@@ -6,13 +6,13 @@ kernels instead of one direct convolution:
 1. input transform: the padded input cut into overlapping (m+2)x(m+2) tiles, each as V = B^T d B, stored
    [alpha, alpha, tiles, C/x, x] (alpha = m + 2): the channel block stays the vector; scheduled here
    (schedule_input_transform), not by the generic heuristic;
-2. one GEMM per tile position: M[a, b] = V[a, b] (tiles x C) @ U[a, b] (C x K), K innermost in vectors
+2. one GEMM per tile position: M[a, b] = V[a, b] (tiles x C) @ U[a, b] (C x K), a block of K innermost in vectors
    (edgepack.compiler.schedules tiles it like a matmul: U is the weight it loads as vectors);
 3. output transform: Y = A^T M A tile by tile into [N, K/y, OH, OW, y]; FuseOps fuses the bias, ReLU and
    residual add after it as it does after the direct convolution.
 
 The weight transform U = G g G^T runs once here, in numpy (float64, stored float32), and U replaces the packed
-weight in params.bin as [alpha, alpha, C/x, x, K]. The matrices are TVM's (`tvm.topi.nn.winograd_util`,
+weight in params.bin as [alpha, alpha, K/z, C/x, x, z] (transform_weight). The matrices are TVM's (`tvm.topi.nn.winograd_util`,
 Barabasz et al.'s interpolation points). F(4,3) does 4x fewer multiplications in the GEMM than the direct
 convolution but needs the transforms; which shapes gain is measured (docs/benchmarks.md, "Winograd").
 """
@@ -53,15 +53,24 @@ def transform_matrices(tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return winograd_util._cook_toom_convolution(points, tile, KERNEL)
 
 
+def gemm_block(channels_out: int, lanes: int) -> int:
+    """Output channels per GEMM block: two vectors where they divide the channels, else one."""
+    return 2 * lanes if channels_out % (2 * lanes) == 0 else lanes
+
+
 def transform_weight(packed: np.ndarray, tile: int) -> np.ndarray:
-    """U = G g G^T of a packed blocked weight [O/y, C/x, 3, 3, x, y] as [alpha, alpha, C/x, x, O] float32."""
+    """U = G g G^T of a packed blocked weight [O/y, C/x, 3, 3, x, y] as [alpha, alpha, O/z, C/x, x, z] float32, z =
+    gemm_block: one GEMM block's weights contiguous (C x z floats), kept in cache while the GEMM sweeps the tiles
+    (ResNet-18's 512-channel F(2,3) GEMM at 7x7 2x faster than with [alpha, alpha, C, O], the others equal)."""
     out_blocks, in_blocks, _, _, in_lanes, out_lanes = packed.shape
     g = packed.astype(np.float64).transpose(1, 4, 2, 3, 0, 5).reshape(in_blocks * in_lanes, KERNEL, KERNEL,
                                                                        out_blocks * out_lanes)
     _, _, G = transform_matrices(tile)
     u = np.einsum("ea,cabk,nb->enck", G, g, G)
     alpha = tile + KERNEL - 1
-    return np.ascontiguousarray(u.reshape(alpha, alpha, in_blocks, in_lanes, -1).astype(np.float32))
+    block = gemm_block(out_blocks * out_lanes, out_lanes)
+    u = u.reshape(alpha, alpha, in_blocks, in_lanes, -1, block).transpose(0, 1, 4, 2, 3, 5)
+    return np.ascontiguousarray(u.astype(np.float32))
 
 
 def _tiles(extent: int, tile: int) -> int:
@@ -92,15 +101,16 @@ def input_transform(data, tile: int, padding, out_h: int, out_w: int):
 
 
 def batched_gemm(transformed, weight):
-    """TE: M[a, b, p, k] = sum over channels c of V[a, b, p, c] U[a, b, c, k]."""
+    """TE: M[a, b, K/z, p, z] = sum over channels c of V[a, b, p, c] U[a, b, K/z, c, z] (transform_weight's layout)."""
     from tvm import te
 
     alpha, _, tiles, blocks, lanes = (int(v) for v in transformed.shape)
-    channels_out = int(weight.shape[-1])
+    out_blocks, block = int(weight.shape[2]), int(weight.shape[-1])
     outer, inner = te.reduce_axis((0, blocks), name="rc_outer"), te.reduce_axis((0, lanes), name="rc_inner")
     return te.compute(
-        (alpha, alpha, tiles, channels_out),
-        lambda a, b, p, k: te.sum(transformed[a, b, p, outer, inner] * weight[a, b, outer, inner, k], axis=[outer, inner]),
+        (alpha, alpha, out_blocks, tiles, block),
+        lambda a, b, k, p, o: te.sum(transformed[a, b, p, outer, inner] * weight[a, b, k, outer, inner, o],
+                                     axis=[outer, inner]),
         name="winograd_gemm")
 
 
@@ -109,14 +119,16 @@ def output_transform(product, tile: int, batch: int, out_h: int, out_w: int, lan
     from tvm import te
     from tvm.topi.nn.winograd_util import winograd_transform_matrices
 
-    alpha, _, _, channels_out = (int(v) for v in product.shape)
+    alpha, _, gemm_blocks, _, block = (int(v) for v in product.shape)
+    per_block = block // lanes  # output blocks (y channels) per GEMM block (z channels)
     rows, cols = _tiles(out_h, tile), _tiles(out_w, tile)
     A, _, _ = winograd_transform_matrices(tile, KERNEL, str(product.dtype))
     a, b = te.reduce_axis((0, alpha), name="ra"), te.reduce_axis((0, alpha), name="rb")
     return te.compute(
-        (batch, channels_out // lanes, out_h, out_w, lanes),
+        (batch, gemm_blocks * per_block, out_h, out_w, lanes),
         lambda n, k, y, x, o: te.sum(
-            A[a, y % tile] * A[b, x % tile] * product[a, b, (n * rows + y // tile) * cols + x // tile, k * lanes + o],
+            A[a, y % tile] * A[b, x % tile] * product[a, b, k // per_block, (n * rows + y // tile) * cols + x // tile,
+                                                        k % per_block * lanes + o],
             axis=[a, b]),
         name="winograd_output")
 

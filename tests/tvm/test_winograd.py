@@ -22,8 +22,8 @@ def test_only_blocked_3x3_stride_1_convolutions_run_winograd(tmp_path):
     module, params = import_relax(model, conv_block=8, layout_report=report)
     assert report["blocked_convs"] == 4 and report["winograd_convs"] == 3  # not the stride-2 one, the stem or the head
     weights = {var.name: tuple(int(d) for d in var.ty.shape) for var in module["main"].params[1:]}
-    assert weights["same.weight"] == (6, 6, 8, 8, 64) and weights["widen.weight"] == (6, 6, 8, 8, 128)  # F(4,3)
-    assert weights["small.weight"] == (4, 4, 16, 8, 128)  # F(2,3): [alpha, alpha, C/x, x, K]
+    assert weights["same.weight"] == (6, 6, 4, 8, 8, 16) and weights["widen.weight"] == (6, 6, 8, 8, 8, 16)  # F(4,3)
+    assert weights["small.weight"] == (4, 4, 8, 16, 8, 16)  # F(2,3): [alpha, alpha, K/z, C/x, x, z], z two vectors
     assert weights["down.weight"] == (16, 16, 3, 3, 8, 8)  # packed for the direct kernel
     lowered = lower_to_tir(module, load_target("x86_64").tvm_target())
     names = [gvar.name_hint for gvar in lowered.functions]

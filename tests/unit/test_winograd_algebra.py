@@ -28,11 +28,12 @@ def test_weight_transform_then_tiles_equal_a_direct_convolution(tile):
     packed = weight.reshape(outputs // lanes, lanes, channels // lanes, lanes, 3, 3).transpose(0, 2, 4, 5, 3, 1)
     u = transform_weight(packed, tile)
     alpha = tile + 2
-    assert u.shape == (alpha, alpha, channels // lanes, lanes, outputs) and u.dtype == np.float32
+    assert u.shape == (alpha, alpha, 1, channels // lanes, lanes, outputs) and u.dtype == np.float32  # one GEMM block of 8
     A, B, _ = transform_matrices(tile)
     tile_input = rng.standard_normal((channels, alpha, alpha))
     v = np.einsum("ia,cij,jb->abc", B, tile_input, B)
-    m = np.einsum("abc,abck->abk", v, u.reshape(alpha, alpha, channels, outputs).astype(np.float64))
+    u = u.transpose(0, 1, 3, 4, 2, 5).reshape(alpha, alpha, channels, outputs).astype(np.float64)
+    m = np.einsum("abc,abck->abk", v, u)
     y = np.einsum("ai,abk,bj->kij", A, m, A)
     np.testing.assert_allclose(y, _direct(tile_input, weight.astype(np.float64)), atol=1e-5 * tile ** 2)
 
