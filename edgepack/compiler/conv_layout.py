@@ -25,26 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CONV2D = "relax.nn.conv2d"
+from edgepack.compiler.relax_calls import CONV2D
+from edgepack.compiler.relax_calls import op_name as _op_name
+from edgepack.compiler.relax_calls import static_shape as _static_shape
+
 #: ops whose result depends only on their first argument: a chain of them on a weight is packed at build time
 WEIGHT_OPS = ("relax.layout_transform", "relax.reshape", "relax.permute_dims")
-
-
-def _op_name(expr) -> str | None:
-    from tvm import relax
-    from tvm.ir import Op
-
-    if isinstance(expr, relax.Call) and isinstance(expr.op, Op):
-        return expr.op.name
-    return None
-
-
-def _static_shape(expr) -> list[int] | None:
-    shape = getattr(expr.ty, "shape", None)
-    try:
-        return [int(v) for v in shape]
-    except (TypeError, ValueError):  # unknown rank or symbolic dimensions
-        return None
 
 
 def blockable(call, block: int) -> bool:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgepack.compiler.conv_layout import CONV2D, _op_name, _static_shape
+from edgepack.compiler.relax_calls import CONV2D, op_name, static_shape
 
 KERNEL = 3
 
@@ -140,7 +140,7 @@ def _applies(call) -> tuple[int, int, int, int] | None:
         return None
     if [int(v) for v in attrs.strides] != [1, 1] or [int(v) for v in attrs.dilation] != [1, 1]:
         return None
-    data, weight, out = _static_shape(call.args[0]), _static_shape(call.args[1]), _static_shape(call)
+    data, weight, out = static_shape(call.args[0]), static_shape(call.args[1]), static_shape(call)
     if data is None or weight is None or out is None or len(weight) != 6 or weight[2:4] != [KERNEL, KERNEL]:
         return None
     if any(str(expr.ty.dtype) != "float32" for expr in (call.args[0], call.args[1], call)):
@@ -182,7 +182,7 @@ def use_winograd(module, params: list, n_inputs: int, choose=None) -> tuple[obje
     for block in function.body.blocks:
         for binding in block.bindings:
             call = binding.value
-            if _op_name(call) != CONV2D or (shape := _applies(call)) is None:
+            if op_name(call) != CONV2D or (shape := _applies(call)) is None:
                 continue
             weight = call.args[1]
             tile = choose(*shape)
@@ -197,11 +197,11 @@ def use_winograd(module, params: list, n_inputs: int, choose=None) -> tuple[obje
     @relax.expr_functor.mutator
     class _Rewrite(relax.expr_functor.PyExprMutator):
         def visit_call_(self, call):
-            if _op_name(call) != CONV2D or call.args[1] not in chosen:
+            if op_name(call) != CONV2D or call.args[1] not in chosen:
                 return super().visit_call_(call)
             tile, weight = chosen[call.args[1]]
             data = self.visit_expr(call.args[0])
-            batch, _, out_h, out_w, lanes = _static_shape(call)
+            batch, _, out_h, out_w, lanes = static_shape(call)
             v = self.builder_.emit_te(input_transform, data, tile, list(call.attrs.padding), out_h, out_w,
                                       primfunc_name_hint="winograd_input")
             m = self.builder_.emit_te(batched_gemm, v, weight, primfunc_name_hint="winograd_gemm")
