@@ -100,8 +100,9 @@ class MixedConvs(nn.Module):
 
 
 class WinogradConvs(nn.Module):
-    """Blocked 3x3 stride-1 convolutions with bias, ReLU and a residual add: F(4,3) at 64 channels and 26x26 (the last
-    tiles partial), F(2,3) at 128 channels and 13x13 after a stride-2 one, between a 3-channel stem and a 1x1 head."""
+    """Blocked 3x3 stride-1 convolutions with bias, ReLU and a residual add: at 64 channels and 26x26 (the last tiles
+    partial) and at 128 channels and 13x13 after a stride-2 one (F(2,3) there at 16 lanes), between a 3-channel stem
+    and a 1x1 head."""
 
     def __init__(self):
         super().__init__()

@@ -27,19 +27,22 @@ KERNEL = 3
 
 
 #: the rule measured on ResNet-18-style shapes (docs/benchmarks.md, "Winograd"): below 64 channels the transforms cost
-#: more than the GEMM saves; F(4,3) where it cuts the map into enough tiles for the GEMM's rows, else F(2,3), whose
-#: transformed weights are 1.8x the direct ones instead of 4x (at 7x7 x 512 the GEMM waits on memory)
+#: about what the GEMM saves; with 16-lane vectors (AVX-512) F(4,3) where it cuts the map into enough tiles for the
+#: GEMM's rows, else F(2,3), whose transformed weights are 1.8x the direct ones instead of 4x (at 7x7 x 512 the GEMM
+#: waits on memory); with narrower vectors (AVX2; NEON unmeasured) the GEMM is compute-bound and F(4,3) won everywhere
 MIN_CHANNELS = 64
 F4_MIN_TILES = 32
 F2_MIN_CHANNELS = 128
+WIDE_LANES = 16
 
 
-def tile_for(channels_in: int, channels_out: int, height: int, width: int) -> int:
-    """The output tile m of F(m x m, 3x3) for one convolution's shape (batch 1), 0 to keep the direct convolution."""
+def tile_for(channels_in: int, channels_out: int, height: int, width: int, lanes: int = WIDE_LANES) -> int:
+    """The output tile m of F(m x m, 3x3) for one convolution's shape (batch 1) in blocks of `lanes` channels, 0 to
+    keep the direct convolution."""
     channels = min(channels_in, channels_out)
     if channels < MIN_CHANNELS:
         return 0
-    if _tiles(height, 4) * _tiles(width, 4) >= F4_MIN_TILES:
+    if lanes < WIDE_LANES or _tiles(height, 4) * _tiles(width, 4) >= F4_MIN_TILES:
         return 4
     return 2 if channels >= F2_MIN_CHANNELS else 0
 
@@ -133,8 +136,8 @@ def output_transform(product, tile: int, batch: int, out_h: int, out_w: int, lan
         name="winograd_output")
 
 
-def _applies(call) -> tuple[int, int, int, int] | None:
-    """(C, K, OH, OW) of a blocked one-group 3x3 stride-1 dilation-1 float32 convolution, else None."""
+def _applies(call) -> tuple[int, int, int, int, int] | None:
+    """(C, K, OH, OW, channel block) of a blocked one-group 3x3 stride-1 dilation-1 float32 convolution, else None."""
     attrs = call.attrs
     if len(str(attrs.data_layout)) == 4 or int(attrs.groups) != 1:
         return None
@@ -145,7 +148,7 @@ def _applies(call) -> tuple[int, int, int, int] | None:
         return None
     if any(str(expr.ty.dtype) != "float32" for expr in (call.args[0], call.args[1], call)):
         return None
-    return data[1] * data[4], weight[0] * weight[5], out[2], out[3]
+    return data[1] * data[4], weight[0] * weight[5], out[2], out[3], data[4]
 
 
 def _use_counts(function) -> dict:
@@ -166,7 +169,7 @@ def _use_counts(function) -> dict:
 
 
 def use_winograd(module, params: list, n_inputs: int, choose=None) -> tuple[object, list, dict]:
-    """Blocked 3x3 stride-1 convolutions of `main` for which `choose(C, K, OH, OW)` names a tile as Winograd kernels,
+    """Blocked 3x3 stride-1 convolutions of `main` for which `choose(C, K, OH, OW, lanes)` names a tile as Winograd kernels,
     their packed weights replaced by U (`choose` defaults to tile_for); returns (module, params, {weight name: tile}). Run after
     conv_layout.pack_weights, before conv_layout.legalize_blocked_convs (which takes the others)."""
     import tvm

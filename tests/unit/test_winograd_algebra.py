@@ -39,5 +39,7 @@ def test_weight_transform_then_tiles_equal_a_direct_convolution(tile):
 
 
 def test_tile_rule_follows_the_measured_shapes():
-    assert [tile_for(c, c, size, size) for c, size in ((64, 56), (128, 28), (256, 14), (512, 7))] == [4, 4, 2, 2]
-    assert tile_for(32, 32, 56, 56) == 0 and tile_for(64, 64, 14, 14) == 0  # direct measured faster there
+    shapes = ((64, 56), (128, 28), (256, 14), (512, 7))
+    assert [tile_for(c, c, size, size, 16) for c, size in shapes] == [4, 4, 2, 2]  # AVX-512
+    assert [tile_for(c, c, size, size, 8) for c, size in shapes] == [4, 4, 4, 4]  # AVX2: F(4,3) won everywhere
+    assert tile_for(32, 32, 56, 56, 16) == 0 and tile_for(64, 64, 14, 14, 16) == 0  # direct: little or nothing to gain
