@@ -99,6 +99,40 @@ class MixedConvs(nn.Module):
         return self.head(y).mean(dim=(2, 3))
 
 
+class WinogradConvs(nn.Module):
+    """Blocked 3x3 stride-1 convolutions with bias, ReLU and a residual add: at 64 channels and 26x26 (the last tiles
+    partial) and at 128 channels and 13x13 after a stride-2 one (F(2,3) there at 16 lanes), between a 3-channel stem
+    and a 1x1 head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.stem = nn.Conv2d(3, 64, 3, padding=1)
+        self.same = nn.Conv2d(64, 64, 3, padding=1)
+        self.widen = nn.Conv2d(64, 128, 3, padding=1)
+        self.down = nn.Conv2d(128, 128, 3, stride=2, padding=1)
+        self.small = nn.Conv2d(128, 128, 3, padding=1)
+        self.head = nn.Conv2d(128, 10, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        y = torch.relu(self.same(y)) + y
+        y = torch.relu(self.down(torch.relu(self.widen(y))))
+        y = torch.relu(self.small(y) + y)
+        return self.head(y).mean(dim=(2, 3))
+
+
+def winograd_convs_onnx(directory: Path):
+    """WinogradConvs at 1x3x26x26 as an OnnxModel artifact (input x, output y)."""
+    from edgepack.artifacts import OnnxModel
+    from edgepack.runtime.bundle_format import TensorSpec
+
+    path = directory / "winograd.onnx"
+    torch.onnx.export(WinogradConvs().eval(), (torch.zeros(1, 3, 26, 26),), str(path), input_names=["x"],
+                      output_names=["y"], dynamo=False)
+    return OnnxModel.at(path, [TensorSpec("x", "float32", (1, 3, 26, 26))], [TensorSpec("y", "float32", (1, 10))])
+
+
 class ClippedConvs(nn.Module):
     """MobileNetV2/V3 activations between blockable convolutions: ReLU6 (ONNX Clip), Hardswish and a squeeze-excite
     gate with Hardsigmoid (both imported as `R.clip`); a 3-channel stem and a 10-channel head."""

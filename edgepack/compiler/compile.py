@@ -36,13 +36,14 @@ PARAMS_NAME = "params.bin"
 
 def import_relax(model: OnnxModel, integer_ops: bool = True, report=None, conv_block: int = 0, layout_report: dict | None = None,
                  int8_dot: str | None = None, dot_report: DotReport | None = None, remove_shuffles: bool = True,
-                 shuffle_report: dict | None = None):
+                 shuffle_report: dict | None = None, winograd: bool = True):
     """The model as a Relax module with detached params; with `integer_ops`, QDQ chains rewritten to integer ops
     (edgepack.compiler.integer_ops), filling `report` (an IntegerReport) when given; with `conv_block`, convolutions
     blocked by that many channels (edgepack.compiler.conv_layout), counted in `layout_report` when given; with
     `int8_dot` (a cpu_features name, edgepack.compiler.int8_dot.dot_feature), integer matmuls on that
     instruction's kernel, listed in `dot_report`; with `remove_shuffles`, channel shuffles absorbed into the
-    convolutions around them (edgepack.compiler.channel_shuffle), counted in `shuffle_report` when given. Tuning
+    convolutions around them (edgepack.compiler.channel_shuffle), counted in `shuffle_report` when given; with
+    `winograd`, blocked 3x3 stride-1 convolutions where it wins as Winograd kernels (edgepack.compiler.winograd). Tuning
     and compiling both import here."""
     import onnx
     from tvm import relax
@@ -62,7 +63,7 @@ def import_relax(model: OnnxModel, integer_ops: bool = True, report=None, conv_b
         report.merge(integer)
     module, weights = embed_scalar_params(module, params.get("main", []))
     if conv_block:
-        module, weights, layout = block_convolutions(module, weights, input_count(module["main"]), conv_block)
+        module, weights, layout = block_convolutions(module, weights, input_count(module["main"]), conv_block, winograd)
         if layout_report is not None:
             layout_report.update(layout)
     module, weights, _ = pretranspose_weights(module, weights)
@@ -125,7 +126,8 @@ def compile_model(model: OnnxModel, target: TargetSpec, workdir: Path, config: C
     dot_report = DotReport()
     shuffle_report: dict = {}
     module, params = import_relax(model, integer, integer_report, conv_block, layout_report,
-                                  dot_feature(target) if integer else None, dot_report, config.remove_shuffles, shuffle_report)
+                                  dot_feature(target) if integer else None, dot_report, config.remove_shuffles, shuffle_report,
+                                  config.winograd)
     if config.integer_ops and not backend.integer_ops:
         integer_report.note = f"integer execution is built for CPU targets only, not {target.device}"
     names = _param_names(module["main"], len(model.inputs))

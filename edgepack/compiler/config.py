@@ -25,3 +25,5 @@ class CompileConfig:
     # channel shuffles (reshape-transpose-reshape) absorbed into the convolutions' weights instead of copied, and
     # convolutions a few channels short of the channel block padded with zero filters (edgepack.compiler.channel_shuffle)
     remove_shuffles: bool = True
+    # blocked 3x3 stride-1 convolutions of the shapes where it wins run as Winograd F(4x4, 3x3) (edgepack.compiler.winograd)
+    winograd: bool = True

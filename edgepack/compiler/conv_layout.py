@@ -15,7 +15,8 @@ rewritten to ops the layout pass sees through (edgepack.compiler.clip_ops: ReLU6
    at the edges of blocked regions instead of around every convolution;
 2. `layout_transform`/`reshape`/`permute_dims` chains that start at a weight are evaluated once here and
    stored in params.bin in the packed layout (the weight stays a runtime parameter, dtype unchanged);
-3. blocked `conv2d` calls, which TOPI cannot legalize, become a TE compute of their own.
+3. blocked `conv2d` calls, which TOPI cannot legalize, become a TE compute of their own; the 3x3 stride-1 ones of the
+   shapes where it wins become Winograd kernels instead (edgepack.compiler.winograd, their weights transformed here).
 """
 
 from __future__ import annotations
@@ -24,26 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CONV2D = "relax.nn.conv2d"
+from edgepack.compiler.relax_calls import CONV2D
+from edgepack.compiler.relax_calls import op_name as _op_name
+from edgepack.compiler.relax_calls import static_shape as _static_shape
+
 #: ops whose result depends only on their first argument: a chain of them on a weight is packed at build time
 WEIGHT_OPS = ("relax.layout_transform", "relax.reshape", "relax.permute_dims")
-
-
-def _op_name(expr) -> str | None:
-    from tvm import relax
-    from tvm.ir import Op
-
-    if isinstance(expr, relax.Call) and isinstance(expr.op, Op):
-        return expr.op.name
-    return None
-
-
-def _static_shape(expr) -> list[int] | None:
-    shape = getattr(expr.ty, "shape", None)
-    try:
-        return [int(v) for v in shape]
-    except (TypeError, ValueError):  # unknown rank or symbolic dimensions
-        return None
 
 
 def blockable(call, block: int) -> bool:
@@ -242,9 +229,10 @@ def legalize_blocked_convs(module):
     return mutator.builder_.get()
 
 
-def block_convolutions(module, params: list, n_inputs: int, lanes: int) -> tuple[object, list, dict]:
+def block_convolutions(module, params: list, n_inputs: int, lanes: int, winograd: bool = True) -> tuple[object, list, dict]:
     """All three steps; returns (module, params, report: layout, blocked_convs, blocks = each convolution's block by
-    its weight's name, 0 for NCHW, and `skipped`: why none are blocked when it gave up).
+    its weight's name, 0 for NCHW, winograd_convs (none without `winograd`), and `skipped`: why none are blocked when it
+    gave up).
 
     On AVX-512 the block is 16 or 8 (block_sizes), one for the whole model: the one that blocks the most
     convolutions net of the activation transforms it adds (choose_plan; MobileNetV2 with its 24-channel convolutions
@@ -279,7 +267,12 @@ def block_convolutions(module, params: list, n_inputs: int, lanes: int) -> tuple
             "(ops between them that only run in NCHW: a squeeze-excite's gate, the ONNX importer's Clip), kept NCHW")}
     packed, packed_params, _ = pack_weights(plan.module, params, n_inputs)
     blocks = {_weight_name(call, i): _block_of(call) for i, call in enumerate(_conv_calls(packed))}
-    report = {"layout": f"NCHW{plan.block}c", "blocked_convs": plan.blocked, "blocks": blocks}
+    tiles: dict = {}
+    if winograd:  # 3x3 stride-1 convolutions of the shapes where Winograd wins (edgepack.compiler.winograd)
+        from edgepack.compiler.winograd import use_winograd
+
+        packed, packed_params, tiles = use_winograd(packed, packed_params, n_inputs)
+    report = {"layout": f"NCHW{plan.block}c", "blocked_convs": plan.blocked, "blocks": blocks, "winograd_convs": len(tiles)}
     return legalize_blocked_convs(packed), packed_params, report
 
 
