@@ -194,6 +194,20 @@ def decode_attention_function(cache_shape: tuple[int, ...], heads: int, lanes: i
     chunks = dim // width
     scale = float(1.0 / np.sqrt(dim))
 
+    def dot(q, cache, layer, j, h):
+        """q[0, h] · key j of h's kv head: vector products summed, then the lanes halved by shuffles (a scalar)."""
+        vector = None
+        for c in range(chunks):
+            term = (q.vload([0, h, c * width], f"float32x{width}")
+                    * cache.vload([layer, 0, j, h // group, c * width], f"float32x{width}")) if width > 1 else (
+                q[0, h, c] * cache[layer, 0, j, h // group, c])
+            vector = term if vector is None else vector + term
+        size = width
+        while size > 1:
+            size //= 2
+            vector = tir.Shuffle([vector], list(range(size))) + tir.Shuffle([vector], list(range(size, 2 * size)))
+        return vector
+
     @T.prim_func(private=True)
     def decode_attention(q: T.Buffer((1, heads, dim), "float32"),
                          cache: T.Buffer((layers, 2, max_seq, kv_heads, dim), "float32"),
@@ -201,21 +215,12 @@ def decode_attention_function(cache_shape: tuple[int, ...], heads: int, lanes: i
         T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True, "edgepack.hand_written": True})
         for h in T.parallel(heads):
             scores = T.alloc_buffer((max_seq,), "float32", scope="local")
-            part = T.alloc_buffer((width,), "float32", scope="local")
             mixed = T.alloc_buffer((dim,), "float32", scope="local")
             peak = T.alloc_buffer((1,), "float32", scope="local")
             total = T.alloc_buffer((1,), "float32", scope="local")
             peak[0] = T.min_value("float32")
             for j in range(start + T.int64(1)):
-                for lane in T.vectorized(width):
-                    part[lane] = T.float32(0)
-                for c in range(chunks):
-                    for lane in T.vectorized(width):
-                        part[lane] = part[lane] + q[0, h, c * width + lane] * cache[layer, 0, j, h // group, c * width + lane]
-                total[0] = T.float32(0)
-                for lane in range(width):
-                    total[0] = total[0] + part[lane]
-                scores[j] = total[0] * T.float32(scale)
+                scores[j] = dot(q, cache, layer, j, h) * T.float32(scale)
                 peak[0] = T.max(peak[0], scores[j])
             total[0] = T.float32(0)
             for j in range(start + T.int64(1)):
