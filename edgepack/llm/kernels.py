@@ -41,13 +41,23 @@ def fp32_linear_function(columns: int, out_features: int, lanes: int):
     """A PrimFunc y[n, out] = x[n, in] · Wᵀ for an fp32 weight interleaved by `weights.interleave_rows` (n symbolic).
 
     Each parallel task owns one tile of `tile_rows(lanes)` output rows and streams its weights once per row of x:
-    for every input k, one contiguous vector per `lanes` rows times the broadcast x[i, k] (a decode row reads the
+    for every input k, one contiguous vector per `lanes` rows times the broadcast x[i, k], 8 inputs per step (a decode row reads the
     weights at the memory's pace; a prefill's rows find the tile in L2)."""
     from tvm.script import tirx as T
 
     vectors = tile_rows(lanes) // lanes
     tiles = -(-out_features // tile_rows(lanes))
     blocks = tiles * vectors
+    unroll = next(u for u in (8, 4, 2, 1) if columns % u == 0)
+
+    def products(x, w, i, block, k):
+        """Σ_u x[i, k + u] · w[block, k + u, :] over `unroll` inputs, one expression summed as a tree: the accumulator
+        is stored once per `unroll` inputs, and the loads of the next inputs do not wait on the previous sum (from
+        memory, 1 → 4 / 8 inputs per step read 28 → 34–43 GB/s in one measurement, 2 threads)."""
+        terms = [tir.Broadcast(x[i, k + u], lanes) * w.vload([block, k + u, 0], f"float32x{lanes}") for u in range(unroll)]
+        while len(terms) > 1:
+            terms = [terms[a] + terms[a + 1] if a + 1 < len(terms) else terms[a] for a in range(0, len(terms), 2)]
+        return terms[0]
 
     @T.prim_func(private=True)
     def fp32_linear(var_x: T.handle, var_w: T.handle, var_y: T.handle):
@@ -62,10 +72,10 @@ def fp32_linear_function(columns: int, out_features: int, lanes: int):
                 for r in T.unroll(vectors):
                     for lane in T.vectorized(lanes):
                         acc[r, lane] = T.float32(0)
-                for k in range(T.int64(columns)):
+                for k in range(T.int64(columns // unroll)):
                     for r in T.unroll(vectors):
-                        for lane in T.vectorized(lanes):
-                            acc[r, lane] = acc[r, lane] + x[i, k] * w[t * T.int64(vectors) + r, k, lane]
+                        acc[r, T.ramp(0, 1, lanes)] = acc[r, T.ramp(0, 1, lanes)] + products(x, w, i, t * T.int64(vectors) + r,
+                                                                                             k * T.int64(unroll))
                 for r in T.unroll(vectors):
                     for lane in range(lanes):
                         if (t * T.int64(vectors) + r) * T.int64(lanes) + lane < T.int64(out_features):
