@@ -1,4 +1,5 @@
-"""The decode weight-matmul kernels alone (one row of input): fp32 (heuristic schedule), int8/int4 as edgepack
+"""The decode weight-matmul kernels alone (one row of input): fp32 as edgepack builds it now (rows interleaved by
+vector lanes, `kernels.fp32_linear_function`) and before (a tensor expression, heuristic schedule), int8/int4 as edgepack
 builds them now (weights interleaved by vector lanes, `kernels.quantized_linear_function`) and as it built them
 before (a tensor expression dequantizing one scalar weight at a time inside the reduction, heuristic schedule),
 on the matrix shapes of scripts/llm_bench.py's model. CPU time of one thread (TVM_NUM_THREADS=1), best of 5:
@@ -66,8 +67,8 @@ def main() -> None:
     from tvm import te
 
     from edgepack.compiler.schedules import schedule_function, vector_lanes
-    from edgepack.llm.kernels import linear, quantized_linear_function
-    from edgepack.llm.weights import QuantScheme, block_matrix, dequantize_matrix, quantize_matrix
+    from edgepack.llm.kernels import fp32_linear_function, linear, quantized_linear_function
+    from edgepack.llm.weights import QuantScheme, block_matrix, dequantize_matrix, interleave_rows, quantize_matrix
     from edgepack.targets import load_target
 
     from edgepack.compiler.int8_dot import dot_feature
@@ -91,6 +92,9 @@ def main() -> None:
         row = {"matrix": name, "in": columns, "out": out, "fp32_us": cpu_microseconds(
             build(schedule_function(te.create_prim_func([x, w, linear(x, w, out)]), lanes)),
             [tvm.runtime.tensor(x_np), tvm.runtime.tensor(weight), y])}
+        row["fp32_now_us"] = cpu_microseconds(build(fp32_linear_function(columns, out, lanes)),
+                                              [tvm.runtime.tensor(x_np), tvm.runtime.tensor(interleave_rows(weight, lanes, 0.0)), y])
+        np.testing.assert_allclose(y.numpy(), x_np @ weight.T, rtol=1e-4, atol=1e-3)
         for bits in (8, 4):
             scheme = QuantScheme(bits, 32)
             q, scale = quantize_matrix(weight, scheme)
@@ -118,7 +122,7 @@ def main() -> None:
                 assert error < 0.05, error
                 row[f"int{bits}_dot_error"] = float(error)
         rows.append(row)
-    keys = ["fp32_us", "int8_before_us", "int8_us", "int4_before_us", "int4_us"] + (["int8_dot_us", "int4_dot_us"] if dot else [])
+    keys = ["fp32_us", "fp32_now_us", "int8_before_us", "int8_us", "int4_before_us", "int4_us"] + (["int8_dot_us", "int4_dot_us"] if dot else [])
     print(f"{'matrix':8} {'in x out':>10} " + " ".join(f"{key.removesuffix('_us'):>11}" for key in keys))
     for r in rows:
         print(f"{r['matrix']:8} {r['in']:>4} x {r['out']:<4} " + " ".join(f"{r[key]:11.0f}" for key in keys))

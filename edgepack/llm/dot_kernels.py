@@ -48,13 +48,45 @@ def quantized_position(k: int, scheme: QuantScheme) -> int:
 
 def quantize_rows_function(rows: int, columns: int, scheme: QuantScheme):
     """A PrimFunc x fp32 [rows, columns] → (xq int8 [rows, columns], x_scale fp32 [rows, groups],
-    correction int32 [rows, groups]); see the module's docstring."""
+    correction int32 [rows, groups]); see the module's docstring. Vectorised: 8 or 16 inputs at a time (the widest
+    that divides the group), each group's peak and sum reduced across lanes by halving shuffles."""
+    from tvm import tirx as tir
     from tvm.script import tirx as T
 
     group = scheme.group_for(columns)
     groups = columns // group
     offset = 8 if scheme.bits == 4 else 128
-    int4 = scheme.bits == 4
+    width = 16 if group % 16 == 0 else 8  # `unsupported` checks group % 8
+    chunks = group // width
+    # int4: each 8 inputs stored evens first, then odds (`quantized_position`)
+    order = [c + (j % 4) * 2 + j // 4 for c in range(0, width, 8) for j in range(8)] if scheme.bits == 4 else list(range(width))
+
+    def lanes_reduced(vector, combine):
+        """combine over the lanes of a vector, halving it with shuffles: a scalar."""
+        size = width
+        while size > 1:
+            size //= 2
+            vector = combine(tir.Shuffle([vector], list(range(size))), tir.Shuffle([vector], list(range(size, 2 * size))))
+        return vector
+
+    def chunk(x, i, g, c):
+        return x.vload([i, g * group + c * width], f"float32x{width}")
+
+    def peak(x, i, g):
+        vector = tir.abs(chunk(x, i, g, 0))
+        for c in range(1, chunks):
+            vector = tir.max(vector, tir.abs(chunk(x, i, g, c)))
+        return lanes_reduced(vector, tir.max)
+
+    def quantized(x, i, g, c, inverse):
+        ordered = tir.Shuffle([chunk(x, i, g, c)], order)
+        return tir.Cast(f"int8x{width}", tir.round(ordered * tir.Broadcast(inverse, width)))
+
+    def total(xq, i, g):
+        vector = tir.Cast(f"int32x{width}", xq.vload([i, g * group], f"int8x{width}"))
+        for c in range(1, chunks):
+            vector = vector + tir.Cast(f"int32x{width}", xq.vload([i, g * group + c * width], f"int8x{width}"))
+        return lanes_reduced(vector, lambda a, b: a + b)
 
     @T.prim_func(private=True, s_tir=True)  # a root block: RewriteDataflowReshape inspects one-input kernels
     def quantize_rows(x: T.Buffer((rows, columns), "float32"), xq: T.Buffer((rows, columns), "int8"),
@@ -62,33 +94,25 @@ def quantize_rows_function(rows: int, columns: int, scheme: QuantScheme):
         T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True, "edgepack.hand_written": True, "op_pattern": 8})
         with T.sblock("root"):
             for i, g in T.grid(rows, groups):
-                peak = T.alloc_buffer((1,), "float32", scope="local")
-                total = T.alloc_buffer((1,), "int32", scope="local")
+                top = T.alloc_buffer((1,), "float32", scope="local")
                 inverse = T.alloc_buffer((1,), "float32", scope="local")
-                peak[0] = T.float32(0)
-                for k in range(group):
-                    peak[0] = T.max(peak[0], T.fabs(x[i, g * group + k]))
-                x_scale[i, g] = peak[0] / T.float32(127)
-                inverse[0] = T.Select(peak[0] > T.float32(0), T.float32(127) / peak[0], T.float32(0))
-                total[0] = 0
-                for k in range(group):
-                    if int4:  # a Python bool: TVMScript keeps one branch
-                        xq[i, g * group + k // 8 * 8 + k % 2 * 4 + k % 8 // 2] = T.Cast("int8", T.round(
-                            x[i, g * group + k] * inverse[0]))
-                        total[0] = total[0] + T.Cast("int32", xq[i, g * group + k // 8 * 8 + k % 2 * 4 + k % 8 // 2])
-                    else:
-                        xq[i, g * group + k] = T.Cast("int8", T.round(
-                            x[i, g * group + k] * inverse[0]))
-                        total[0] = total[0] + T.Cast("int32", xq[i, g * group + k])
-                correction[i, g] = total[0] * -offset
+                top[0] = peak(x, i, g)
+                x_scale[i, g] = top[0] / T.float32(127)
+                inverse[0] = T.Select(top[0] > T.float32(0), T.float32(127) / top[0], T.float32(0))
+                for c in T.unroll(chunks):
+                    xq[i, T.ramp(g * group + c * width, 1, width)] = quantized(x, i, g, c, inverse[0])
+                correction[i, g] = total(xq, i, g) * -offset
 
     return quantize_rows
 
 
 def integer_linear_function(rows: int, columns: int, out_features: int, scheme: QuantScheme):
     """A PrimFunc y fp32 [rows, out] from the quantizer's outputs and a weight interleaved by 16 lanes
-    (`weights.block_matrix`), on `vpdpbusd`. Each parallel task owns one 32-row tile (2 vectors) and keeps
-    two int32 chains per vector (low/high nibbles at int4, alternate loads at int8)."""
+    (`weights.block_matrix`), on `vpdpbusd`. Each parallel task owns one 32-row tile (2 vectors); per group and
+    vector two int32 chains (low/high nibbles at int4, alternate loads at int8) are one expression, folded into the
+    fp32 accumulator once per group: nothing is stored between the `vpdpbusd`s, so LLVM keeps the chains in
+    registers and shares each shuffled int4 load between its two nibbles."""
+    from tvm import tirx as tir
     from tvm.script import tirx as T
 
     intrinsic = ISAS["avx512_vnni"].intrinsic
@@ -104,7 +128,32 @@ def integer_linear_function(rows: int, columns: int, out_features: int, scheme: 
     # then the 4x4 bytes of each 128-bit lane transposed (vpshufb)
     dword_order = [b * 4 + m for m in range(4) for b in range(4)]
     byte_order = [m * 16 + b * 4 + j for m in range(4) for j in range(4) for b in range(4)]
-    unrolled = steps <= 16
+
+    def row_major(q, block, byte):
+        """The 64-byte load of 4 stored bytes x 16 rows at (block, byte), made row-major (4 bytes per int32 lane)."""
+        loaded = tir.reinterpret("int32x16", q.vload([block, byte, 0], f"{dtype}x64"))
+        return tir.Shuffle([tir.reinterpret("uint8x64", tir.Shuffle([loaded], dword_order))], byte_order)
+
+    def activation(xq, i, k):
+        """xq[i, k..k+3] broadcast to every int32 lane."""
+        return tir.reinterpret("int8x64", tir.Broadcast(tir.reinterpret("int32", xq.vload([i, k], "int8x4")), LANES))
+
+    def group_sum(q, xq, i, g, block):
+        """Σ over the group of w · xq, per row of the vector (int32x16): two vpdpbusd chains, added."""
+        chains = [tir.Broadcast(tir.const(0, "int32"), LANES) for _ in range(2)]
+        for step in range(steps):
+            for h in range(2):
+                if int4:  # one load: low nibbles (even inputs) into chain 0, high (odd) into chain 1
+                    weight = tir.bitwise_and(tir.shift_right(row_major(q, block, g * stored_per_group + step * 4),
+                                                             tir.Broadcast(tir.const(4 * h, "uint8"), 64)),
+                                             tir.Broadcast(tir.const(15, "uint8"), 64))
+                    x = activation(xq, i, g * group + step * 8 + h * 4)
+                else:  # two loads, the weights' sign bit flipped (w + 128, unsigned)
+                    weight = tir.bitwise_xor(row_major(q, block, g * stored_per_group + (2 * step + h) * 4),
+                                             tir.Broadcast(tir.const(128, "uint8"), 64))
+                    x = activation(xq, i, g * group + (2 * step + h) * 4)
+                chains[h] = tir.call_llvm_pure_intrin("int32x16", intrinsic, chains[h], weight, x)
+        return chains[0] + chains[1]
 
     @T.prim_func(private=True)
     def integer_linear(xq: T.Buffer((rows, columns), "int8"), x_scale: T.Buffer((rows, groups), "float32"),
@@ -114,33 +163,14 @@ def integer_linear_function(rows: int, columns: int, out_features: int, scheme: 
         T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True, "edgepack.hand_written": True, "op_pattern": 8})
         for t in T.parallel(tiles):
             acc = T.alloc_buffer((vectors * LANES,), "float32", scope="local")
-            dots = T.alloc_buffer((2 * vectors * LANES,), "int32", scope="local")
             for i in range(rows):
                 for r in T.unroll(vectors):
                     acc[T.ramp(r * LANES, 1, LANES)] = T.broadcast(T.float32(0), LANES)
                 for g in range(groups):
-                    for r in T.unroll(2 * vectors):
-                        dots[T.ramp(r * LANES, 1, LANES)] = T.broadcast(0, LANES)
-                    for s in T.unroll(steps) if unrolled else T.serial(steps):
-                        for r in T.unroll(vectors):
-                            if int4:  # a Python bool: TVMScript keeps one branch. One load: low nibbles (even inputs) into chain 0, high (odd) into chain 1
-                                for h in T.unroll(2):
-                                    dots[T.ramp((2 * r + h) * LANES, 1, LANES)] = T.call_llvm_pure_intrin(
-                                        T.llvm_lookup_intrinsic_id(intrinsic), dots[T.ramp((2 * r + h) * LANES, 1, LANES)],
-                                        T.bitwise_and(T.shift_right(T.Shuffle([T.reinterpret(T.Shuffle([T.reinterpret(q.vload([t * vectors + r, g * stored_per_group + s * 4, 0], "uint8x64"), dtype="int32x16")], dword_order), dtype="uint8x64")], byte_order), T.broadcast(T.uint8(4 * h), 64)), T.broadcast(T.uint8(15), 64)),
-                                        T.reinterpret(T.broadcast(T.reinterpret(xq.vload([i, g * group + s * 8 + h * 4], "int8x4"), dtype="int32"), LANES), dtype="int8x64"),
-                                        dtype="int32x16")
-                            else:  # two loads into the two chains, the weights' sign bit flipped (w + 128, unsigned)
-                                for h in T.unroll(2):
-                                    dots[T.ramp((2 * r + h) * LANES, 1, LANES)] = T.call_llvm_pure_intrin(
-                                        T.llvm_lookup_intrinsic_id(intrinsic), dots[T.ramp((2 * r + h) * LANES, 1, LANES)],
-                                        T.bitwise_xor(T.Shuffle([T.reinterpret(T.Shuffle([T.reinterpret(q.vload([t * vectors + r, g * stored_per_group + (2 * s + h) * 4, 0], "int8x64"), dtype="int32x16")], dword_order), dtype="uint8x64")], byte_order), T.broadcast(T.uint8(128), 64)),
-                                        T.reinterpret(T.broadcast(T.reinterpret(xq.vload([i, g * group + (2 * s + h) * 4], "int8x4"), dtype="int32"), LANES), dtype="int8x64"),
-                                        dtype="int32x16")
                     for r in T.unroll(vectors):
                         acc[T.ramp(r * LANES, 1, LANES)] = acc[T.ramp(r * LANES, 1, LANES)] + T.Cast("float32x16", (
-                            dots[T.ramp(2 * r * LANES, 1, LANES)] + dots[T.ramp((2 * r + 1) * LANES, 1, LANES)]
-                            + T.broadcast(correction[i, g], LANES))) * scale.vload([t * vectors + r, g, 0], "float32x16") * T.broadcast(x_scale[i, g], LANES)
+                            group_sum(q, xq, i, g, t * vectors + r) + T.broadcast(correction[i, g], LANES))) * scale.vload(
+                            [t * vectors + r, g, 0], "float32x16") * T.broadcast(x_scale[i, g], LANES)
                 for r in T.unroll(vectors):
                     for lane in range(LANES):
                         if (t * vectors + r) * LANES + lane < out_features:

@@ -63,7 +63,9 @@ class _Builder:
 
         q, scale = self.matrix(name)
         if scale is None:
-            y = self.bb.emit_te(lambda x, w: kernels.linear(x, w, out_features), x, q, primfunc_name_hint="linear_fp32")
+            rows, columns = x.ty.shape.values
+            gvar = self.bb.add_func(kernels.fp32_linear_function(int(columns), out_features, self.plan.lanes), "linear_fp32")
+            y = self.bb.emit(relax.call_tir(gvar, [x, q], relax.TensorType((rows, out_features), "float32")))
         elif self.integer_dot(x):
             y = self.integer_linear(x, q, scale, out_features)
         else:
@@ -135,8 +137,14 @@ class _Builder:
                 key = bb.emit_te(lambda t, f, s: kernels.rotary(t, f, s), key, self.inv_freq, start, primfunc_name_hint="rotary")
             cache = bb.emit(relax.op.call_tir_inplace(
                 write_kv, relax.Tuple([cache, key, value, tir.IntImm("int64", layer), start]), [0], cache_info))
-            attended = bb.emit_te(lambda t, kv, s, layer=layer: kernels.attention(t, kv, layer, s, c.num_kv_heads), query, cache, start,
-                                  primfunc_name_hint="attention")
+            if isinstance(n, tir.IntImm) and int(n) == 1:  # decode
+                attend = bb.add_func(kernels.decode_attention_function(self.plan.cache_shape, c.num_heads, self.plan.lanes),
+                                     "decode_attention")
+                attended = bb.emit(relax.call_tir(attend, relax.Tuple([query, cache, tir.IntImm("int64", layer), start]),
+                                                  relax.TensorType((n, q_size), "float32")))
+            else:
+                attended = bb.emit_te(lambda t, kv, s, layer=layer: kernels.attention(t, kv, layer, s, c.num_kv_heads), query, cache,
+                                      start, primfunc_name_hint="attention")
             x = bb.emit(relax.op.add(x, self.linear(attended, p + "o.weight", c.hidden_size, p + "o.bias")))
             h = self.norm(x, p + "norm2")
             if c.family == "gpt2":

@@ -7,9 +7,10 @@ Canonical names (matrices are [out, in], as torch's nn.Linear keeps them):
   layers.{i}.proj.{weight,bias} (GPT-2).
 Quantized matrices become `NAME.q` (int8 [out, in], or uint8 [out, in/2] holding two 4-bit values,
 low nibble first, offset by 8) and `NAME.scale` (float32 [out, in/group]): w ≈ (q - offset) * scale.
-At compile time (`block_weights`) they are interleaved for the decode kernels: `NAME.q` becomes
+At compile time (`block_weights`) they are interleaved for the matmul kernels: `NAME.q` becomes
 [blocks, in (int8) or in/2 (int4), lanes] and `NAME.scale` [blocks, in/group, lanes], row o at [o // lanes, :, o % lanes],
-the rows padded with zero weights to a whole number of tiles (`tile_rows(lanes)` rows)."""
+the rows padded with zero weights to a whole number of tiles (`tile_rows(lanes)` rows); fp32 matrices the same
+way ([blocks, in, lanes])."""
 
 from __future__ import annotations
 
@@ -155,17 +156,20 @@ def tile_rows(lanes: int) -> int:
     return lanes * max(1, 32 // lanes)
 
 
+def interleave_rows(matrix: np.ndarray, lanes: int, fill) -> np.ndarray:
+    """A [rows, columns] array interleaved by `lanes` rows, [blocks, columns, lanes] (row o at [o // lanes, :, o % lanes]),
+    the rows padded with `fill` to a multiple of `tile_rows(lanes)`."""
+    rows = matrix.shape[0]
+    padded = -(-rows // tile_rows(lanes)) * tile_rows(lanes)
+    matrix = np.concatenate([matrix, np.full((padded - rows, matrix.shape[1]), fill, matrix.dtype)])
+    return np.ascontiguousarray(matrix.reshape(padded // lanes, lanes, -1).transpose(0, 2, 1))
+
+
 def block_matrix(q: np.ndarray, scale: np.ndarray, lanes: int) -> tuple[np.ndarray, np.ndarray]:
     """(q, scale) of `quantize_matrix` interleaved by `lanes` output rows: [blocks, stored, lanes] and
     [blocks, groups, lanes]; rows padded to a multiple of `tile_rows(lanes)` with zero weights (scale 1)."""
-    rows = q.shape[0]
-    padded = -(-rows // tile_rows(lanes)) * tile_rows(lanes)
     zero = 8 | (8 << 4) if q.dtype == np.uint8 else 0
-    q = np.concatenate([q, np.full((padded - rows, q.shape[1]), zero, q.dtype)])
-    scale = np.concatenate([scale, np.ones((padded - rows, scale.shape[1]), np.float32)])
-    blocks = padded // lanes
-    return (np.ascontiguousarray(q.reshape(blocks, lanes, -1).transpose(0, 2, 1)),
-            np.ascontiguousarray(scale.reshape(blocks, lanes, -1).transpose(0, 2, 1)))
+    return interleave_rows(q, lanes, zero), interleave_rows(scale, lanes, 1.0)
 
 
 def unblock_matrix(q: np.ndarray, scale: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,10 +178,12 @@ def unblock_matrix(q: np.ndarray, scale: np.ndarray, rows: int) -> tuple[np.ndar
 
 
 def block_weights(weights: dict[str, np.ndarray], config: LlmConfig, scheme: QuantScheme | None, lanes: int) -> dict[str, np.ndarray]:
-    """Interleave every quantized matrix by `lanes` rows (`block_matrix`); fp32 weights are returned unchanged."""
-    if scheme is None:
-        return dict(weights)
+    """Interleave every matrix by `lanes` rows: quantized ones with `block_matrix`, fp32 ones with `interleave_rows`
+    (zero rows as padding)."""
     out = dict(weights)
     for name in matrix_names(config):
-        out[f"{name}.q"], out[f"{name}.scale"] = block_matrix(out[f"{name}.q"], out[f"{name}.scale"], lanes)
+        if scheme is None:
+            out[name] = interleave_rows(out[name], lanes, 0.0)
+        else:
+            out[f"{name}.q"], out[f"{name}.scale"] = block_matrix(out[f"{name}.q"], out[f"{name}.scale"], lanes)
     return out

@@ -58,14 +58,19 @@ class Generator:
             return
         rng = np.random.default_rng(seed)
         cache = self.bundle.call_function("create_cache", with_params=False)
-        logits = self.bundle.call_function("prefill", tvm.runtime.tensor(np.array(prompt, np.int32)), cache).numpy()[0]
+        logits = np.from_dlpack(self.bundle.call_function("prefill", tvm.runtime.tensor(np.array(prompt, np.int32)), cache))[0]
+        # decode's input: one tensor, written in place through a numpy view each step (a new tensor per token and
+        # .numpy() on its logits cost ~20 µs a token, ~7 % of a small model's decode step)
+        ids = tvm.runtime.empty((1,), "int32")
+        slot = np.from_dlpack(ids)
         position = len(prompt)
         for produced in range(max_new_tokens):
             token = pick_token(logits, temperature, top_p, rng)
             yield token
             if token in self.eos or produced + 1 == max_new_tokens:
                 return
-            logits = self.bundle.call_function("decode", tvm.runtime.tensor(np.array([token], np.int32)), cache, position).numpy()[0]
+            slot[0] = token
+            logits = np.from_dlpack(self.bundle.call_function("decode", ids, cache, position))[0]
             position += 1
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, **sampling) -> list[int]:

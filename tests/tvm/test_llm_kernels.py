@@ -1,4 +1,4 @@
-"""The int8/int4 weight-matmul kernel over the interleaved layout against numpy's dequantize + matmul."""
+"""The fp32 and int8/int4 weight-matmul kernels over the interleaved layout against numpy's (dequantize +) matmul."""
 
 from __future__ import annotations
 
@@ -35,6 +35,47 @@ def test_quantized_linear_equals_numpy_dequantize_and_matmul(bits, columns, out,
         y = tvm.runtime.tensor(np.full((rows, out), np.nan, np.float32))
         library(tvm.runtime.tensor(x[:rows]), tvm.runtime.tensor(blocked_q), tvm.runtime.tensor(blocked_scale), y)
         np.testing.assert_allclose(y.numpy(), expected[:rows], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("columns,out,lanes", [(48, 37, 8), (50, 70, 16), (40, 45, 4)])
+def test_fp32_linear_over_interleaved_rows_equals_numpy_matmul(columns, out, lanes):
+    import tvm
+
+    from edgepack.llm.kernels import fp32_linear_function
+    from edgepack.llm.weights import interleave_rows
+
+    rng = np.random.default_rng(columns)
+    weight = rng.standard_normal((out, columns)).astype(np.float32)
+    x = rng.standard_normal((3, columns)).astype(np.float32)
+    library = tvm.compile(fp32_linear_function(columns, out, lanes).with_attr("global_symbol", "main"), target={"kind": "llvm"})
+    for rows in (1, 3):
+        y = tvm.runtime.tensor(np.full((rows, out), np.nan, np.float32))
+        library(tvm.runtime.tensor(x[:rows]), tvm.runtime.tensor(interleave_rows(weight, lanes, 0.0)), y)
+        np.testing.assert_allclose(y.numpy(), x[:rows].astype(np.float64) @ weight.T.astype(np.float64), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("heads,kv_heads,dim,lanes,start", [(4, 2, 16, 16, 5), (3, 1, 12, 8, 0), (2, 2, 6, 4, 9)])
+def test_decode_attention_equals_numpy_softmax_over_the_cache(heads, kv_heads, dim, lanes, start):
+    """One new token's attention over cache positions 0..start of one layer (grouped-query heads), against numpy."""
+    import tvm
+
+    from edgepack.llm.kernels import decode_attention_function
+
+    rng = np.random.default_rng(dim + start)
+    cache_shape = (2, 2, 10, kv_heads, dim)
+    cache = rng.standard_normal(cache_shape).astype(np.float32)
+    q = rng.standard_normal((1, heads, dim)).astype(np.float32)
+    library = tvm.compile(decode_attention_function(cache_shape, heads, lanes).with_attr("global_symbol", "main"),
+                          target={"kind": "llvm"})
+    out = tvm.runtime.tensor(np.full((1, heads * dim), np.nan, np.float32))
+    library(tvm.runtime.tensor(q), tvm.runtime.tensor(cache), 1, start, out)
+    keys, values = cache[1, 0, :start + 1], cache[1, 1, :start + 1]  # [positions, kv_heads, dim]
+    expected = []
+    for h in range(heads):
+        scores = keys[:, h // (heads // kv_heads)] @ q[0, h] / np.sqrt(dim)
+        weights = np.exp(scores - scores.max())
+        expected.append(weights @ values[:, h // (heads // kv_heads)] / weights.sum())
+    np.testing.assert_allclose(out.numpy(), np.concatenate(expected)[None], rtol=1e-5, atol=1e-5)
 
 
 def _needs_vnni():
