@@ -1,0 +1,66 @@
+"""Pre-flight's legalizing rewrites (frontends/legalize.py) of values TVM computes differently from ONNX, checked
+without TVM: ONNX's reference runs the original node and its rewrite on the same edge-case inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def _model(op_type: str, dtype, opset: int, **attributes):
+    from onnx import helper
+    from onnx.helper import np_dtype_to_tensor_dtype
+
+    elem = np_dtype_to_tensor_dtype(np.dtype(dtype))
+    graph = helper.make_graph([helper.make_node(op_type, ["a", "b"], ["y"], **attributes)], op_type,
+                              [helper.make_tensor_value_info(n, elem, [None]) for n in ("a", "b")],
+                              [helper.make_tensor_value_info("y", elem, [None])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _legalized_matches_reference(model, feeds, op_type: str):
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    from edgepack.frontends.legalize import legalize
+
+    expected = ReferenceEvaluator(model).run(None, feeds)[0]
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    assert legalize(model) == {op_type: 1}
+    got = ReferenceEvaluator(model).run(None, feeds)[0]
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(expected))  # -0 where ONNX gives -0
+    return model
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int32, np.uint64])
+@pytest.mark.parametrize("direction", ["LEFT", "RIGHT"])
+def test_bit_shift_out_of_range_amounts_give_what_onnx_says(dtype, direction):
+    """Amounts below 0 or at least the width give the sign fill (signed right shift) or 0; ONNX 28's semantics."""
+    bits = np.iinfo(dtype).bits
+    signed = np.issubdtype(dtype, np.signedinteger)
+    values = np.array([-8, 4, -1, 5, -128, 3, 7, 1] if signed else [8, 4, 255, 5, 128, 3, 7, 1], dtype)
+    amounts = np.array([bits, bits + 1, 127 if bits == 8 else 1000, 1, 0, bits - 1, -1 if signed else 2, 3], dtype)
+    model = _legalized_matches_reference(_model("BitShift", dtype, 18, direction=direction), {"a": values, "b": amounts}, "BitShift")
+    assert [n.op_type for n in model.graph.node].count("BitShift") == 1 + (direction == "RIGHT" and signed)
+
+
+def test_bit_shift_by_constant_amounts_in_range_is_kept():
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edgepack.frontends.legalize import legalize
+
+    model = _model("BitShift", np.uint8, 18, direction="LEFT")
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(np.array([1, 7], np.uint8))))
+    del model.graph.input[1]
+    assert legalize(onnx.shape_inference.infer_shapes(model)) == {}
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_float_mod_matches_numpy_mod_on_inf_nan_and_zeros(dtype):
+    """fmod 0 on floats: numpy's mod, inf and NaN operands, signed zeros and mixed signs."""
+    a = np.array([0, -0.0, 0, -0.0, -3, 3, -1, 1, np.inf, -np.inf, 1, 1, np.nan, 1, 5.5, -5.5, 5.5, -5.5, 0], dtype)
+    b = np.array([-2, 2, 2, -2, np.inf, np.inf, -np.inf, -np.inf, 2, 2, 0, -0.0, 2, np.nan, 2, 2, -2, -2, -np.inf], dtype)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        _legalized_matches_reference(_model("Mod", dtype, 13, fmod=0), {"a": a, "b": b}, "Mod")
