@@ -48,6 +48,25 @@ def _attribute_refusals(graph) -> set[str]:
     return refused
 
 
+def _operand_refusals(graph) -> set[str]:
+    """Nodes whose constant operands ask for what TVM cannot give: Dropout in training mode with a nonzero ratio
+    (random; TVM's converter computes inference mode whatever the mode)."""
+    from onnx import numpy_helper
+
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    constants.update({node.output[0]: numpy_helper.to_array(node.attribute[0].t) for node in graph.node
+                      if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value"})
+    refused = set()
+    for node in graph.node:
+        if node.op_type != "Dropout" or len(node.input) < 3 or not node.input[2]:
+            continue
+        training = constants.get(node.input[2])
+        ratio = constants.get(node.input[1], np.array(0.5)) if node.input[1] else np.array(0.5)
+        if training is None or (bool(np.asarray(training).reshape(-1)[0]) and float(np.asarray(ratio).reshape(-1)[0]) != 0):
+            refused.add("Dropout (training mode drops elements at random: no build can match it; export in inference mode)")
+    return refused
+
+
 @dataclass(frozen=True)
 class PreflightReport:
     """What the pre-flight found: opset, op counts and the ops TVM cannot import."""
@@ -227,7 +246,8 @@ def op_report(model) -> PreflightReport:
     ops = _all_op_types(model.graph)
     counts = Counter(op for _, op in ops)
     unsupported = sorted({op if domain == "ai.onnx" else f"{domain}.{op}"
-                          for domain, op in set(ops) if tvm_lacks(domain, op)} | _attribute_refusals(model.graph))
+                          for domain, op in set(ops) if tvm_lacks(domain, op)} | _attribute_refusals(model.graph)
+                        | _operand_refusals(model.graph))
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     return PreflightReport(opset, dict(sorted(counts.items())), tuple(unsupported))
 

@@ -64,3 +64,18 @@ def test_float_mod_matches_numpy_mod_on_inf_nan_and_zeros(dtype):
     b = np.array([-2, 2, 2, -2, np.inf, np.inf, -np.inf, -np.inf, 2, 2, 0, -0.0, 2, np.nan, 2, 2, -2, -2, -np.inf], dtype)
     with np.errstate(invalid="ignore", divide="ignore"):
         _legalized_matches_reference(_model("Mod", dtype, 13, fmod=0), {"a": a, "b": b}, "Mod")
+
+
+@pytest.mark.parametrize("training, ratio, refused", [(True, 0.5, True), (True, 0.0, False), (False, 0.5, False)])
+def test_dropout_in_training_mode_is_refused_unless_its_ratio_is_zero(training, ratio, refused):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgepack.frontends.preflight import op_report
+
+    constants = [helper.make_node("Constant", [], [n], value=numpy_helper.from_array(np.array(v)))
+                 for n, v in (("ratio", np.float32(ratio)), ("training", np.bool_(training)))]
+    graph = helper.make_graph(constants + [helper.make_node("Dropout", ["x", "ratio", "training"], ["y"])], "dropout",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
+    report = op_report(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    assert any(op.startswith("Dropout (training mode") for op in report.unsupported) == refused
