@@ -28,6 +28,8 @@ NOT_IMPORTABLE = {"Attention"}
 NOT_IMPORTABLE_ATTRIBUTES = (
     ("Resize", "antialias", (1,), "antialias is ignored by TVM"),
     ("Resize", "coordinate_transformation_mode", (b"half_pixel_symmetric",), "half_pixel_symmetric is not implemented in TVM"),
+    ("Resize", "keep_aspect_ratio_policy", (b"not_larger", b"not_smaller"),
+     "TVM cannot import a kept aspect ratio, and ONNX interpolates by one scale that the rounded sizes need not keep"),
     ("QuantizeLinear", "block_size", "nonzero", "blocked quantization is not supported by TVM"),
     ("DequantizeLinear", "block_size", "nonzero", "blocked quantization is not supported by TVM"),
     ("BatchNormalization", "training_mode", (1,), "training mode is not supported by TVM"),
@@ -413,6 +415,8 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path,
     carried = carried_dtypes(model)  # the signature keeps these types; the model takes their containers
     legalized = {**carry_low_precision(model), **legalize(model)}
     report = op_report(model)
+    # ops TVM imports but not as these nodes need (MaxUnpool's output_shape, Upsample's scales input)
+    report = replace(report, unsupported=tuple(sorted(set(report.unsupported) | set(not_lowered))))
     if report.unsupported:
         ops = [f"{op} ({not_lowered[op]})" if op in not_lowered else op for op in report.unsupported]
         raise EdgepackError(f"TVM's ONNX frontend does not support these ops: {', '.join(ops)}",
