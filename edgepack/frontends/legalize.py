@@ -10,7 +10,7 @@ TVM has no converter for, becomes a division by ReduceL1/ReduceL2; `IsInf` with 
 (TVM's converter ignores the switches) is IsInf and a comparison with 0. A node that computes on bfloat16
 (TVM's converters mix it with float32 constants, and x86/arm64 have no bfloat16 arithmetic) runs in float32
 between casts: every bfloat16 value is a float32, and its bfloat16 results are rounded back as ONNX Runtime's
-kernels round them. `BitShift` by a negative amount or by at least the width (undefined in the generated
+kernels round them. `Resize`'s `axes` attribute (TVM ignores it) becomes roi, scales or sizes for every axis. `BitShift` by a negative amount or by at least the width (undefined in the generated
 code) gives what ONNX says: the sign fill of a signed right shift, else 0. Float `Mod` with fmod 0 (TVM's
 floor_mod is `a - floor(a / b) * b`: NaN for an infinite divisor) is computed as numpy's `mod` is, from the
 truncated remainder (fmod 1): moved by b where its sign differs from b's, a zero remainder taking b's sign."""
@@ -249,7 +249,42 @@ def _floor_mod(node, elem_type: int) -> list:
             helper.make_node("Where", [f"{stem}_r_zero", f"{stem}_signed_zero", f"{stem}_nonzero"], node.output)]
 
 
-def _rewrite(node, types: dict[str, int], ranks: dict[str, int], constants: dict[str, np.ndarray], opset: int) -> list | None:
+def _resize_axes(node, ranks: dict[str, int], constants: dict[str, np.ndarray], shapes: dict[str, tuple]) -> list | None:
+    """Resize with an `axes` attribute (TVM's converter ignores it) with its roi, scales or sizes given for every
+    axis instead: roi 0 to 1, scale 1, the input's size on the others (what ONNX says they are)."""
+    from onnx import helper, numpy_helper
+
+    rank, shape = ranks.get(node.input[0]), shapes.get(node.input[0])
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if rank is None or "axes" not in attrs:
+        return None
+    axes = [a % rank for a in attrs["axes"]]
+    inputs = list(node.input) + [""] * (4 - len(node.input))
+    stem = f"{node.output[0]}__legalized"
+    nodes, names = [], list(inputs)
+    for position, fill in ((1, None), (2, 1.0), (3, None)):
+        if not inputs[position]:
+            continue
+        value = constants.get(inputs[position])
+        if value is None or (position == 3 and (shape is None or None in shape)):
+            return None
+        if position == 1:
+            full = np.concatenate([np.zeros(rank), np.ones(rank)]).astype(value.dtype)
+            for k, axis in enumerate(axes):
+                full[axis], full[rank + axis] = value[k], value[len(axes) + k]
+        else:
+            full = np.array([fill if fill is not None else shape[d] for d in range(rank)], value.dtype)
+            for k, axis in enumerate(axes):
+                full[axis] = value[k]
+        names[position] = f"{stem}_operand{position}"
+        nodes.append(helper.make_node("Constant", [], [names[position]], value=numpy_helper.from_array(full)))
+    resize = helper.make_node("Resize", names[:len(node.input)], node.output)
+    resize.attribute.extend(a for a in node.attribute if a.name != "axes")
+    return nodes + [resize]
+
+
+def _rewrite(node, types: dict[str, int], ranks: dict[str, int], constants: dict[str, np.ndarray], opset: int,
+             shapes: dict[str, tuple]) -> list | None:
     if node.domain not in ("", "ai.onnx"):
         return None
     if (widened := _bfloat16_in_float32(node, types)) is not None:
@@ -265,6 +300,8 @@ def _rewrite(node, types: dict[str, int], ranks: dict[str, int], constants: dict
         return _lp_normalization(node, types[node.input[0]], opset)
     if node.op_type == "IsInf" and types.get(node.input[0]) in _FLOATS:
         return _is_inf(node, types[node.input[0]])
+    if node.op_type == "Resize":
+        return _resize_axes(node, ranks, constants, shapes)
     if node.op_type == "BitShift":
         return _bit_shift(node, types, constants)
     if node.op_type == "Mod" and types.get(node.input[0]) in _FLOATS \
@@ -278,11 +315,13 @@ def _rewrite(node, types: dict[str, int], ranks: dict[str, int], constants: dict
 def legalize(model) -> dict[str, int]:
     """Rewrite the nodes TVM cannot compile (in place); returns {op type: how many were rewritten}."""
     types, ranks, constants = _elem_types(model), _ranks(model), _constants(model)
+    shapes = {value.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim)
+              for value in (*model.graph.input, *model.graph.value_info) if value.type.tensor_type.HasField("shape")}
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     rewritten: dict[str, int] = {}
     nodes = []
     for node in model.graph.node:
-        replacement = _rewrite(node, types, ranks, constants, opset)
+        replacement = _rewrite(node, types, ranks, constants, opset, shapes)
         if replacement is not None:
             nodes.extend(replacement)
             rewritten[node.op_type] = rewritten.get(node.op_type, 0) + 1

@@ -79,3 +79,26 @@ def test_dropout_in_training_mode_is_refused_unless_its_ratio_is_zero(training, 
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
     report = op_report(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
     assert any(op.startswith("Dropout (training mode") for op in report.unsupported) == refused
+
+
+@pytest.mark.parametrize("operand, values", [("scales", np.array([3.0, 2.0], np.float32)), ("sizes", np.array([7, 5], np.int64))])
+def test_resize_axes_become_full_rank_operands(operand, values):
+    """Resize's axes attribute (TVM ignores it): scales/sizes for every axis, the same result in ONNX's reference."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    from edgepack.frontends.legalize import legalize
+
+    inputs = ["x", "", "values", ""] if operand == "scales" else ["x", "", "", "values"]
+    nodes = [helper.make_node("Constant", [], ["values"], value=numpy_helper.from_array(values)),
+             helper.make_node("Resize", inputs, ["y"], axes=[3, 2], mode="nearest")]
+    graph = helper.make_graph(nodes, "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    feeds = {"x": np.arange(12, dtype=np.float32).reshape(1, 2, 2, 3)}
+    expected = ReferenceEvaluator(model).run(None, feeds)[0]
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    assert legalize(model) == {"Resize": 1}
+    assert not [a for n in model.graph.node for a in n.attribute if a.name == "axes"]
+    np.testing.assert_array_equal(ReferenceEvaluator(model).run(None, feeds)[0], expected)
