@@ -10,7 +10,7 @@ TVM has no converter for, becomes a division by ReduceL1/ReduceL2; `IsInf` with 
 (TVM's converter ignores the switches) is IsInf and a comparison with 0. A node that computes on bfloat16
 (TVM's converters mix it with float32 constants, and x86/arm64 have no bfloat16 arithmetic) runs in float32
 between casts: every bfloat16 value is a float32, and its bfloat16 results are rounded back as ONNX Runtime's
-kernels round them. `Resize`'s `axes` attribute (TVM ignores it) becomes roi, scales or sizes for every axis. `BitShift` by a negative amount or by at least the width (undefined in the generated
+kernels round them. Constants of value_int(s)/value_float(s) (TVM reads only `value`) hold tensors. `Resize`'s `axes` attribute (TVM ignores it) becomes roi, scales or sizes for every axis. `BitShift` by a negative amount or by at least the width (undefined in the generated
 code) gives what ONNX says: the sign fill of a signed right shift, else 0. Float `Mod` with fmod 0 (TVM's
 floor_mod is `a - floor(a / b) * b`: NaN for an infinite divisor) is computed as numpy's `mod` is, from the
 truncated remainder (fmod 1): moved by b where its sign differs from b's, a zero remainder taking b's sign."""
@@ -312,6 +312,27 @@ def _rewrite(node, types: dict[str, int], ranks: dict[str, int], constants: dict
     return None
 
 
+_CONSTANT_FORMS = {"value_int": np.int64, "value_ints": np.int64, "value_float": np.float32, "value_floats": np.float32}
+
+
+def _constant_tensors(graph) -> int:
+    """Constants holding value_int(s)/value_float(s) (TVM reads only `value`) made `value` tensors, in subgraphs
+    too (If branches); returns how many."""
+    from onnx import helper, numpy_helper
+
+    count = 0
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                count += _constant_tensors(subgraph)
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name in _CONSTANT_FORMS:
+            value = np.array(helper.get_attribute_value(node.attribute[0]), _CONSTANT_FORMS[node.attribute[0].name])
+            del node.attribute[:]
+            node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(value)))
+            count += 1
+    return count
+
+
 def legalize(model) -> dict[str, int]:
     """Rewrite the nodes TVM cannot compile (in place); returns {op type: how many were rewritten}."""
     types, ranks, constants = _elem_types(model), _ranks(model), _constants(model)
@@ -319,6 +340,8 @@ def legalize(model) -> dict[str, int]:
               for value in (*model.graph.input, *model.graph.value_info) if value.type.tensor_type.HasField("shape")}
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     rewritten: dict[str, int] = {}
+    if constants_made := _constant_tensors(model.graph):
+        rewritten["Constant"] = constants_made
     nodes = []
     for node in model.graph.node:
         replacement = _rewrite(node, types, ranks, constants, opset, shapes)

@@ -51,7 +51,7 @@ def _attribute_refusals(graph) -> set[str]:
 
 
 def _operand_refusals(graph) -> set[str]:
-    """Nodes whose constant operands ask for what TVM cannot give: Dropout in training mode with a nonzero ratio
+    """Nodes whose operands ask for what TVM cannot give: Pad's pads not constant after folding; Dropout in training mode with a nonzero ratio
     (random; TVM's converter computes inference mode whatever the mode)."""
     from onnx import numpy_helper
 
@@ -60,6 +60,8 @@ def _operand_refusals(graph) -> set[str]:
                       if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value"})
     refused = set()
     for node in graph.node:
+        if node.op_type == "Pad" and len(node.input) > 1 and node.input[1] and node.input[1] not in constants:
+            refused.add("Pad (its pads are computed from input values at run time; TVM needs them constant)")
         if node.op_type != "Dropout" or len(node.input) < 3 or not node.input[2]:
             continue
         training = constants.get(node.input[2])

@@ -102,3 +102,33 @@ def test_resize_axes_become_full_rank_operands(operand, values):
     assert legalize(model) == {"Resize": 1}
     assert not [a for n in model.graph.node for a in n.attribute if a.name == "axes"]
     np.testing.assert_array_equal(ReferenceEvaluator(model).run(None, feeds)[0], expected)
+
+
+def test_if_with_a_condition_known_at_build_time_is_replaced_by_its_branch():
+    """Folding inlines the branch taken (values renamed apart); ONNX's reference gives the same result."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    from edgepack.frontends.fold import fold_shape_computations
+
+    def branch(name, op):
+        return helper.make_graph([helper.make_node(op, ["x", "x"], ["t"])], name, [],
+                                 [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2])])
+
+    nodes = [helper.make_node("Size", ["x"], ["n"]),
+             helper.make_node("Constant", [], ["two"], value=numpy_helper.from_array(np.array(2, np.int64))),
+             helper.make_node("Equal", ["n", "two"], ["is_two"]),
+             helper.make_node("If", ["is_two"], ["a"], then_branch=branch("then", "Mul"), else_branch=branch("else", "Add")),
+             helper.make_node("If", ["is_two"], ["b"], then_branch=branch("then2", "Sub"), else_branch=branch("else2", "Add")),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"x": np.array([3.0, -1.5], np.float32)}
+    expected = ReferenceEvaluator(model).run(None, feeds)[0]
+    for _ in range(3):
+        model, _ = fold_shape_computations(onnx.shape_inference.infer_shapes(model, strict_mode=True))
+    assert "If" not in {node.op_type for node in model.graph.node}
+    onnx.checker.check_model(model)
+    np.testing.assert_array_equal(ReferenceEvaluator(model).run(None, feeds)[0], expected)
