@@ -10,7 +10,8 @@ TVM has no converter for, becomes a division by ReduceL1/ReduceL2; `IsInf` with 
 (TVM's converter ignores the switches) is IsInf and a comparison with 0. A node that computes on bfloat16
 (TVM's converters mix it with float32 constants, and x86/arm64 have no bfloat16 arithmetic) runs in float32
 between casts: every bfloat16 value is a float32, and its bfloat16 results are rounded back as ONNX Runtime's
-kernels round them. Constants of value_int(s)/value_float(s) (TVM reads only `value`) hold tensors. `Resize`'s `axes` attribute (TVM ignores it) becomes roi, scales or sizes for every axis. `BitShift` by a negative amount or by at least the width (undefined in the generated
+kernels round them. Constants of value_int(s)/value_float(s) (TVM reads only `value`) hold tensors; Unsqueeze's and Squeeze's 0-d
+constant axes become 1-D. `Resize`'s `axes` attribute (TVM ignores it) becomes roi, scales or sizes for every axis. `BitShift` by a negative amount or by at least the width (undefined in the generated
 code) gives what ONNX says: the sign fill of a signed right shift, else 0. Float `Mod` with fmod 0 (TVM's
 floor_mod is `a - floor(a / b) * b`: NaN for an infinite divisor) is computed as numpy's `mod` is, from the
 truncated remainder (fmod 1): moved by b where its sign differs from b's, a zero remainder taking b's sign."""
@@ -283,6 +284,18 @@ def _resize_axes(node, ranks: dict[str, int], constants: dict[str, np.ndarray], 
     return nodes + [resize]
 
 
+def _vector_axes(node, constants: dict[str, np.ndarray]) -> list | None:
+    """Unsqueeze/Squeeze whose axes are a 0-d constant (a Constant's value_int; TVM iterates them) with a 1-D one."""
+    from onnx import helper, numpy_helper
+
+    axes = constants.get(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    if axes is None or axes.ndim != 0:
+        return None
+    name = f"{node.output[0]}__legalized_axes"
+    return [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(axes.reshape(1))),
+            helper.make_node(node.op_type, [node.input[0], name], node.output)]
+
+
 def _rewrite(node, types: dict[str, int], ranks: dict[str, int], constants: dict[str, np.ndarray], opset: int,
              shapes: dict[str, tuple]) -> list | None:
     if node.domain not in ("", "ai.onnx"):
@@ -300,6 +313,8 @@ def _rewrite(node, types: dict[str, int], ranks: dict[str, int], constants: dict
         return _lp_normalization(node, types[node.input[0]], opset)
     if node.op_type == "IsInf" and types.get(node.input[0]) in _FLOATS:
         return _is_inf(node, types[node.input[0]])
+    if node.op_type in ("Unsqueeze", "Squeeze"):
+        return _vector_axes(node, constants)
     if node.op_type == "Resize":
         return _resize_axes(node, ranks, constants, shapes)
     if node.op_type == "BitShift":

@@ -51,7 +51,8 @@ def _attribute_refusals(graph) -> set[str]:
 
 
 def _operand_refusals(graph) -> set[str]:
-    """Nodes whose operands ask for what TVM cannot give: Pad's pads not constant after folding; Dropout in training mode with a nonzero ratio
+    """Nodes whose operands ask for what TVM cannot give: Pad's pads and ConstantOfShape's shape not
+    constant after folding; Dropout in training mode with a nonzero ratio
     (random; TVM's converter computes inference mode whatever the mode)."""
     from onnx import numpy_helper
 
@@ -59,9 +60,13 @@ def _operand_refusals(graph) -> set[str]:
     constants.update({node.output[0]: numpy_helper.to_array(node.attribute[0].t) for node in graph.node
                       if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value"})
     refused = set()
+    # with every input size fixed, an operand folding left unknown depends on input values (not on a named axis)
+    fixed = all(d.HasField("dim_value") for v in graph.input for d in v.type.tensor_type.shape.dim)
     for node in graph.node:
-        if node.op_type == "Pad" and len(node.input) > 1 and node.input[1] and node.input[1] not in constants:
+        if fixed and node.op_type == "Pad" and len(node.input) > 1 and node.input[1] and node.input[1] not in constants:
             refused.add("Pad (its pads are computed from input values at run time; TVM needs them constant)")
+        if fixed and node.op_type == "ConstantOfShape" and node.input[0] not in constants:
+            refused.add("ConstantOfShape (its shape is computed from input values at run time; TVM needs it constant)")
         if node.op_type != "Dropout" or len(node.input) < 3 or not node.input[2]:
             continue
         training = constants.get(node.input[2])

@@ -132,3 +132,38 @@ def test_if_with_a_condition_known_at_build_time_is_replaced_by_its_branch():
     assert "If" not in {node.op_type for node in model.graph.node}
     onnx.checker.check_model(model)
     np.testing.assert_array_equal(ReferenceEvaluator(model).run(None, feeds)[0], expected)
+
+
+@pytest.mark.parametrize("dims, refused", [([2], True), (["n"], False)])
+def test_constant_of_shape_from_input_values_is_refused_when_input_sizes_are_fixed(dims, refused):
+    """A shape folding left unknown depends on input values unless an input has a named (dynamic) axis."""
+    from onnx import TensorProto, helper
+
+    from edgepack.frontends.preflight import op_report
+
+    graph = helper.make_graph([helper.make_node("ConstantOfShape", ["shape"], ["y"])], "cos",
+                              [helper.make_tensor_value_info("shape", TensorProto.INT64, dims)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    report = op_report(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    assert any(op.startswith("ConstantOfShape (its shape") for op in report.unsupported) == refused
+
+
+def test_unsqueeze_of_scalar_constant_axes_gets_one_dimensional_axes():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    from edgepack.frontends.legalize import legalize
+
+    nodes = [helper.make_node("Constant", [], ["axes"], value=numpy_helper.from_array(np.array(1, np.int64))),
+             helper.make_node("Unsqueeze", ["x", "axes"], ["y"])]
+    graph = helper.make_graph(nodes, "unsqueeze", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    feeds = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    expected = ReferenceEvaluator(model).run(None, feeds)[0]
+    model = onnx.shape_inference.infer_shapes(model)
+    assert legalize(model) == {"Unsqueeze": 1}
+    axes = next(n for n in model.graph.node if n.output[0] == model.graph.node[-1].input[1])
+    assert numpy_helper.to_array(axes.attribute[0].t).shape == (1,)
+    np.testing.assert_array_equal(ReferenceEvaluator(model).run(None, feeds)[0], expected)
