@@ -18,6 +18,7 @@ CONSTANT_OPERANDS: dict[str, dict[int, str]] = {
     "TopK": {1: "k"}, "CumSum": {1: "axis"}, "Squeeze": {1: "axes"}, "Unsqueeze": {1: "axes"},
     "Resize": {1: "roi", 2: "scales", 3: "sizes"}, "Upsample": {1: "scales"}, "Tile": {1: "repeats"},
     "Expand": {1: "shape"}, "Reshape": {1: "shape"}, "ConstantOfShape": {0: "shape"}, "OneHot": {1: "depth", 2: "values"}, "MaxUnpool": {2: "output_shape"},
+    "Dropout": {1: "ratio", 2: "training_mode"}, "AffineGrid": {1: "size"},  # pre-flight refuses training mode with a nonzero ratio (random)
     "Range": {0: "start", 1: "limit", 2: "delta"}, "Pad": {1: "pads", 2: "constant_value", 3: "axes"}, "Split": {1: "split"},
     "Slice": {1: "starts", 2: "ends", 3: "axes", 4: "steps"}, "Trilu": {1: "k"},
     # ops pre-flight rewrites (edgepack.frontends.lower) from their build-time operands

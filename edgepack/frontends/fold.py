@@ -88,6 +88,10 @@ def fold_shape_computations(model, max_elements: int = MAX_FOLDED_ELEMENTS):
                 if not any(a.name == "value" for a in node.attribute):  # value_ints, value_float ...: TVM reads only `value`
                     nodes[index] = helper.make_node("Constant", [], [node.output[0]], value=numpy_helper.from_array(values[0]))
             continue
+        if node.op_type == "If" and node.input[0] in known:  # the branch taken is known: its nodes replace the If
+            nodes[index] = _taken_branch(node, bool(known[node.input[0]].reshape(-1)[0]))
+            folded += 1
+            continue
         if not _foldable(node):
             continue
         if node.op_type in ("Shape", "Size") and node.input[0] in shapes:
@@ -107,6 +111,30 @@ def fold_shape_computations(model, max_elements: int = MAX_FOLDED_ELEMENTS):
     del graph.node[:]
     graph.node.extend(_live(flat, {value.name for value in graph.output}))
     return model, FoldReport(folded, constant_initializers)
+
+
+def _taken_branch(node, condition: bool) -> list:
+    """The nodes of the If's branch that `condition` takes, the values they define renamed apart (two Ifs' branches
+    may use the same names) and its outputs copied to the If's; outer names stay read as they are."""
+    from onnx import helper
+
+    branch = type(next(a.g for a in node.attribute if a.name == "then_branch"))()
+    branch.CopyFrom(next(a.g for a in node.attribute if a.name == ("then_branch" if condition else "else_branch")))
+    renamed = {name: f"{node.output[0]}__{'then' if condition else 'else'}_{name}"
+               for inner in branch.node for name in inner.output if name}
+    _rename_reads(branch, renamed)
+    for inner in branch.node:
+        inner.output[:] = [renamed.get(name, name) for name in inner.output]
+    return list(branch.node) + [helper.make_node("Identity", [renamed.get(inner.name, inner.name)], [outer])
+                                for inner, outer in zip(branch.output, node.output) if outer]
+
+
+def _rename_reads(graph, renamed: dict[str, str]) -> None:
+    for node in graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        for attribute in node.attribute:
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                _rename_reads(subgraph, renamed)
 
 
 def _live(nodes: list, outputs: set[str]) -> list:

@@ -11,6 +11,7 @@ from collections import Counter
 from edgepack.frontends.lower_deform_conv import lower_deform_conv
 from edgepack.frontends.lower_math import lower_det, lower_dft, lower_stft
 from edgepack.frontends.lower_indexing import lower_col2im, lower_cumprod, lower_reverse_sequence, lower_tensor_scatter
+from edgepack.frontends.lower_resample import has_output_shape, has_scales_input, lower_max_unpool, lower_upsample
 from edgepack.frontends.lower_quant import (blocked, lower_blocked_dequantize, lower_blocked_quantize, lower_qlinear_matmul,
                                             lower_bitcast)
 from edgepack.frontends.node_builder import CannotLower, GraphFacts
@@ -22,9 +23,9 @@ LOWERINGS = {"RNN": lower_recurrent, "GRU": lower_recurrent, "LSTM": lower_recur
              "Col2Im": lower_col2im, "Det": lower_det, "DFT": lower_dft, "STFT": lower_stft,
              "QLinearMatMul": lower_qlinear_matmul, "QuantizeLinear": lower_blocked_quantize,
              "DequantizeLinear": lower_blocked_dequantize, "BitCast": lower_bitcast,
-             "DeformConv": lower_deform_conv}
+             "DeformConv": lower_deform_conv, "MaxUnpool": lower_max_unpool, "Upsample": lower_upsample}
 # ops TVM imports, rewritten only where it ignores an attribute
-ONLY_WHEN = {"QuantizeLinear": blocked, "DequantizeLinear": blocked}
+ONLY_WHEN = {"QuantizeLinear": blocked, "DequantizeLinear": blocked, "MaxUnpool": has_output_shape, "Upsample": has_scales_input}
 
 
 def lowerable(node) -> bool:

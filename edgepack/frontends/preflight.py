@@ -28,6 +28,8 @@ NOT_IMPORTABLE = {"Attention"}
 NOT_IMPORTABLE_ATTRIBUTES = (
     ("Resize", "antialias", (1,), "antialias is ignored by TVM"),
     ("Resize", "coordinate_transformation_mode", (b"half_pixel_symmetric",), "half_pixel_symmetric is not implemented in TVM"),
+    ("Resize", "keep_aspect_ratio_policy", (b"not_larger", b"not_smaller"),
+     "TVM cannot import a kept aspect ratio, and ONNX interpolates by one scale that the rounded sizes need not keep"),
     ("QuantizeLinear", "block_size", "nonzero", "blocked quantization is not supported by TVM"),
     ("DequantizeLinear", "block_size", "nonzero", "blocked quantization is not supported by TVM"),
     ("BatchNormalization", "training_mode", (1,), "training mode is not supported by TVM"),
@@ -45,6 +47,32 @@ def _attribute_refusals(graph) -> set[str]:
             value = attributes.get(name)
             if node.op_type == op and value is not None and (value in values if values != "nonzero" else value != 0):
                 refused.add(f"{op} ({why})")
+    return refused
+
+
+def _operand_refusals(graph) -> set[str]:
+    """Nodes whose operands ask for what TVM cannot give: Pad's pads and ConstantOfShape's shape not
+    constant after folding; Dropout in training mode with a nonzero ratio
+    (random; TVM's converter computes inference mode whatever the mode)."""
+    from onnx import numpy_helper
+
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    constants.update({node.output[0]: numpy_helper.to_array(node.attribute[0].t) for node in graph.node
+                      if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value"})
+    refused = set()
+    # with every input size fixed, an operand folding left unknown depends on input values (not on a named axis)
+    fixed = all(d.HasField("dim_value") for v in graph.input for d in v.type.tensor_type.shape.dim)
+    for node in graph.node:
+        if fixed and node.op_type == "Pad" and len(node.input) > 1 and node.input[1] and node.input[1] not in constants:
+            refused.add("Pad (its pads are computed from input values at run time; TVM needs them constant)")
+        if fixed and node.op_type == "ConstantOfShape" and node.input[0] not in constants:
+            refused.add("ConstantOfShape (its shape is computed from input values at run time; TVM needs it constant)")
+        if node.op_type != "Dropout" or len(node.input) < 3 or not node.input[2]:
+            continue
+        training = constants.get(node.input[2])
+        ratio = constants.get(node.input[1], np.array(0.5)) if node.input[1] else np.array(0.5)
+        if training is None or (bool(np.asarray(training).reshape(-1)[0]) and float(np.asarray(ratio).reshape(-1)[0]) != 0):
+            refused.add("Dropout (training mode drops elements at random: no build can match it; export in inference mode)")
     return refused
 
 
@@ -227,7 +255,8 @@ def op_report(model) -> PreflightReport:
     ops = _all_op_types(model.graph)
     counts = Counter(op for _, op in ops)
     unsupported = sorted({op if domain == "ai.onnx" else f"{domain}.{op}"
-                          for domain, op in set(ops) if tvm_lacks(domain, op)} | _attribute_refusals(model.graph))
+                          for domain, op in set(ops) if tvm_lacks(domain, op)} | _attribute_refusals(model.graph)
+                        | _operand_refusals(model.graph))
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     return PreflightReport(opset, dict(sorted(counts.items())), tuple(unsupported))
 
@@ -393,6 +422,8 @@ def preflight(path: Path, overrides: dict[str, TensorSpec], workdir: Path,
     carried = carried_dtypes(model)  # the signature keeps these types; the model takes their containers
     legalized = {**carry_low_precision(model), **legalize(model)}
     report = op_report(model)
+    # ops TVM imports but not as these nodes need (MaxUnpool's output_shape, Upsample's scales input)
+    report = replace(report, unsupported=tuple(sorted(set(report.unsupported) | set(not_lowered))))
     if report.unsupported:
         ops = [f"{op} ({not_lowered[op]})" if op in not_lowered else op for op in report.unsupported]
         raise EdgepackError(f"TVM's ONNX frontend does not support these ops: {', '.join(ops)}",

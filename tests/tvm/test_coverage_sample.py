@@ -19,7 +19,8 @@ def test_every_40th_node_case_passes_or_is_refused_in_one_line(tmp_path):
     assert summary["tensor_cases"] >= 40
     # on main (before fold, build-time operands, 0-d tensors, more dtypes) this sample passed 16 of 36; before the
     # expansion of ONNX functions (Attention, SoftmaxCrossEntropyLoss, ...) 27 of 47; with it 33 of 47; with bfloat16
-    # (test_celu_bfloat16_expanded) 34 of 47; with ops lowered and float8/int4 carried in bytes 44 of 47
+    # (test_celu_bfloat16_expanded) 34 of 47; with ops lowered and float8/int4 carried in bytes 44 of 47;
+    # with BitShift's out-of-range amounts as ONNX says 45 of 47
     assert summary["pass_share"] >= 0.9, summary
     assert not [r for r in results if r.outcome == CRASHED], [r.to_json() for r in results if r.outcome == CRASHED]
     for result in results:

@@ -128,3 +128,59 @@ def test_for_loop_unrolled_matches_onnxruntime_and_a_while_loop_stays():
     for got, want in zip(_onnxruntime(model, feeds), expected):
         np.testing.assert_array_equal(got, want)
     assert lower(_loop_model(condition_from_body=True)) == ({}, {"Loop": "its body computes its condition"})
+
+
+def _lowered_matches_reference(nodes, inputs, outputs, feeds, opset, op_type):
+    import onnx
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    from edgepack.frontends.lower import lower
+
+    graph = helper.make_graph(nodes, op_type, inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    expected = ReferenceEvaluator(model).run(None, feeds)
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    assert lower(model) == ({op_type: 1}, {})
+    assert op_type not in {node.op_type for node in model.graph.node}
+    for got, want in zip(ReferenceEvaluator(model).run(None, feeds), expected):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("opset", [10, 22])
+def test_max_unpool_with_output_shape_matches_onnx_reference(opset):
+    """Indices index the shape the attributes give; the result is padded at the end to output_shape."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([1, 2, 6, 5], np.int64)))
+    unpool = helper.make_node("MaxUnpool", ["x", "i", "shape"], ["y"], kernel_shape=[2, 2], strides=[2, 2])
+    x = np.arange(1, 9, dtype=np.float32).reshape(1, 2, 2, 2)
+    indices = np.array([5, 7, 13, 15, 16, 19, 28, 30], np.int64).reshape(1, 2, 2, 2)  # the whole 1x2x4x4 tensor flattened
+    _lowered_matches_reference([shape, unpool], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2, 2]),
+                                                 helper.make_tensor_value_info("i", TensorProto.INT64, [1, 2, 2, 2])],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], {"x": x, "i": indices}, opset, "MaxUnpool")
+
+
+def test_upsample_nearest_with_a_scales_input_matches_onnx_reference():
+    from onnx import TensorProto, helper, numpy_helper
+
+    scales = helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(np.array([1, 2, 2, 3], np.float32)))
+    x = np.arange(12, dtype=np.float32).reshape(1, 3, 2, 2)
+    _lowered_matches_reference([scales, helper.make_node("Upsample", ["x", "s"], ["y"], mode="nearest")],
+                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], {"x": x}, 9, "Upsample")
+
+
+def test_upsample_linear_stays_refused_naming_why():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgepack.frontends.lower import lower
+
+    scales = helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32)))
+    graph = helper.make_graph([scales, helper.make_node("Upsample", ["x", "s"], ["y"], mode="linear")], "up",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)]))
+    lowered, refused = lower(model)
+    assert lowered == {} and "nearest" in refused["Upsample"]
